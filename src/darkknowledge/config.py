@@ -1,0 +1,310 @@
+"""Typed run configuration: YAML in, validated dataclasses out.
+
+Configs are data (``yaml.safe_load``), never code. Every key is checked against the dataclass
+fields before anything runs; unknown keys, wrong types and bad values are :class:`DKError`.
+Model and method sections are open dicts (``name`` + that builder's fields) validated by the
+registry entry they name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from darkknowledge.errors import DKError
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- generic typed loading
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against type ``tp`` (ints are accepted where floats are expected)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except DKError:
+                pass
+        raise _type_error(value, tp, where)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, tp, where)
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(value, tp, where)
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(value, tp, where)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(value, tp, where)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(value, tp, where)
+        if not math.isfinite(value):
+            raise DKError(f"config key {where}={value} is not finite", "use a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _type_error(value, tp, where)
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _type_error(value: Any, tp: Any, where: str) -> DKError:
+    return DKError(
+        f"config key {where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})",
+        f"fix the value of {where}",
+    )
+
+
+def build_dataclass(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = where or "config"
+        raise DKError(f"config section {where} must be a mapping, got {data!r}", f"write {where} as key: value lines")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        name = f"{where}.{key}" if where else key
+        raise DKError(f"unknown config key {name}", f"{hint}allowed keys: {', '.join(fields)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+# ---------------------------------------------------------------- the run configuration
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and which of them form the transfer set."""
+
+    dataset: str = "mnist"
+    train_size: int | None = None  # stratified subset of the training split (smoke scale)
+    test_size: int | None = None  # first N test images (smoke scale); null = all
+    validation_size: int = 0  # held out of training (stratified, fixed seed) for every selection decision
+    omit_classes: list[int] = field(default_factory=list)
+    keep_classes: list[int] | None = None
+    fraction: float = 1.0  # stratified fraction of the (remaining) training set
+    unlabelled: bool = False
+    jitter: int = 0  # max integer shift in pixels, fresh per presentation
+
+    def __post_init__(self) -> None:
+        for key in ("train_size", "test_size"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise DKError(f"data.{key}={v} must be positive", "use a positive count or null for all")
+        if self.validation_size < 0:
+            raise DKError(f"data.validation_size={self.validation_size} is negative", "use 0 (no validation split) or a positive count")
+        if not 0.0 < self.fraction <= 1.0:
+            raise DKError(f"data.fraction={self.fraction} is out of range", "use a fraction in (0, 1]")
+        if not 0 <= self.jitter <= 8:
+            raise DKError(f"data.jitter={self.jitter} is out of range", "use a shift in pixels between 0 and 8")
+        if self.omit_classes and self.keep_classes:
+            raise DKError("data.omit_classes and data.keep_classes are both set", "use only one of them")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule. ``paper_dropout`` is the teacher recipe of Hinton et al. 2012, App. A.1."""
+
+    name: str = "sgd"  # sgd | adam | paper_dropout
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant (sgd, adam)
+    epochs: int = 10
+    batch_size: int = 100
+    # paper_dropout only: lr_t = lr * lr_decay**epoch; momentum ramps initial → final over momentum_epochs
+    lr_decay: float = 0.998
+    initial_momentum: float = 0.5
+    final_momentum: float = 0.99
+    momentum_epochs: int = 500
+
+    def __post_init__(self) -> None:
+        if self.name not in ("sgd", "adam", "paper_dropout"):
+            close = difflib.get_close_matches(self.name, ["sgd", "adam", "paper_dropout"], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise DKError(f"unknown optimizer optim.name={self.name!r}", f"{hint}choose sgd, adam or paper_dropout")
+        if self.schedule not in ("cosine", "constant"):
+            raise DKError(f"unknown schedule optim.schedule={self.schedule!r}", "choose cosine or constant")
+        if not self.lr > 0:
+            raise DKError(f"optim.lr={self.lr} must be positive", "use a learning rate > 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DKError(f"optim.epochs={self.epochs}, optim.batch_size={self.batch_size} must be ≥ 1", "use positive counts")
+        for key in ("momentum", "initial_momentum", "final_momentum"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise DKError(f"optim.{key}={getattr(self, key)} is out of range", "use a momentum in [0, 1)")
+        if self.weight_decay < 0:
+            raise DKError(f"optim.weight_decay={self.weight_decay} is negative", "use 0 or a positive decay")
+
+
+@dataclass
+class TeacherConfig:
+    """Teacher checkpoints (one = single teacher, several = ensemble) and how targets are made."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
+    outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
+    store: str | None = None  # teacher-output store path; default: a fingerprint-named cache file
+
+    def __post_init__(self) -> None:
+        if self.combine not in ("arithmetic", "geometric"):
+            raise DKError(f"teacher.combine={self.combine!r} is unknown", "choose arithmetic or geometric")
+        if self.outputs not in ("precompute", "live"):
+            raise DKError(f"teacher.outputs={self.outputs!r} is unknown", "choose precompute or live")
+
+
+@dataclass
+class RunConfig:
+    """One training run: a teacher (``dk train``) or a student (``dk distill``)."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "hard_targets"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int = 1  # epochs between checkpoints
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps (0 = off)
+    keep_checkpoints: int = 2
+    log_every: int = 1  # steps between metric lines in metrics.jsonl
+    progress: bool = True  # progress bar (only shown on a terminal)
+
+    def __post_init__(self) -> None:
+        self.model = {"name": "mlp", **self.model}
+        self.method = {"name": "hard_targets", **self.method}
+        if not isinstance(self.model.get("name"), str):
+            raise DKError(f"config section model needs a name, got {self.model!r}", "add model.name, e.g. mlp (see `dk ls`)")
+        if not isinstance(self.method.get("name"), str):
+            raise DKError(f"config section method needs a name, got {self.method!r}", "add method.name, e.g. soft_targets (see `dk ls`)")
+        for key in ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, key) < 1:
+                raise DKError(f"{key}={getattr(self, key)} must be ≥ 1", f"set {key} to a positive integer")
+        if self.checkpoint_every_steps < 0:
+            raise DKError(f"checkpoint_every_steps={self.checkpoint_every_steps} is negative", "use 0 (off) or a positive step count")
+
+    def hash(self) -> str:
+        """sha256 of the resolved config minus what may change on resume (run_dir, progress)."""
+        d = dataclasses.asdict(self)
+        for k in ("run_dir", "progress"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- YAML + overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=0.1`` → (["optim", "lr"], 0.1); the value is parsed as YAML data."""
+    if "=" not in text:
+        raise DKError(f"override {text!r} has no '='", "write overrides as key=value, e.g. optim.lr=0.1")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise DKError(f"override {text!r} has an empty key", "write overrides as key=value, e.g. optim.lr=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise DKError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})", "quote strings, e.g. key='text'") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise DKError(f"override {text!r}: {part} is not a section", "override a leaf key instead")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DKError(f"config file {path} does not exist", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise DKError(f"config file {path} is not valid YAML{at}", "fix the syntax (configs are plain YAML data)") from None
+    except UnicodeDecodeError:
+        raise DKError(f"config file {path} is not UTF-8 text", "save it as UTF-8 YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DKError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}", "write key: value lines")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict[str, Any] | None = None) -> RunConfig:
+    """Read YAML (or start from ``base``), apply ``key=value`` overrides, validate."""
+    data = dict(base or {})
+    if path is not None:
+        data.update(read_yaml(path))
+    data = apply_overrides(data, list(overrides))
+    return build_dataclass(RunConfig, data, "")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
