@@ -167,6 +167,7 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | constant (sgd, adam)
     epochs: int = 10
     batch_size: int = 100
+    micro_batch_size: int | None = None  # gradient accumulation: split each batch into chunks this size
     # paper_dropout only: lr_t = lr * lr_decay**epoch; momentum ramps initial → final over momentum_epochs
     lr_decay: float = 0.998
     initial_momentum: float = 0.5
@@ -184,6 +185,8 @@ class OptimConfig:
             raise DKError(f"optim.lr={self.lr} must be positive", "use a learning rate > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise DKError(f"optim.epochs={self.epochs}, optim.batch_size={self.batch_size} must be ≥ 1", "use positive counts")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise DKError(f"optim.micro_batch_size={self.micro_batch_size} must be ≥ 1", "use a positive chunk size or null")
         for key in ("momentum", "initial_momentum", "final_momentum"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise DKError(f"optim.{key}={getattr(self, key)} is out of range", "use a momentum in [0, 1)")

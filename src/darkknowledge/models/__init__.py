@@ -1,6 +1,26 @@
 """Student and teacher networks, registered by name (``@models.register``)."""
 
 from darkknowledge.models.base import build_model, model_config, models
-from darkknowledge.models.mlp import MLP
+from darkknowledge.models.files import (
+    MODEL_FILE,
+    load_model,
+    model_bytes,
+    model_fingerprint,
+    resolve_model_path,
+    save_model,
+)
+from darkknowledge.models.mlp import MLP, MLPSpec
 
-__all__ = ["MLP", "build_model", "model_config", "models"]
+__all__ = [
+    "MLP",
+    "MODEL_FILE",
+    "MLPSpec",
+    "build_model",
+    "load_model",
+    "model_bytes",
+    "model_config",
+    "model_fingerprint",
+    "models",
+    "resolve_model_path",
+    "save_model",
+]

@@ -1,0 +1,190 @@
+"""The ``dk`` command: list, fetch data, train, distill, evaluate, reproduce the paper.
+
+User errors print one line (``dk: error: ...``) and exit with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from darkknowledge.errors import DKError, NonFiniteLossError
+
+
+def _registries() -> dict[str, list[str]]:
+    from darkknowledge.data import datasets
+    from darkknowledge.methods import methods
+    from darkknowledge.models import models
+
+    return {"methods": methods.names(), "models": models.names(), "datasets": datasets.names()}
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    for kind, names in _registries().items():
+        print(f"{kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from darkknowledge.data import fetch_dataset
+
+    for name in args.names:
+        print(f"{name}: {fetch_dataset(name)}")
+    return 0
+
+
+def _config(args: argparse.Namespace, extra: list[str]) :
+    from darkknowledge.config import load_config
+
+    overrides = list(args.overrides) + extra
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    if getattr(args, "deterministic", False):
+        overrides.append("deterministic=true")
+    return load_config(args.config, overrides)
+
+
+def _report(summary: dict) -> None:
+    for split, m in summary["eval"].items():
+        extra = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
+        print(f"{split}: {m['errors']} errors / {m['n']} ({100 * (1 - m['accuracy']):.2f}%), nll {m['nll']:.4f}, ece {m['ece']:.4f}{extra}")
+    print(f"wall time {summary['wall_seconds']:.1f}s on {summary['device']}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from darkknowledge.train import run
+
+    cfg = _config(args, [])
+    summary = run(cfg, kind="train", resume=args.resume)
+    _report(summary)
+    print(f"model saved to {cfg.run_dir}/model.safetensors")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from darkknowledge.train import run
+
+    extra = [f"teacher.checkpoints={json.dumps(args.teacher)}"] if args.teacher else []
+    cfg = _config(args, extra)
+    if cfg.method["name"] == "hard_targets":
+        from darkknowledge.config import apply_overrides, build_dataclass, RunConfig
+        import dataclasses
+
+        data = apply_overrides(dataclasses.asdict(cfg), ["method={name: soft_targets}"])
+        cfg = build_dataclass(RunConfig, data, "")
+    summary = run(cfg, kind="distill", resume=args.resume)
+    _report(summary)
+    print(f"student saved to {cfg.run_dir}/model.safetensors")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from darkknowledge.data import datasets
+    from darkknowledge.models import load_model
+    from darkknowledge.teachers import Teacher, compute_teacher_logits
+    from darkknowledge.train import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, map_location=device)
+    ds = datasets.get(args.dataset)(args.split)
+    if ds.num_classes != model.num_classes or ds.images[0].numel() != model.in_features:
+        raise DKError(f"model {args.model} predicts {model.num_classes} classes from {model.in_features} inputs; {args.dataset} has {ds.num_classes} classes, {ds.images[0].numel()} inputs", "evaluate on the dataset the model was trained for")
+    if args.limit:
+        ds = ds.subset(torch.arange(min(args.limit, len(ds))))
+    ds = ds.to(device)
+    t_logits = None
+    if args.teacher:
+        t_logits = compute_teacher_logits(Teacher.from_checkpoints(args.teacher, device), ds)
+    m = evaluate(model, ds, t_logits)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        _report({"eval": {f"{args.dataset}/{args.split}": m}, "wall_seconds": 0.0, "device": str(device)})
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from darkknowledge.reproduce import reproduce
+
+    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML run config (see experiments/hinton2015/configs)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 data.omit_classes=[3]")
+    p.add_argument("--run-dir", help="output directory (same as run_dir=...)")
+    p.add_argument("--resume", default="never", help="never (default), auto (latest intact checkpoint in run_dir), or a checkpoint directory")
+    p.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dk", description="darkknowledge: knowledge distillation (Hinton, Vinyals & Dean 2015)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ls", help="list methods, models and datasets")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("data", help="data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="fetch and cache a dataset (mnist, fashion_mnist)")
+    f.add_argument("names", nargs="+")
+    f.set_defaults(func=cmd_data_fetch)
+
+    p = sub.add_parser("train", help="train a teacher or a hard-label student")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distill a student from a teacher checkpoint or an ensemble")
+    _add_run_args(p)
+    p.add_argument("--teacher", action="append", help="teacher model file or run dir; repeat for an ensemble")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("eval", help="evaluate a model file at temperature 1")
+    p.add_argument("model", help="model.safetensors or a run directory")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only")
+    p.add_argument("--teacher", action="append", help="also report agreement with this teacher (repeat for an ensemble)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("reproduce", help="reproduce a paper's experiments (hinton2015)")
+    p.add_argument("experiment", help="experiment name, e.g. hinton2015")
+    p.add_argument("--only", nargs="+", help="run only these cells")
+    p.add_argument("--scale", default="smoke", choices=["smoke", "full"])
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
+    p.add_argument("--root", default=None, help="experiments folder (default: ./experiments)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DKError as exc:
+        print(f"dk: error: {exc}", file=sys.stderr)
+        return DKError.exit_code
+    except NonFiniteLossError as exc:
+        print(f"dk: error: {exc}", file=sys.stderr)
+        return NonFiniteLossError.exit_code
+    except KeyboardInterrupt:
+        print("dk: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - Interrupted carries its own exit code
+        from darkknowledge.train.signals import Interrupted
+
+        if isinstance(exc, Interrupted):
+            print(f"dk: {exc}", file=sys.stderr)
+            return exc.exit_code
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Pure tensor → tensor losses of knowledge distillation (Hinton, Vinyals & Dean 2015).
+
+All take logits, compute in float32 or wider (half/bf16 inputs are upcast), and use the last
+dimension as the class dimension. Teacher logits are (batch, classes) for one teacher or
+(members, batch, classes) for an ensemble, combined at the loss temperature.
+"""
+
+from darkknowledge.losses.ensemble import combine_log_probs, combine_probs
+from darkknowledge.losses.hard_targets import hard_target_loss
+from darkknowledge.losses.logit_matching import logit_matching_loss
+from darkknowledge.losses.soft_targets import soft_target_loss
+from darkknowledge.losses.temperature import (
+    log_softmax_with_temperature,
+    softmax_with_temperature,
+)
+
+__all__ = [
+    "combine_log_probs",
+    "combine_probs",
+    "hard_target_loss",
+    "log_softmax_with_temperature",
+    "logit_matching_loss",
+    "soft_target_loss",
+    "softmax_with_temperature",
+]

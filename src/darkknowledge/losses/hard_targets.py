@@ -1,0 +1,58 @@
+"""The ordinary cross-entropy with the true labels, at T = 1 (Hinton et al. 2015, §2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from darkknowledge.errors import DKError
+from darkknowledge.losses._checks import as_float
+
+
+def hard_target_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy ``−(1/B) sum_b log softmax(z_b)[y_b]`` at temperature 1.
+
+    The hard term uses the same logits as the soft term but never the temperature.
+
+    Args:
+        student_logits: (batch, classes).
+        labels: (batch,) integer class indices in ``[0, classes)``.
+
+    Returns:
+        scalar loss, float32 (float64 for float64 logits).
+
+    Reference: Hinton, Vinyals & Dean 2015, §2.
+    """
+    student = as_float(student_logits, "student_logits")
+    if student.dim() != 2 or student.shape[0] == 0:
+        raise DKError(
+            f"student_logits must be a non-empty (batch, classes), got shape {tuple(student.shape)}"
+        )
+    _check_labels(labels, student.shape[0], student.shape[1])
+    return F.cross_entropy(student, labels.to(device=student.device, dtype=torch.long))
+
+
+def _check_labels(labels: torch.Tensor, batch: int, classes: int) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise DKError(
+            f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DKError(
+            f"labels must be integer class indices, got dtype {labels.dtype}",
+            "pass labels as a LongTensor of class indices, not one-hot or probabilities",
+        )
+    if tuple(labels.shape) != (batch,):
+        raise DKError(
+            f"labels must have shape ({batch},) to match student_logits ({batch}, {classes}), "
+            f"got {tuple(labels.shape)}"
+        )
+    # One host sync per call: a clear message instead of a device-side assert.
+    low, high = int(labels.min()), int(labels.max())
+    bad = low if low < 0 else high if high >= classes else None
+    if bad is not None:
+        raise DKError(
+            f"label {bad} is out of range for a student with {classes} classes "
+            f"(labels must be in [0, {classes}))",
+            "check that the dataset's class count matches the model's output size",
+        )

@@ -1,0 +1,64 @@
+"""Knowledge distillation with soft targets at a high temperature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from darkknowledge.losses import hard_target_loss, soft_target_loss
+from darkknowledge.methods.base import (
+    MethodOutput,
+    methods,
+    require_labels,
+    require_teacher,
+    validate_hyperparameters,
+)
+
+
+@methods.register("soft_targets")
+@dataclass(frozen=True)
+class SoftTargets:
+    """Soft-target distillation (Hinton et al. 2015, §2).
+
+    ``loss = soft_weight · T²·KL(p_T ‖ q_T) + hard_weight · CE(labels, q_1)``: the soft term (T² inside
+    :func:`~darkknowledge.losses.soft_target_loss`) against the teacher at temperature T, plus a
+    usually much smaller cross-entropy with the true labels at T = 1 on the same logits. With
+    ``hard_weight = 0`` the transfer set may be unlabelled.
+
+    Attributes:
+        temperature: T, used for student and teacher in the soft term only (paper MNIST: 20).
+        soft_weight: weight of the soft term.
+        hard_weight: weight of the hard term; 0 disables it and the need for labels.
+    """
+
+    needs_teacher: ClassVar[bool] = True
+
+    temperature: float = 20.0
+    soft_weight: float = 1.0
+    hard_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        validate_hyperparameters(self)
+
+    def needs_labels(self) -> bool:
+        return self.hard_weight > 0
+
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        *,
+        combine: str = "arithmetic",
+    ) -> MethodOutput:
+        teacher = require_teacher(self, teacher_logits)
+        soft = soft_target_loss(student_logits, teacher, self.temperature, combine)
+        loss = self.soft_weight * soft
+        components = {"soft": soft.detach()}
+        if self.needs_labels():
+            hard = hard_target_loss(student_logits, require_labels(self, labels))
+            loss = loss + self.hard_weight * hard
+            components["hard"] = hard.detach()
+        return MethodOutput(loss=loss, components=components)

@@ -1,0 +1,63 @@
+"""Evaluation at temperature 1: errors, accuracy, NLL, calibration, agreement with the teacher.
+
+Temperature never reaches this module (DESIGN.md principle 8): a deployed student predicts with
+plain softmax, whatever temperature it was trained at.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from darkknowledge.data import TensorDataset
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 2000) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) over the whole dataset: (N, classes) float32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        pos = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.images.device)
+        out.append(model(dataset.features(pos).to(device)).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: Σ_b (n_b/N)·|accuracy_b − confidence_b|."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    which = torch.bucketize(conf, edges[1:-1], right=True)
+    n = torch.zeros(bins, device=probs.device).scatter_add_(0, which, torch.ones_like(conf))
+    acc = torch.zeros(bins, device=probs.device).scatter_add_(0, which, correct)
+    cnf = torch.zeros(bins, device=probs.device).scatter_add_(0, which, conf)
+    return float(((acc - cnf).abs()).sum() / len(labels))
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
+    """logits: (N, C); labels: (N,); teacher_logits: (N, C) or (members, N, C) (arithmetic mean)."""
+    logits, labels = logits.float(), labels.to(logits.device)
+    pred = logits.argmax(dim=1)
+    errors = int((pred != labels).sum())
+    n = len(labels)
+    out = {
+        "errors": errors,
+        "n": n,
+        "accuracy": 1.0 - errors / n,
+        "nll": float(F.cross_entropy(logits, labels)),
+        "ece": expected_calibration_error(logits.softmax(dim=1), labels),
+    }
+    if teacher_logits is not None:
+        t = teacher_logits.float().to(logits.device)
+        t_probs = t.softmax(dim=-1).mean(dim=0) if t.dim() == 3 else t.softmax(dim=-1)
+        out["agreement"] = float((t_probs.argmax(dim=1) == pred).float().mean())
+    return out
+
+
+def evaluate(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
+    return classification_metrics(predict_logits(model, dataset), dataset.labels, teacher_logits)
