@@ -224,6 +224,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    select_best_on: str | None = None  # early stopping: keep the epoch with fewest errors on this split ("valid")
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0 = off)
     keep_checkpoints: int = 2
@@ -240,6 +241,10 @@ class RunConfig:
         for key in ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise DKError(f"{key}={getattr(self, key)} must be ≥ 1", f"set {key} to a positive integer")
+        if self.select_best_on not in (None, "valid"):
+            raise DKError(f"select_best_on={self.select_best_on!r} is not allowed", "use valid (never the test set) or null")
+        if self.select_best_on and self.data.validation_size == 0:
+            raise DKError("select_best_on=valid needs a validation split", "set data.validation_size to a positive count")
         if self.checkpoint_every_steps < 0:
             raise DKError(f"checkpoint_every_steps={self.checkpoint_every_steps} is negative", "use 0 (off) or a positive step count")
 

@@ -76,6 +76,8 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path, resume: dict[str, Any]
     log = MetricsLog(run_dir / "metrics.jsonl")
 
     epoch, step_in_epoch, global_step, order = 0, 0, 0, None
+    # Early stopping (select_best_on=valid): the weights of the epoch with fewest validation errors.
+    best: dict[str, Any] = {"errors": None, "epoch": None, "weights": None}
     if resume is not None:
         state, tensors = resume["state"], resume["tensors"]
         model.load_state_dict(resume["model"])
@@ -83,6 +85,9 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path, resume: dict[str, Any]
         _restore_rng(tensors, data_gen, device, str(resume["path"]))
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         order = tensors["data/order"].to(device) if "data/order" in tensors else None
+        best.update(state.get("best", {}))
+        if best["errors"] is not None:
+            best["weights"] = {k[len("best/") :]: v.to(device) for k, v in tensors.items() if k.startswith("best/")}
         log.truncate_after(global_step)
 
     def checkpoint() -> Path:
@@ -90,6 +95,8 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path, resume: dict[str, Any]
         tensors = {**t_opt, **_rng_tensors(data_gen, device)}
         if order is not None:
             tensors["data/order"] = order
+        if best["weights"] is not None:
+            tensors.update({f"best/{k}": v for k, v in best["weights"].items()})
         state = {
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
@@ -97,6 +104,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path, resume: dict[str, Any]
             "optimizer": s_opt,
             "config_hash": cfg.hash(),
             "fingerprints": inputs.fingerprints,
+            "best": {"errors": best["errors"], "epoch": best["epoch"]},
             "torch": torch.__version__,
         }
         return save_checkpoint(run_dir / "checkpoints", global_step, model.state_dict(), tensors, state, cfg.keep_checkpoints)
@@ -158,13 +166,19 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path, resume: dict[str, Any]
                     results[name] = evaluate(model, ds, inputs.eval_teacher_logits.get(name))
                     log.write({"step": global_step, "epoch": epoch, "split": name, **results[name]})
                 model.train()
+                sel = cfg.select_best_on
+                if sel and (best["errors"] is None or results[sel]["errors"] < best["errors"]):
+                    best.update(errors=results[sel]["errors"], epoch=epoch)
+                    best["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             saved = checkpoint() if last or epoch % cfg.checkpoint_every == 0 else None
             if stop.requested:
                 _interrupt(stop.signum, saved or checkpoint(), log, progress)
     if progress is not None:
         progress.close()
     log.close()
-    return {"eval": results, "steps": global_step, "epochs": epoch, "train_seconds": time.perf_counter() - started}
+    if best["weights"] is not None:
+        model.load_state_dict(best["weights"])
+    return {"best_epoch": best["epoch"], "eval": results, "steps": global_step, "epochs": epoch, "train_seconds": time.perf_counter() - started}
 
 
 def _interrupt(signum: int, path: Path, log: MetricsLog, progress: Any) -> None:
