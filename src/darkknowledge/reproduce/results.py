@@ -1,0 +1,86 @@
+"""Measured rows (``results.csv``) and the paper's numbers (``claims.yaml``) as data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from darkknowledge.data import atomic_write_bytes
+from darkknowledge.errors import DKError
+
+COLUMNS = ["cell", "variant", "scale", "seed", "device", "metric", "value", "wall_seconds", "git_sha", "date", "config_hash"]
+
+
+def git_sha(root: str | Path = ".") -> str:
+    """HEAD's SHA (``-dirty`` when tracked files differ), or ``unknown`` outside a git checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def append_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows atomically: the file is rewritten whole via temp file + rename."""
+    path = Path(path)
+    old = read_results(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in old + rows:
+        w.writerow({k: row.get(k, "") for k in COLUMNS})
+    try:
+        atomic_write_bytes(path, buf.getvalue().encode())
+    except OSError as exc:
+        raise DKError(f"cannot write {path} ({os.strerror(exc.errno or 0)})", "make the experiment folder writable or pass --root to a writable copy") from None
+
+
+@dataclass(frozen=True)
+class Claim:
+    cell: str
+    metric: str
+    value: float | None
+    unit: str
+    section: str
+    tolerance: float | None
+    target: dict[str, float] | None = None
+    note: str = ""
+
+
+def read_claims(path: str | Path) -> list[Claim]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except (OSError, yaml.YAMLError) as exc:
+        raise DKError(f"cannot read claims file {path} ({exc.__class__.__name__})", "restore experiments/<name>/claims.yaml") from None
+    return [Claim(**c) for c in raw]
+
+
+def latest(rows: list[dict[str, str]], scale: str) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(cell, variant, metric) → {seed: value}, the most recent row per seed at ``scale``."""
+    out: dict[tuple[str, str, str], dict[str, float]] = {}
+    for r in rows:
+        if r["scale"] != scale:
+            continue
+        out.setdefault((r["cell"], r["variant"], r["metric"]), {})[r["seed"]] = float(r["value"])
+    return out
+
+
+def devices(rows: list[dict[str, str]], scale: str) -> list[str]:
+    return sorted({r["device"] for r in rows if r["scale"] == scale})

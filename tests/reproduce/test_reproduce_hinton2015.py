@@ -1,0 +1,117 @@
+"""The hinton2015 experiment: configs resolve, offsets are chosen right, a reduced run works."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from darkknowledge.methods import build_method
+from darkknowledge.models import build_model
+from darkknowledge.reproduce import best_offset, errors_with_offsets, load_cells, reproduce
+from darkknowledge.reproduce.results import COLUMNS, read_claims
+from darkknowledge.reproduce.runner import Context, _order
+
+EXP = Path(__file__).resolve().parents[2] / "experiments" / "hinton2015"
+CELLS = load_cells(EXP)
+TINY = [
+    "data.train_size=600",
+    "data.test_size=1000",
+    "model.hidden=[32,32]",
+    "optim.epochs=1",
+    "eval_every=1",
+    "checkpoint_every=1",
+    "progress=false",
+]
+
+
+def test_every_cell_of_the_issue_has_a_config():
+    expected = {
+        "teacher_1200", "student_800_hard", "student_800_soft_T20", "student_800_logit_matching",
+        "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct",
+    }
+    assert set(CELLS) == expected
+
+
+@pytest.mark.parametrize("scale", ["smoke", "full"])
+@pytest.mark.parametrize("cell_id", sorted(CELLS))
+def test_config_resolves_at_every_scale(cell_id, scale, tmp_path):
+    cell = CELLS[cell_id]
+    ctx = Context(EXP, CELLS, scale, seed=0, overrides=[], device="cpu", runs_root=tmp_path)
+    if cell.teacher:
+        ctx.done[cell.teacher] = {"run_dir": str(tmp_path / "teacher")}
+    cfg = ctx.config(cell)
+    method = build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
+    assert method.needs_teacher == bool(cell.teacher) or cell.kind == "regularizer"
+    build_model(cfg.model["name"], {k: v for k, v in cfg.model.items() if k != "name"}, 784, 10)
+    assert str(tmp_path) in cfg.run_dir and cfg.hash()[:10] in cfg.run_dir
+    if scale == "full":  # the paper's setting: all 60k images, all test images, never jitter a student
+        assert cfg.data.train_size is None and cfg.data.test_size is None
+        if cell.teacher:
+            assert cfg.data.jitter == 0
+    if cell_id == "teacher_1200":
+        assert cfg.model["hidden"] == [1200, 1200] and cfg.data.jitter == 2
+        assert cfg.optim.name == "paper_dropout" and cfg.optim.batch_size == 100
+        assert cfg.optim.epochs == (3000 if scale == "full" else cfg.optim.epochs)
+
+
+def test_claims_name_known_cells_and_the_paper_numbers():
+    claims = read_claims(EXP / "claims.yaml")
+    assert {c.cell for c in claims} <= set(CELLS)
+    by = {(c.cell, c.metric): c.value for c in claims}
+    assert by[("teacher_1200", "test_errors")] == 67
+    assert by[("student_800_hard", "test_errors")] == 146
+    assert by[("student_800_soft_T20", "test_errors")] == 74
+    assert by[("omit3", "test_errors_on_3_test_tuned_offset")] == 14
+
+
+def test_dependencies_run_first():
+    order = _order(CELLS, ["soft_regularizer_3pct"])
+    assert order.index("teacher_1200") < order.index("soft_regularizer_3pct")
+    assert order.index("student_800_hard") < order.index("soft_regularizer_3pct")
+
+
+def test_best_offset_finds_the_shift_that_undoes_a_bias():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2000,), generator=g)
+    logits = torch.randn(2000, 4, generator=g) + 4.0 * torch.nn.functional.one_hot(labels, 4)
+    logits[:, 3] -= 3.0  # class 3 under-predicted, as after omitting it from the transfer set
+    offsets = torch.arange(0, 8.01, 0.25)
+    off = best_offset(logits, labels, [3], offsets)
+    errs = errors_with_offsets(logits, labels, [3], offsets)
+    assert 2.0 <= off <= 4.0
+    assert errs.min() < errs[0]  # raising the bias helps
+    lowered = best_offset(logits, labels, [0, 1, 2], -offsets)
+    assert -4.0 <= lowered <= -2.0  # the same fix expressed as lowering the other classes
+
+
+def test_reduced_reproduction_runs_records_and_reports(tmp_path):
+    exp = tmp_path / "experiments" / "hinton2015"
+    shutil.copytree(EXP / "configs", exp / "configs")
+    shutil.copy(EXP / "claims.yaml", exp / "claims.yaml")
+    shutil.copy(EXP / "README.md", exp / "README.md")
+    runs = tmp_path / "runs"
+    args = dict(only=["student_800_soft_T20", "omit3"], scale="smoke", seeds=1, root=str(tmp_path / "experiments"), device="cpu", overrides=TINY, runs_root=str(runs))
+    assert reproduce("hinton2015", **args) == 0
+    with open(exp / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS
+    got = {(r["cell"], r["metric"]) for r in rows}
+    for needed in [("teacher_1200", "test_errors"), ("student_800_soft_T20", "test_errors"), ("omit3", "test_errors_on_3"),
+                   ("omit3", "offset_valid"), ("omit3", "test_errors_on_3_valid_offset"), ("omit3", "test_errors_on_3_test_tuned_offset")]:
+        assert needed in got
+    for r in rows:
+        assert r["device"] == "cpu" and r["seed"] == "0" and r["scale"] == "smoke" and r["git_sha"]
+        assert float(r["wall_seconds"]) > 0
+    on3 = {r["metric"]: float(r["value"]) for r in rows if r["cell"] == "omit3"}
+    assert on3["test_errors_on_3_test_tuned_offset"] <= on3["test_errors_on_3"]  # the test-tuned offset can only help on test
+    readme = (exp / "README.md").read_text()
+    assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" in readme
+    assert readme.count("results:start") == 1
+    # A second call reuses the finished runs: same rows appended again, nothing retrained.
+    mtime = (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns
+    assert reproduce("hinton2015", **args) == 0
+    assert (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns == mtime
