@@ -20,6 +20,7 @@ CELLS = load_cells(EXP)
 TINY = [
     "data.train_size=600",
     "data.test_size=1000",
+    "data.validation_size=200",
     "model.hidden=[32,32]",
     "optim.epochs=1",
     "eval_every=1",

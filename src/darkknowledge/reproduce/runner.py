@@ -43,6 +43,7 @@ class Cell:
     reference: str | None = None
     sweep: dict[str, Any] = field(default_factory=dict)
     offset: dict[str, Any] = field(default_factory=dict)
+    select: dict[str, Any] = field(default_factory=dict)
 
 
 def find_experiment(name: str, root: str | Path | None) -> Path:
@@ -63,7 +64,7 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
         cell = Cell(
             id=raw["cell"], kind=raw["kind"], run=raw.get("run") or {}, scales=scales,
             teacher=raw.get("teacher"), reference=raw.get("reference"),
-            sweep=raw.get("sweep") or {}, offset=raw.get("offset") or {},
+            sweep=raw.get("sweep") or {}, offset=raw.get("offset") or {}, select=raw.get("select") or {},
         )
         if cell.kind not in KINDS:
             raise DKError(f"{path}: unknown cell kind {cell.kind!r}", f"use one of {', '.join(KINDS)}")
@@ -79,9 +80,11 @@ class Context:
         self.overrides, self.device, self.runs_root = overrides, device, runs_root
         self.rows: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}  # cell id → summary of its main run
+        self.selected: dict[str, list[str]] = {}  # cell id → overrides chosen on the validation split
         self.sha = git_sha(exp_dir)
 
     def config(self, cell: Cell, extra: list[str] = (), name: str | None = None) -> RunConfig:
+        extra = [*self.selected.get(cell.id, []), *extra]
         data = copy.deepcopy(cell.run)
         data.update(seed=self.seed, device=self.device, progress=True)
         if cell.teacher:
@@ -123,7 +126,33 @@ def _fmt(v: float) -> str:
 # ------------------------------------------------------------------ cell kinds
 
 
+def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
+    """Choose one hyperparameter (``select.key``) on the validation split, never on test.
+
+    Each candidate trains on the transfer set minus a held-out validation split; the value
+    with fewest validation errors (ties: the first listed) is then used for the cell's real
+    run on the whole transfer set. Used for the students' step size: high-T soft targets need
+    a step size of their own (PAPER.md §6).
+    """
+    sel = cell.select
+    if not sel:
+        return
+    key, values = sel["key"], sel["values"]
+    size = sel["validation_size"][ctx.scale] if isinstance(sel["validation_size"], dict) else sel["validation_size"]
+    scores = []
+    for value in values:
+        cfg = ctx.config(cell, [f"{key}={value}", f"data.validation_size={size}"], name=f"{cell.id}_select_{key}={value}")
+        s = ctx.train(cfg, kind)
+        scores.append(s["eval"]["valid"]["errors"])
+        ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
+        _say(ctx, f"{cell.id} select {key}={value}: {scores[-1]} validation errors;", s)
+    best = values[scores.index(min(scores))]
+    ctx.selected[cell.id] = [f"{key}={best}"]
+    ctx.record(cell.id, f"selected_{key}", float(best), s)
+
+
 def cell_train(ctx: Context, cell: Cell, kind: str = "train") -> None:
+    select_on_validation(ctx, cell, kind)
     s = ctx.train(ctx.config(cell), kind)
     ctx.done[cell.id] = s
     ctx.record(cell.id, "test_errors", s["eval"]["test"]["errors"], s)
