@@ -1,6 +1,6 @@
 """Typed run configuration: YAML in, validated dataclasses out.
 
-Configs are data (``yaml.safe_load``), never code. Every key is checked against the dataclass
+Configs are data (a ``yaml.SafeLoader``), never code. Every key is checked against the dataclass
 fields before anything runs; unknown keys, wrong types and bad values are :class:`DKError`.
 Model and method sections are open dicts (``name`` + that builder's fields) validated by the
 registry entry they name.
@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -230,6 +231,9 @@ class RunConfig:
     keep_checkpoints: int = 2
     log_every: int = 1  # steps between metric lines in metrics.jsonl
     progress: bool = True  # progress bar (only shown on a terminal)
+    # Stop after this many steps exactly as if SIGTERM arrived then: checkpoint, raise Interrupted
+    # (dk exits 143). 0 = off. For tests of resume and for time-sliced jobs; not part of the hash.
+    stop_after_steps: int = 0
 
     def __post_init__(self) -> None:
         self.model = {"name": "mlp", **self.model}
@@ -245,18 +249,42 @@ class RunConfig:
             raise DKError(f"select_best_on={self.select_best_on!r} is not allowed", "use valid (never the test set) or null")
         if self.select_best_on and self.data.validation_size == 0:
             raise DKError("select_best_on=valid needs a validation split", "set data.validation_size to a positive count")
+        if self.seed < 0:
+            raise DKError(f"seed={self.seed} is negative", "use a seed ≥ 0")
+        if self.stop_after_steps < 0:
+            raise DKError(f"stop_after_steps={self.stop_after_steps} is negative", "use 0 (off) or a positive step count")
         if self.checkpoint_every_steps < 0:
             raise DKError(f"checkpoint_every_steps={self.checkpoint_every_steps} is negative", "use 0 (off) or a positive step count")
 
     def hash(self) -> str:
-        """sha256 of the resolved config minus what may change on resume (run_dir, progress)."""
+        """sha256 of the resolved config minus what may change on resume (run_dir, progress, stop_after_steps)."""
         d = dataclasses.asdict(self)
-        for k in ("run_dir", "progress"):
+        for k in ("run_dir", "progress", "stop_after_steps"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- YAML + overrides
+
+
+class _DataLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data, no Python tags) that also reads ``1e-3`` as a float.
+
+    YAML 1.1 wants a dot in a float (``1.0e-3``), so PyYAML reads ``lr: 1e-3`` as a string;
+    YAML 1.2 and every user expect a number.
+    """
+
+
+_DataLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml_data(text: str) -> Any:
+    """Parse YAML text as plain data (never code: python/* tags are an error)."""
+    return yaml.load(text, Loader=_DataLoader)  # a SafeLoader subclass: safe
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -267,7 +295,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise DKError(f"override {text!r} has an empty key", "write overrides as key=value, e.g. optim.lr=0.1")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_data(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise DKError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})", "quote strings, e.g. key='text'") from None
     return key.split("."), value
@@ -291,7 +319,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DKError(f"config file {path} does not exist", "check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_data(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
