@@ -45,21 +45,34 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model from a model file; corrupt or foreign files are a :class:`DKError`."""
+    """Rebuild a model from a model file; corrupt or foreign files are a :class:`DKError`.
+
+    Only safetensors is read (never pickle), so a hostile file cannot run code here.
+    """
     p = resolve_model_path(path)
-    raw = p.read_bytes()
+    fix = "re-create it with `dk train`, or point at another file"
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DKError(f"model checkpoint {p} cannot be read ({exc.strerror or exc.__class__.__name__})", "check the path and its permissions") from None
     try:
         tensors = st_load(raw)
         meta = _metadata(raw)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
-        raise DKError(f"model checkpoint {p} is corrupt or not a darkknowledge model file ({exc})", "re-create it with `dk train`, or point at another file") from None
-    if "darkknowledge.model" not in meta:
+        cfg = json.loads(meta["darkknowledge.model"]) if "darkknowledge.model" in meta else None
+    except (SafetensorError, ValueError) as exc:
+        raise DKError(f"model checkpoint {p} is corrupt or not a darkknowledge model file ({exc.__class__.__name__}: {exc})", fix) from None
+    if cfg is None:
         raise DKError(f"model checkpoint {p} has no darkknowledge model config", "save models with darkknowledge (dk train / dk distill)")
-    cfg = json.loads(meta["darkknowledge.model"])
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str) or not isinstance(cfg.get("params"), dict) or any(isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), int) or cfg.get(k) < 1 for k in ("in_features", "num_classes")):
+        raise DKError(f"model checkpoint {p} has a malformed model config {cfg!r}", fix)
     model = build_model(cfg["name"], cfg["params"], cfg["in_features"], cfg["num_classes"])
-    missing, unexpected = set(model.state_dict()) - set(tensors), set(tensors) - set(model.state_dict())
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:
         raise DKError(f"model checkpoint {p} does not match its config (missing {sorted(missing)}, unexpected {sorted(unexpected)})", "re-create the checkpoint")
+    for k, v in expected.items():
+        if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:
+            raise DKError(f"model checkpoint {p}: {k} is {tensors[k].dtype} {tuple(tensors[k].shape)} but its config needs {v.dtype} {tuple(v.shape)}", "re-create the checkpoint")
     model.load_state_dict(tensors)
     return model.to(map_location)
 
@@ -71,7 +84,10 @@ def _metadata(raw: bytes) -> dict[str, str]:
     if n > len(raw) - 8:
         raise ValueError("header length beyond end of file")
     header = json.loads(raw[8 : 8 + n])
-    return header.get("__metadata__", {}) or {}
+    meta = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a mapping")
+    return meta
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -55,7 +55,7 @@ class MLP(nn.Module):
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *[int(h) for h in spec.hidden], num_classes]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.input_dropout = nn.Dropout(spec.input_dropout)
         self.hidden_dropout = nn.Dropout(spec.hidden_dropout)
         if spec.init_std is not None:
