@@ -28,10 +28,12 @@ class Teacher:
             raise DKError("the teacher has no members", "give at least one teacher checkpoint (teacher.checkpoints)")
         self.members = [freeze(m) for m in members]
         self.sources = list(sources or [f"member{i}" for i in range(len(members))])
+        if len(self.sources) != len(self.members):
+            raise DKError(f"the teacher has {len(self.members)} members but {len(self.sources)} source names", "give one source per member")
         classes = {int(m.num_classes) for m in self.members}
         inputs = {int(m.in_features) for m in self.members}
         if len(classes) != 1 or len(inputs) != 1:
-            desc = ", ".join(f"{s}: {m.in_features}→{m.num_classes}" for s, m in zip(self.sources, self.members))
+            desc = ", ".join(f"{s}: {m.in_features}→{m.num_classes}" for s, m in zip(self.sources, self.members, strict=True))
             raise DKError(f"ensemble members disagree on input size or class count ({desc})", "ensemble only teachers trained on the same task")
         self.num_classes = classes.pop()
         self.in_features = inputs.pop()
