@@ -6,6 +6,7 @@ A checkpoint is a directory ``checkpoints/step-000001200/`` holding ``model.safe
 sha256 of each file. It is written under a temporary name, fsynced, then renamed, so a crash
 leaves either the complete new checkpoint or none; the previous ones are kept (``keep``).
 A checkpoint whose files do not match its manifest is skipped with a warning naming it.
+Nothing here can run code on load: no pickle, only safetensors and JSON.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, writing
 
 PREFIX = "step-"
+FORMAT = 2  # 2: an epoch-end checkpoint has step_in_epoch=0 and no data order
+FILES = ("model.safetensors", "state.safetensors", "state.json")
+STATE_KEYS = ("format", "epoch", "step_in_epoch", "global_step", "optimizer", "config_hash", "fingerprints")
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -67,28 +71,42 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def save_checkpoint(root: str | Path, step: int, model_tensors: dict[str, torch.Tensor], state_tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``root/step-<step>`` atomically and prune all but the newest ``keep``."""
+    """Write checkpoint ``root/step-<step>`` atomically and prune all but the newest ``keep``.
+
+    An ``OSError`` (disk full, read-only directory) is a :class:`DKError` naming the checkpoint;
+    the partial temporary directory is removed and the existing checkpoints are left as they were.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:09d}"
     tmp = root / f".{final.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     files = {
         "model.safetensors": st_save({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}),
         "state.safetensors": st_save({k: v.detach().cpu().contiguous() for k, v in state_tensors.items()}),
-        "state.json": json.dumps(state, sort_keys=True).encode(),
+        "state.json": json.dumps({"format": FORMAT, **state}, sort_keys=True).encode(),
     }
-    for name, data in files.items():
-        _fsync_write(tmp / name, data)
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-    _fsync_write(tmp / "manifest.json", json.dumps(manifest, sort_keys=True).encode())
-    _fsync_dir(tmp)
-    if final.exists():  # a re-save of the same step (e.g. after an interrupt): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    with writing(f"checkpoint {final}"):
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f".{PREFIX}*.tmp"):  # left by a run killed while writing
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            for name, data in files.items():
+                _fsync_write(tmp / name, data)
+            _fsync_write(tmp / "manifest.json", json.dumps(manifest, sort_keys=True).encode())
+            _fsync_dir(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():  # a re-save of the same step: move the old one aside first
+            old = root / f".{final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -104,27 +122,40 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and verify one checkpoint; any missing or mismatching file is a :class:`DKError`."""
     path = Path(path)
+    fix = "resume from an earlier checkpoint or start a new run"
+    if not path.is_dir():
+        raise DKError(f"checkpoint {path} not found (a checkpoint is a directory checkpoints/step-NNNNNNNNN)", "use --resume auto, or give an existing checkpoint directory")
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads((path / "manifest.json").read_bytes())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a mapping")
     except (OSError, ValueError) as exc:
-        raise DKError(f"checkpoint {path} is incomplete: manifest.json unreadable ({exc.__class__.__name__})", "resume from an earlier checkpoint or start a new run") from None
+        raise DKError(f"checkpoint {path} is incomplete: manifest.json unreadable ({exc.__class__.__name__})", fix) from None
     raw = {}
-    for name in ("model.safetensors", "state.safetensors", "state.json"):
+    for name in FILES:
         f = path / name
-        if not f.is_file():
-            raise DKError(f"checkpoint {path} is incomplete: {name} is missing", "resume from an earlier checkpoint or start a new run")
-        raw[name] = f.read_bytes()
+        try:
+            raw[name] = f.read_bytes()
+        except OSError:
+            raise DKError(f"checkpoint {path} is incomplete: {name} is missing or unreadable", fix) from None
         if hashlib.sha256(raw[name]).hexdigest() != manifest.get(name):
-            raise DKError(f"checkpoint file {f} is corrupt (sha256 does not match the manifest)", "resume from an earlier checkpoint or start a new run")
+            raise DKError(f"checkpoint file {f} is corrupt (sha256 does not match the manifest)", fix)
     try:
-        return {
+        out = {
             "model": st_load(raw["model.safetensors"]),
             "tensors": st_load(raw["state.safetensors"]),
             "state": json.loads(raw["state.json"]),
             "path": path,
         }
     except (SafetensorError, ValueError) as exc:
-        raise DKError(f"checkpoint {path} cannot be parsed ({exc})", "resume from an earlier checkpoint or start a new run") from None
+        raise DKError(f"checkpoint {path} cannot be parsed ({exc.__class__.__name__}: {exc})", fix) from None
+    state = out["state"]
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+        raise DKError(f"checkpoint file {path / 'state.json'} lacks {', '.join(missing)}", "it was not written by this version of darkknowledge; start a new run")
+    if state["format"] != FORMAT:
+        raise DKError(f"checkpoint {path} has format {state['format']}, this darkknowledge reads format {FORMAT}", "start a new run (or resume with the darkknowledge version that wrote it)")
+    return out
 
 
 def latest_checkpoint(root: str | Path) -> dict[str, Any] | None:

@@ -33,7 +33,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1, device=probs.device)
     which = torch.bucketize(conf, edges[1:-1], right=True)
-    n = torch.zeros(bins, device=probs.device).scatter_add_(0, which, torch.ones_like(conf))
     acc = torch.zeros(bins, device=probs.device).scatter_add_(0, which, correct)
     cnf = torch.zeros(bins, device=probs.device).scatter_add_(0, which, conf)
     return float(((acc - cnf).abs()).sum() / len(labels))

@@ -1,11 +1,32 @@
-"""Per-step metrics as JSON lines (``metrics.jsonl`` in the run directory)."""
+"""Per-step metrics as JSON lines (``metrics.jsonl`` in the run directory).
+
+A killed run can leave a half-written last line; readers skip lines that do not parse, and a
+resumed run rewrites the file (atomically) without them and without anything logged after the
+checkpoint it resumes from, so the log of a resumed run equals an uninterrupted run's.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import warnings
 from pathlib import Path
 from typing import Any
+
+from darkknowledge.data import atomic_write_bytes
+from darkknowledge.errors import writing
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None  # a half-written line from a killed run
+        out.append((line, rec if isinstance(rec, dict) else None))
+    return out
 
 
 class MetricsLog:
@@ -15,34 +36,61 @@ class MetricsLog:
         self.path = Path(path)
         self._f = None
 
-    def truncate_after(self, step: int) -> None:
-        """Keep only lines with ``step ≤ step`` (a resumed run re-logs the steps after it)."""
+    def reset(self) -> None:
+        """Start an empty log (a fresh run in a directory left by a run killed before its first checkpoint)."""
+        self.close()
+        if self.path.exists():
+            with writing(self.path):
+                atomic_write_bytes(self.path, b"")
+
+    def truncate_after(self, step: int, epoch: int | None = None) -> None:
+        """Keep only what was logged up to the checkpoint at ``step`` (and ``epoch``).
+
+        Training lines with ``step ≤ step`` are kept. Evaluation lines (they carry ``split``) at
+        ``step`` are kept only if their ``epoch`` is at most ``epoch``: a checkpoint taken at the
+        last step of an epoch but before its evaluation re-runs that evaluation on resume.
+        """
         if not self.path.exists():
             return
+        self.close()
         kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a half-written last line from a killed run
-            if rec.get("step", 0) <= step:
-                kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        for line, rec in _records(self.path):
+            if rec is None:
+                continue
+            s = rec.get("step", 0)
+            if s > step:
+                continue
+            if "split" in rec and epoch is not None and s == step and rec.get("epoch", 0) > epoch:
+                continue
+            kept.append(line)
+        with writing(self.path):
+            atomic_write_bytes(self.path, "".join(k + "\n" for k in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across steps
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        with writing(self.path):
+            if self._f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across steps
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass  # a failed flush of a line already reported by write()
             self._f = None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Every record of a metrics log; lines that do not parse (a killed writer's last line) are skipped with a warning."""
+    out, bad = [], 0
+    for _, rec in _records(Path(path)):
+        if rec is None:
+            bad += 1
+        else:
+            out.append(rec)
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} unreadable line(s) (a run killed mid-write)", stacklevel=2)
+    return out

@@ -8,7 +8,9 @@ the end ``model.safetensors`` and ``summary.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +29,14 @@ from darkknowledge.data import (
     train_validation_split,
     unlabelled,
 )
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, writing
 from darkknowledge.methods import build_method
 from darkknowledge.models import MODEL_FILE, build_model, save_model
 from darkknowledge.teachers import Teacher, compute_teacher_logits, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from darkknowledge.train.evaluate import evaluate
-from darkknowledge.train.loop import FitInputs, fit
+from darkknowledge.train.loop import FitInputs, check_resumable, fit
+from darkknowledge.train.signals import StopRequest, stop_on_signals
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,6 +81,7 @@ def prepare_data(cfg: DataConfig) -> Splits:
 
 
 def _check_resume(run_dir: Path, resume: str) -> dict[str, Any] | None:
+    """The checkpoint to resume from (verified), or None to start fresh."""
     if resume == "never":
         if list_checkpoints(run_dir / "checkpoints") or (run_dir / MODEL_FILE).exists():
             raise DKError(f"run directory {run_dir} already holds a run", "continue it with --resume auto, or choose a new run_dir")
@@ -86,6 +90,8 @@ def _check_resume(run_dir: Path, resume: str) -> dict[str, Any] | None:
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is None and list_checkpoints(run_dir / "checkpoints"):
             raise DKError(f"no checkpoint in {run_dir / 'checkpoints'} is intact", "start a new run_dir")
+        if ckpt is None and (run_dir / MODEL_FILE).exists():
+            raise DKError(f"run directory {run_dir} holds a model but no checkpoint to resume from", "choose a new run_dir (or delete this one to retrain)")
         return ckpt
     return read_checkpoint(resume)
 
@@ -95,12 +101,49 @@ def _check_same_run(cfg: RunConfig, ckpt: dict[str, Any], fingerprints: dict[str
     if state.get("config_hash") != cfg.hash():
         raise DKError(f"checkpoint {ckpt['path']} was made with a different config", "resume with the config in the run directory (config.yaml), or start a new run_dir")
     for key, value in fingerprints.items():
-        if state.get("fingerprints", {}).get(key) != value:
+        if (state.get("fingerprints") or {}).get(key) != value:
             raise DKError(f"checkpoint {ckpt['path']}: the {key} fingerprint differs from this run's", f"the {key} changed since the run started; start a new run_dir")
 
 
+def _finished_summary(cfg: RunConfig, run_dir: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved summary of a run that already finished (its final checkpoint, model and summary exist)."""
+    state = ckpt["state"]
+    if state["epoch"] != cfg.optim.epochs or state["step_in_epoch"] != 0 or not (run_dir / MODEL_FILE).is_file():
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_bytes())
+    except (OSError, ValueError):
+        return None  # killed before the summary was written: finish the run (evaluate, save)
+    if not isinstance(summary, dict) or summary.get("config_hash") != cfg.hash() or summary.get("steps") != state["global_step"]:
+        return None
+    return summary
+
+
 def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str, Any]:
-    """Validate, train and save. ``kind`` is ``train`` (teacher / hard-label) or ``distill``."""
+    """Validate, train and save. ``kind`` is ``train`` (teacher / hard-label) or ``distill``.
+
+    ``resume``: ``never`` (the run directory must not hold a run), ``auto`` (continue from the
+    newest intact checkpoint in ``run_dir``; start fresh when there is none; a run that already
+    finished is not retrained: its ``summary.json`` is returned and no file is touched), or the
+    path of one checkpoint directory. Restoring is all-or-nothing: a checkpoint made with another
+    config, teacher or data, or missing any part, is a :class:`DKError` naming it.
+
+    SIGTERM/SIGINT during the run: the current step finishes, a checkpoint is written and
+    :class:`~darkknowledge.train.signals.Interrupted` is raised (``dk`` exits 128 + signum).
+    """
+    if kind not in ("train", "distill"):
+        raise DKError(f"run kind {kind!r} is unknown", "use train or distill")
+    if not isinstance(resume, str) or not resume:
+        raise DKError(f"resume={resume!r} is invalid", "use never, auto or a checkpoint directory")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        with stop_on_signals() as stop:
+            return _run(cfg, kind, resume, stop)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str, Any]:
     started = time.perf_counter()
     method = build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
     if kind == "distill" and not method.needs_teacher:
@@ -113,6 +156,8 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
         raise DKError("data.jitter>0 with teacher.outputs=precompute: stored teacher outputs are for un-jittered inputs", "set teacher.outputs=live, or data.jitter=0 (the paper's student uses no jitter)")
     device = resolve_device(cfg.device)
     if cfg.deterministic:
+        if device.type == "cuda":  # cuBLAS is only deterministic with a fixed workspace
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
@@ -121,7 +166,8 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
     if len(train) == 0:
         raise DKError("the transfer set is empty", "check data.omit_classes / keep_classes / fraction")
     if method.needs_labels() and train.labels is None:
-        raise DKError(f"method {cfg.method['name']} needs labels but the transfer set is unlabelled", "set data.unlabelled=false, or hard_weight=0")
+        fix = "set data.unlabelled=false" + (", or method.hard_weight=0" if hasattr(method, "hard_weight") else "")
+        raise DKError(f"method {cfg.method['name']} needs labels but the transfer set is unlabelled", fix)
     if train.labels is not None and len(torch.unique(train.labels)) < 2 and not method.needs_teacher:
         raise DKError(f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training cannot learn from it", "keep at least two classes")
     in_features = train.images[0].numel()
@@ -144,6 +190,10 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
     ckpt = _check_resume(run_dir, resume)
     if ckpt is not None:
         _check_same_run(cfg, ckpt, fingerprints)
+        check_resumable(cfg, ckpt, model, len(train), device)
+        finished = _finished_summary(cfg, run_dir, ckpt)
+        if finished is not None:
+            return finished
 
     train = train.to(device)
     eval_sets = {name: ds.to(device) for name, ds in (("valid", splits.valid), ("test", splits.test)) if ds is not None}
@@ -153,14 +203,23 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
             teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store).to(device)
         eval_teacher = {name: compute_teacher_logits(teacher, ds) for name, ds in eval_sets.items()}
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+    created = not run_dir.exists()
+    try:
+        with writing(run_dir / "config.yaml"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+    except DKError:
+        if created:  # leave no empty run directory behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     model = model.to(device)
     inputs = FitInputs(model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher, fingerprints)
-    history = fit(cfg, inputs, run_dir, resume=ckpt)
+    history = fit(cfg, inputs, run_dir, resume=ckpt, stop=stop)
 
     final = {name: evaluate(model, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()}
-    save_model(model, run_dir / MODEL_FILE)
+    with writing(run_dir / MODEL_FILE):
+        save_model(model, run_dir / MODEL_FILE)
     summary = {
         "kind": kind,
         "method": cfg.method["name"],
@@ -177,5 +236,6 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
         "config_hash": cfg.hash(),
         "fingerprints": fingerprints,
     }
-    atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    with writing(run_dir / "summary.json"):
+        atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
