@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 from darkknowledge.errors import DKError, NonFiniteLossError
@@ -35,15 +36,25 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace, extra: list[str]) :
-    from darkknowledge.config import load_config
+def _config(args: argparse.Namespace, extra: list[str], default_method: str = "hard_targets"):
+    """The validated RunConfig from ``-c`` YAML, positional overrides and flags.
+
+    ``default_method`` fills ``method.name`` when neither the YAML nor an override names one
+    (``dk distill`` defaults to soft_targets, keeping e.g. ``method.temperature=5``).
+    """
+    from darkknowledge.config import RunConfig, apply_overrides, build_dataclass, read_yaml
 
     overrides = list(args.overrides) + extra
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     if getattr(args, "deterministic", False):
         overrides.append("deterministic=true")
-    return load_config(args.config, overrides)
+    data = read_yaml(args.config) if args.config else {}
+    data = apply_overrides(data, overrides)
+    method = data.setdefault("method", {})
+    if isinstance(method, dict) and "name" not in method:
+        method["name"] = default_method
+    return build_dataclass(RunConfig, data, "")
 
 
 def _report(summary: dict) -> None:
@@ -67,13 +78,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from darkknowledge.train import run
 
     extra = [f"teacher.checkpoints={json.dumps(args.teacher)}"] if args.teacher else []
-    cfg = _config(args, extra)
-    if cfg.method["name"] == "hard_targets":
-        from darkknowledge.config import apply_overrides, build_dataclass, RunConfig
-        import dataclasses
-
-        data = apply_overrides(dataclasses.asdict(cfg), ["method={name: soft_targets}"])
-        cfg = build_dataclass(RunConfig, data, "")
+    cfg = _config(args, extra, default_method="soft_targets")
     summary = run(cfg, kind="distill", resume=args.resume)
     _report(summary)
     print(f"student saved to {cfg.run_dir}/model.safetensors")
@@ -88,6 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from darkknowledge.teachers import Teacher, compute_teacher_logits
     from darkknowledge.train import evaluate, resolve_device
 
+    if args.limit < 0:
+        raise DKError(f"--limit {args.limit} is negative", "use 0 (all) or a positive count")
     device = resolve_device(args.device)
     model = load_model(args.model, map_location=device)
     ds = datasets.get(args.dataset)(args.split)
@@ -98,7 +105,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ds = ds.to(device)
     t_logits = None
     if args.teacher:
-        t_logits = compute_teacher_logits(Teacher.from_checkpoints(args.teacher, device), ds)
+        teacher = Teacher.from_checkpoints(args.teacher, device)
+        if teacher.num_classes != model.num_classes or teacher.in_features != model.in_features:
+            raise DKError(f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs, the model {model.num_classes} from {model.in_features}", "compare with a teacher trained on the same task")
+        t_logits = compute_teacher_logits(teacher, ds)
     m = evaluate(model, ds, t_logits)
     if args.json:
         print(json.dumps(m))
@@ -110,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from darkknowledge.reproduce import reproduce
 
-    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device)
+    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -160,30 +170,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
     p.add_argument("--root", default=None, help="experiments folder (default: ./experiments)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runs-root", default=None, help="where run directories go (default: runs/<experiment>)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell after its scale's (e.g. data.train_size=500)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DKError as exc:
-        print(f"dk: error: {exc}", file=sys.stderr)
-        return DKError.exit_code
-    except NonFiniteLossError as exc:
-        print(f"dk: error: {exc}", file=sys.stderr)
-        return NonFiniteLossError.exit_code
-    except KeyboardInterrupt:
-        print("dk: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - Interrupted carries its own exit code
-        from darkknowledge.train.signals import Interrupted
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"dk: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
-        if isinstance(exc, Interrupted):
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dk``; returns the exit code (see :mod:`darkknowledge.errors` for their meaning)."""
+    from darkknowledge.train.signals import Interrupted
+
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return int(args.func(args) or 0)
+        except DKError as exc:
+            print(f"dk: error: {exc}", file=sys.stderr)
+            return DKError.exit_code
+        except NonFiniteLossError as exc:
+            print(f"dk: error: {exc}", file=sys.stderr)
+            return NonFiniteLossError.exit_code
+        except Interrupted as exc:
             print(f"dk: {exc}", file=sys.stderr)
             return exc.exit_code
-        raise
+        except OSError as exc:  # an I/O failure not translated where it happened
+            where = f" {exc.filename}" if exc.filename else ""
+            print(f"dk: error: I/O error{where}: {exc.strerror or exc}; check the path, its permissions and free space", file=sys.stderr)
+            return DKError.exit_code
+        except KeyboardInterrupt:
+            print("dk: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
