@@ -68,3 +68,26 @@ def test_interrupted_exit_codes_and_message():
     assert str(exc) == "stopped by SIGTERM; checkpoint saved at runs/x/checkpoints/step-000000005; continue with --resume auto"
     assert Interrupted(signal.SIGINT, None).exit_code == 130
     assert "nothing to save" in str(Interrupted(signal.SIGINT, None))
+
+
+def test_a_signal_during_preparation_stops_before_the_first_step(make_cfg, monkeypatch):
+    """SIGTERM while the data is being prepared: exit 143 at the next phase boundary, nothing trained."""
+    import importlib
+    from pathlib import Path
+
+    from darkknowledge.train import run
+
+    run_module = importlib.import_module("darkknowledge.train.run")
+    real = run_module.prepare_data
+
+    def prepare_then_signal(cfg):
+        out = real(cfg)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(run_module, "prepare_data", prepare_then_signal)
+    cfg = make_cfg()
+    with pytest.raises(Interrupted) as info:
+        run(cfg)
+    assert info.value.exit_code == 143 and info.value.checkpoint is None
+    assert not Path(cfg.run_dir).exists()

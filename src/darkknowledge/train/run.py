@@ -36,7 +36,7 @@ from darkknowledge.teachers import Teacher, compute_teacher_logits, teacher_outp
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from darkknowledge.train.evaluate import evaluate
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
-from darkknowledge.train.signals import StopRequest, stop_on_signals
+from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,6 +143,12 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
         torch.use_deterministic_algorithms(was_deterministic)
 
 
+def _stop_if_requested(stop: StopRequest) -> None:
+    """Between the (possibly long) preparation phases: a signal that arrived stops the run now."""
+    if stop.requested:
+        raise Interrupted(stop.signum, None)
+
+
 def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str, Any]:
     started = time.perf_counter()
     method = build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
@@ -162,6 +168,7 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
         torch.backends.cudnn.benchmark = False
 
     splits = prepare_data(cfg.data)
+    _stop_if_requested(stop)
     train = splits.train
     if len(train) == 0:
         raise DKError("the transfer set is empty", "check data.omit_classes / keep_classes / fraction")
@@ -202,6 +209,7 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
         if cfg.teacher.outputs == "precompute":
             teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store).to(device)
         eval_teacher = {name: compute_teacher_logits(teacher, ds) for name, ds in eval_sets.items()}
+    _stop_if_requested(stop)
 
     created = not run_dir.exists()
     try:
