@@ -14,7 +14,6 @@ same sequence of updates: on CPU the final weights equal an uninterrupted run's 
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import sys
@@ -79,7 +78,7 @@ def check_resumable(cfg: RunConfig, ckpt: dict[str, Any], model: nn.Module, trai
 
     expected = model.state_dict()
     for name, holder in (("model.safetensors", weights), ("best weights", {k[5:]: v for k, v in tensors.items() if k.startswith("best/")})):
-        if name == "best weights" and (state.get("best") or {}).get("errors") is None:
+        if name == "best weights" and not (isinstance(state.get("best"), dict) and state["best"].get("errors") is not None):
             continue
         if set(holder) != set(expected):
             raise bad(f"{name} holds {sorted(set(holder) ^ set(expected))} unlike the model")
@@ -101,12 +100,13 @@ def check_resumable(cfg: RunConfig, ckpt: dict[str, Any], model: nn.Module, trai
         order = tensors.get("data/order")
         if order is None or order.dtype != torch.int64 or tuple(order.shape) != (train_size,):
             raise bad(f"state.safetensors lacks this epoch's data order over {train_size} examples")
-    scratch = copy.deepcopy(model).cpu()
-    scratch.load_state_dict(weights)
-    optimizer = build_optimizer(cfg.optim, scratch.parameters())
+    # The optimizer state is restored into an optimizer over scratch CPU parameters of the same
+    # shapes, in the same order: no copy of the model, nothing of the real run touched.
+    scratch = [nn.Parameter(torch.zeros(p.shape, dtype=p.dtype)) for p in model.parameters()]
+    optimizer = build_optimizer(cfg.optim, scratch)
     try:
         restore_optimizer(optimizer, tensors, state["optimizer"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except (AttributeError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise bad(f"optimizer state does not fit ({exc.__class__.__name__}: {exc})") from None
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for p in params:
