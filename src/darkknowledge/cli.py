@@ -1,6 +1,8 @@
 """The ``dk`` command: list, fetch data, train, distill, evaluate, reproduce the paper.
 
 User errors print one line (``dk: error: ...``) and exit with code 2, before anything is written.
+A diverged run exits 3; a run stopped by SIGTERM/SIGINT exits 128 + signum after a checkpoint
+(see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from darkknowledge.errors import DKError, NonFiniteLossError
+
+if TYPE_CHECKING:
+    from darkknowledge.config import RunConfig
 
 
 def _registries() -> dict[str, list[str]]:
@@ -36,7 +42,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace, extra: list[str], default_method: str = "hard_targets"):
+def _config(args: argparse.Namespace, extra: list[str], default_method: str = "hard_targets") -> RunConfig:
     """The validated RunConfig from ``-c`` YAML, positional overrides and flags.
 
     ``default_method`` fills ``method.name`` when neither the YAML nor an override names one

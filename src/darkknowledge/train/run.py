@@ -133,6 +133,8 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
     """
     if kind not in ("train", "distill"):
         raise DKError(f"run kind {kind!r} is unknown", "use train or distill")
+    if isinstance(resume, os.PathLike):
+        resume = os.fspath(resume)
     if not isinstance(resume, str) or not resume:
         raise DKError(f"resume={resume!r} is invalid", "use never, auto or a checkpoint directory")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
