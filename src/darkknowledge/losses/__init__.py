@@ -2,7 +2,8 @@
 
 All take logits, compute in float32 or wider (half/bf16 inputs are upcast), and use the last
 dimension as the class dimension. Teacher logits are (batch, classes) for one teacher or
-(members, batch, classes) for an ensemble, combined at the loss temperature.
+(members, batch, classes) for an ensemble, combined at the loss temperature, or
+:class:`TopKTargets` (top-k + tail bucket at one temperature) for :func:`soft_target_loss_topk`.
 """
 
 from darkknowledge.losses.ensemble import combine_log_probs, combine_probs
@@ -13,13 +14,17 @@ from darkknowledge.losses.temperature import (
     log_softmax_with_temperature,
     softmax_with_temperature,
 )
+from darkknowledge.losses.topk import TopKTargets, soft_target_loss_topk, topk_targets
 
 __all__ = [
+    "TopKTargets",
     "combine_log_probs",
     "combine_probs",
     "hard_target_loss",
     "log_softmax_with_temperature",
     "logit_matching_loss",
     "soft_target_loss",
+    "soft_target_loss_topk",
     "softmax_with_temperature",
+    "topk_targets",
 ]

@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from darkknowledge.losses import hard_target_loss, logit_matching_loss
+from darkknowledge.errors import DKError
+from darkknowledge.losses import TopKTargets, hard_target_loss, logit_matching_loss
 from darkknowledge.methods.base import (
     MethodOutput,
     methods,
@@ -53,6 +54,8 @@ class LogitMatching:
         combine: str = "arithmetic",
     ) -> MethodOutput:
         teacher = require_teacher(self, teacher_logits)
+        if isinstance(teacher, TopKTargets):
+            raise DKError("logit_matching needs the teacher's dense logits, got top-k targets", "use a dense teacher-output store (teacher.store_topk: null)")
         logit = logit_matching_loss(student_logits, teacher, combine)
         loss = self.logit_weight * logit
         components = {"logit": logit.detach()}

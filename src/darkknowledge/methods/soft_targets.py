@@ -7,7 +7,12 @@ from typing import ClassVar
 
 import torch
 
-from darkknowledge.losses import hard_target_loss, soft_target_loss
+from darkknowledge.losses import (
+    TopKTargets,
+    hard_target_loss,
+    soft_target_loss,
+    soft_target_loss_topk,
+)
 from darkknowledge.methods.base import (
     MethodOutput,
     methods,
@@ -26,6 +31,10 @@ class SoftTargets:
     :func:`~darkknowledge.losses.soft_target_loss`) against the teacher at temperature T, plus a
     usually much smaller cross-entropy with the true labels at T = 1 on the same logits. With
     ``hard_weight = 0`` the transfer set may be unlabelled.
+
+    The teacher may also come as :class:`~darkknowledge.losses.TopKTargets` (a top-k store): the
+    soft term is then :func:`~darkknowledge.losses.soft_target_loss_topk`, and a temperature other
+    than the store's is a :class:`~darkknowledge.errors.DKError`.
 
     Attributes:
         temperature: T, used for student and teacher in the soft term only (paper MNIST: 20).
@@ -48,13 +57,17 @@ class SoftTargets:
     def __call__(
         self,
         student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor | None,
+        teacher_logits: torch.Tensor | TopKTargets | None,
         labels: torch.Tensor | None,
         *,
         combine: str = "arithmetic",
     ) -> MethodOutput:
         teacher = require_teacher(self, teacher_logits)
-        soft = soft_target_loss(student_logits, teacher, self.temperature, combine)
+        if isinstance(teacher, TopKTargets):
+            indices, log_probs, tail = teacher.at(self.temperature, combine)
+            soft = soft_target_loss_topk(student_logits, indices, log_probs, tail, self.temperature)
+        else:
+            soft = soft_target_loss(student_logits, teacher, self.temperature, combine)
         loss = self.soft_weight * soft
         components = {"soft": soft.detach()}
         if self.needs_labels():
