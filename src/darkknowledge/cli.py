@@ -1,4 +1,4 @@
-"""The ``dk`` command: list, fetch data, train, distill, evaluate, reproduce the paper.
+"""The ``dk`` command: list, fetch data, train, distill, evaluate, precompute teacher outputs, reproduce the paper.
 
 User errors print one line (``dk: error: ...``) and exit with code 2, before anything is written.
 A diverged run exits 3; a run stopped by SIGTERM/SIGINT exits 128 + signum after a checkpoint
@@ -129,6 +129,52 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root)
 
 
+def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
+    """Precompute a teacher-output store; under ``torchrun`` every process builds its share of the shards."""
+    import os
+
+    import torch
+
+    from darkknowledge.data import datasets
+    from darkknowledge.teachers import (
+        StoreOptions,
+        Teacher,
+        build_store,
+        default_store_path,
+        describe_store,
+        process_group_from_env,
+    )
+    from darkknowledge.train import resolve_device
+
+    if args.limit < 0:
+        raise DKError(f"--limit {args.limit} is negative", "use 0 (all) or a positive count")
+    options = StoreOptions(dtype=args.dtype, topk=args.topk, temperature=args.temperature, combine=args.combine, shard_size=args.shard_size)
+    data = datasets.get(args.dataset)(args.split)
+    if args.limit:
+        data = data.subset(torch.arange(min(args.limit, len(data))))
+    with process_group_from_env() as (rank, world_size, barrier):
+        device = resolve_device(args.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        teacher = Teacher.from_checkpoints(args.teacher, device)
+        out = args.out or default_store_path(teacher, data, options)
+        result = build_store(teacher, data, out, options, rank=rank, world_size=world_size, barrier=barrier, batch_size=args.batch_size)
+    print(f"rank {rank}/{world_size}: computed {len(result.computed)} shard(s) {result.computed}, reused {len(result.reused)} of {result.shards}")
+    if rank == 0:
+        print(describe_store(out))
+    return 0
+
+
+def cmd_teacher_outputs_info(args: argparse.Namespace) -> int:
+    from darkknowledge.teachers import describe_store, read_store_manifest
+
+    if args.json:
+        print(json.dumps(read_store_manifest(args.store), indent=1, sort_keys=True))
+    else:
+        print(describe_store(args.store))
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML run config (see experiments/hinton2015/configs)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 data.omit_classes=[3]")
@@ -168,6 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("teacher-outputs", help="precompute teacher outputs once (build, torchrun-parallel) or describe a store (info)")
+    tsub = p.add_subparsers(dest="teacher_outputs_command", required=True)
+    b = tsub.add_parser("build", help="build or finish a teacher-output store (docs/performance.md)")
+    b.add_argument("--teacher", action="append", required=True, help="teacher model file or run dir; repeat for an ensemble")
+    b.add_argument("--dataset", default="mnist")
+    b.add_argument("--split", default="train", choices=["train", "test"])
+    b.add_argument("--limit", type=int, default=0, help="the first N examples only (0 = all)")
+    b.add_argument("--out", help="store directory (default: the fingerprint-named cache directory runs look in)")
+    b.add_argument("--shard-size", type=int, help="rows per shard (default: about 256 MiB per shard)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    b.add_argument("--topk", type=int, help="store the top-k log-probabilities + tail mass instead of dense logits")
+    b.add_argument("--temperature", type=float, help="the temperature of a top-k store (the students' temperature)")
+    b.add_argument("--combine", default="arithmetic", choices=["arithmetic", "geometric"], help="how a top-k store combines ensemble members")
+    b.add_argument("--batch-size", type=int, default=2000)
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=cmd_teacher_outputs_build)
+    i = tsub.add_parser("info", help="describe a teacher-output store")
+    i.add_argument("store", help="store directory")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_teacher_outputs_info)
 
     p = sub.add_parser("reproduce", help="reproduce a paper's experiments (hinton2015)")
     p.add_argument("experiment", help="experiment name, e.g. hinton2015")

@@ -202,13 +202,30 @@ class TeacherConfig:
     checkpoints: list[str] = field(default_factory=list)
     combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
     outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
-    store: str | None = None  # teacher-output store path; default: a fingerprint-named cache file
+    store: str | None = None  # teacher-output store directory; default: a fingerprint-named cache directory
+    store_dtype: str = "float32"  # float32 | float16 (stored values; loaded as float32; docs/performance.md)
+    store_topk: int | None = None  # null = dense logits (serve every temperature); k = top-k + tail mass at one T
+    store_temperature: float | None = None  # top-k stores only; null = the method's temperature
 
     def __post_init__(self) -> None:
         if self.combine not in ("arithmetic", "geometric"):
             raise DKError(f"teacher.combine={self.combine!r} is unknown", "choose arithmetic or geometric")
         if self.outputs not in ("precompute", "live"):
             raise DKError(f"teacher.outputs={self.outputs!r} is unknown", "choose precompute or live")
+        if self.store_dtype not in ("float32", "float16"):
+            raise DKError(f"teacher.store_dtype={self.store_dtype!r} is unknown", "choose float32 or float16")
+        if self.store_topk is not None and self.store_topk < 1:
+            raise DKError(f"teacher.store_topk={self.store_topk} must be ≥ 1", "use a positive k, or null for dense logits")
+        if self.store_topk is not None and self.outputs == "live":
+            raise DKError("teacher.store_topk is set but teacher.outputs=live stores nothing", "set teacher.outputs=precompute, or teacher.store_topk: null")
+        if self.store_temperature is not None and self.store_topk is None:
+            raise DKError(f"teacher.store_temperature={self.store_temperature} without teacher.store_topk", "drop it: a dense store serves every temperature")
+        if self.store_temperature is not None and self.store_temperature <= 0:
+            raise DKError(f"teacher.store_temperature={self.store_temperature} must be > 0", "use the method's temperature, e.g. 20, or null")
+
+
+# Teacher-output store options added after configs were keyed by their hash: hashed only when set.
+_TEACHER_HASH_IF_NOT_DEFAULT = {"store_dtype": "float32", "store_topk": None, "store_temperature": None}
 
 
 @dataclass
@@ -261,6 +278,9 @@ class RunConfig:
         d = dataclasses.asdict(self)
         for k in ("run_dir", "progress", "stop_after_steps"):
             d.pop(k)
+        for k, default in _TEACHER_HASH_IF_NOT_DEFAULT.items():
+            if d["teacher"][k] == default:
+                d["teacher"].pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

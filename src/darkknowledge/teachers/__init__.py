@@ -1,22 +1,32 @@
 """Teachers: frozen models, ensembles and the teacher-output store."""
 
+from darkknowledge.teachers.build import BuildResult, build_store, process_group_from_env
 from darkknowledge.teachers.ensemble import Teacher
 from darkknowledge.teachers.freeze import freeze, is_frozen
+from darkknowledge.teachers.manifest import StoreOptions
 from darkknowledge.teachers.store import (
     compute_teacher_logits,
     default_store_path,
+    describe_store,
     load_store,
-    save_store,
+    read_store_manifest,
+    store_options,
     teacher_outputs,
 )
 
 __all__ = [
+    "BuildResult",
+    "StoreOptions",
     "Teacher",
+    "build_store",
     "compute_teacher_logits",
     "default_store_path",
+    "describe_store",
     "freeze",
     "is_frozen",
     "load_store",
-    "save_store",
+    "process_group_from_env",
+    "read_store_manifest",
+    "store_options",
     "teacher_outputs",
 ]

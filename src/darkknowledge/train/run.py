@@ -32,7 +32,7 @@ from darkknowledge.data import (
 from darkknowledge.errors import DKError, writing
 from darkknowledge.methods import build_method
 from darkknowledge.models import MODEL_FILE, build_model, save_model
-from darkknowledge.teachers import Teacher, compute_teacher_logits, teacher_outputs
+from darkknowledge.teachers import Teacher, compute_teacher_logits, store_options, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from darkknowledge.train.evaluate import evaluate
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
@@ -209,7 +209,7 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
     teacher_logits, eval_teacher = None, {}
     if teacher is not None:
         if cfg.teacher.outputs == "precompute":
-            teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store).to(device)
+            teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store, store_options(cfg.teacher, method)).to(device)
         eval_teacher = {name: compute_teacher_logits(teacher, ds) for name, ds in eval_sets.items()}
     _stop_if_requested(stop)
 
