@@ -27,6 +27,7 @@ from darkknowledge.teachers import (
     compute_teacher_logits,
     default_store_path,
     describe_store,
+    iter_shards,
     load_store,
     store_options,
     teacher_outputs,
@@ -138,6 +139,18 @@ def test_another_shard_size_replaces_stale_shards(tmp_path):
     build_store(teacher, data, out, StoreOptions(shard_size=25))
     assert sorted(_files(out)) == ["manifest.json", "shard-00000.json", "shard-00000.safetensors", "shard-00001.json", "shard-00001.safetensors"]
     assert torch.equal(load_store(out, teacher, data), compute_teacher_logits(teacher, data))
+
+
+def test_a_store_can_be_streamed_shard_by_shard(tmp_path):
+    teacher, data = _teacher(members=2), _data()
+    whole = teacher_outputs(teacher, data, tmp_path / "s", StoreOptions(shard_size=16, dtype="float16"))
+    seen = []
+    for entry, tensors in iter_shards(tmp_path / "s"):
+        assert tensors["logits"].dtype == torch.float16  # as stored
+        assert torch.equal(tensors["logits"].float(), whole[:, entry["start"] : entry["stop"]])
+        assert torch.equal(tensors["index"], data.index[entry["start"] : entry["stop"]])
+        seen.append((entry["start"], entry["stop"]))
+    assert seen == [(0, 16), (16, 32), (32, 48), (48, 50)]
 
 
 def test_building_over_a_store_of_other_content_is_refused(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,19 @@ def load_store(path: str | Path, teacher: Teacher, dataset: TensorDataset, optio
     if int(idx.min()) < 0 or int(idx.max()) >= manifest["classes"] or bool(lp.isnan().any() | (lp == torch.inf).any() | tail.isnan().any() | (tail == torch.inf).any()):
         raise _corrupt(path, "top-k class indices out of range or log-probabilities NaN/+inf")
     return TopKTargets(idx[None], lp[None], tail[None], held.temperature, manifest["combine"], manifest["members"])
+
+
+def iter_shards(path: str | Path, *, verify: bool = True) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """``(manifest entry, tensors)`` for each shard of the store at ``path``, one at a time.
+
+    For stores larger than memory: each shard is checked against its sha256 and read through a
+    memory map, and nothing of it is kept once the caller drops it. Tensors are as stored (float16
+    stays float16; top-k ``indices`` are int32); ``entry`` gives the rows (``start``, ``stop``).
+    """
+    path = Path(path)
+    manifest = read_store_manifest(path)
+    for entry in manifest["shards"]:
+        yield entry, _read_shard(path, manifest, entry, None, verify)
 
 
 def _subset_pieces(path: Path, manifest: dict[str, Any], dataset: TensorDataset, source_index: torch.Tensor) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
