@@ -131,7 +131,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
     """Precompute a teacher-output store; under ``torchrun`` every process builds its share of the shards."""
+    import contextlib
     import os
+    from pathlib import Path
 
     import torch
 
@@ -143,6 +145,7 @@ def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
         default_store_path,
         describe_store,
         process_group_from_env,
+        store_lock,
     )
     from darkknowledge.train import resolve_device
 
@@ -158,7 +161,8 @@ def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         teacher = Teacher.from_checkpoints(args.teacher, device)
         out = args.out or default_store_path(teacher, data, options)
-        result = build_store(teacher, data, out, options, rank=rank, world_size=world_size, barrier=barrier, batch_size=args.batch_size)
+        with store_lock(Path(out)) if world_size == 1 else contextlib.nullcontext():
+            result = build_store(teacher, data, out, options, rank=rank, world_size=world_size, barrier=barrier, batch_size=args.batch_size)
     print(f"rank {rank}/{world_size}: computed {len(result.computed)} shard(s) {result.computed}, reused {len(result.reused)} of {result.shards}")
     if rank == 0:
         print(describe_store(out))

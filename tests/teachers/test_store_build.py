@@ -394,7 +394,7 @@ def test_one_store_of_the_whole_split_serves_the_runs_of_a_sweep(tmp_path, teach
     assert main(["teacher-outputs", "build", "--teacher", str(t), "--dataset", "mnist", "--out", str(tmp_path / "all")]) == 0
     assert len(shard_computes) == 1
     store = f"teacher.store={tmp_path / 'all'}"
-    for name, extra in (("plain", []), ("omit3", ["data.omit_classes=[3]"]), ("t2", ["method.temperature=2"])):
+    for name, extra in (("omit3", ["data.omit_classes=[3]"]), ("t2", ["method.temperature=2"])):
         cfg = make_cfg("method.name=soft_targets", f"teacher.checkpoints=[{t}]", "optim.epochs=1", store, *extra, name=name)
         run(cfg, kind="distill")
         train = prepare_data(cfg.data).train
@@ -456,6 +456,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # three processes; the in-process kill test above is in the default suite
 def test_a_killed_process_leaves_shards_and_the_rerun_finishes_them(tmp_path, teacher_file):
     t = teacher_file()
     args = ["teacher-outputs", "build", "--teacher", str(t), "--dataset", "mnist", "--limit", "300", "--shard-size", "64"]
@@ -488,3 +489,32 @@ def test_torchrun_builds_the_same_store_as_one_process(tmp_path, teacher_file):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "rank 0/2: computed 0 shard(s) [], reused 3 of 5" in again.stdout and "rank 1/2: computed 1 shard(s) [3], reused 1 of 5" in again.stdout
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
+CONCURRENT_STUDENT = """
+import time, torch
+import darkknowledge.teachers.build as b
+from darkknowledge.data import TensorDataset
+from darkknowledge.models import build_model
+from darkknowledge.teachers import StoreOptions, Teacher, teacher_outputs
+real = b.compute_shard
+def slow(teacher, data, start, *args):
+    print("computed", start, flush=True)
+    time.sleep(0.2)  # long enough for the two processes to overlap
+    return real(teacher, data, start, *args)
+b.compute_shard = slow
+torch.manual_seed(0)
+teacher = Teacher([build_model("mlp", {"hidden": [8]}, 16, 10)])
+g = torch.Generator().manual_seed(0)
+data = TensorDataset(torch.randint(0, 256, (50, 4, 4), dtype=torch.uint8, generator=g), None, torch.arange(50), 10, "toy/train")
+print("sum", float(teacher_outputs(teacher, data, options=StoreOptions(shard_size=10)).sum()))
+"""
+
+
+def test_students_started_together_build_the_shared_store_once(isolated_cache):
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_STUDENT], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    computed = [line for out, _ in outs for line in out.splitlines() if line.startswith("computed")]
+    sums = {line for out, _ in outs for line in out.splitlines() if line.startswith("sum")}
+    assert sorted(computed) == [f"computed {s}" for s in (0, 10, 20, 30, 40)] and len(sums) == 1

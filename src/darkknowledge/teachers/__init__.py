@@ -1,6 +1,11 @@
 """Teachers: frozen models, ensembles and the teacher-output store."""
 
-from darkknowledge.teachers.build import BuildResult, build_store, process_group_from_env
+from darkknowledge.teachers.build import (
+    BuildResult,
+    build_store,
+    process_group_from_env,
+    store_lock,
+)
 from darkknowledge.teachers.ensemble import Teacher
 from darkknowledge.teachers.freeze import freeze, is_frozen
 from darkknowledge.teachers.manifest import StoreOptions
@@ -29,6 +34,7 @@ __all__ = [
     "load_store",
     "process_group_from_env",
     "read_store_manifest",
+    "store_lock",
     "store_options",
     "teacher_outputs",
 ]

@@ -264,6 +264,28 @@ def build_store(
 
 
 @contextlib.contextmanager
+def store_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<parent>/.<name>.lock`` (POSIX ``flock``) while building ``out``.
+
+    Students of a sweep started together then build a shared store once: the first builds, the
+    others wait and find it complete. Not taken by the ranks of one ``torchrun`` build, which
+    coordinate through barriers; run one build job per store at a time.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: builders are not serialized
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def process_group_from_env(timeout: timedelta = timedelta(hours=24)) -> Iterator[tuple[int, int, Callable[[], None]]]:
     """``(rank, world_size, barrier)`` of a ``torchrun`` launch (gloo; its barriers only), else ``(0, 1, no-op)``.
 

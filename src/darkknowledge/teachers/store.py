@@ -30,7 +30,7 @@ from safetensors.torch import load as st_load
 from darkknowledge.data import TensorDataset, cache_dir
 from darkknowledge.errors import DKError, write_error
 from darkknowledge.losses import TopKTargets
-from darkknowledge.teachers.build import build_store, compute_shard
+from darkknowledge.teachers.build import build_store, compute_shard, store_lock
 from darkknowledge.teachers.ensemble import Teacher
 from darkknowledge.teachers.manifest import (
     DTYPES,
@@ -122,7 +122,8 @@ def teacher_outputs(teacher: Teacher, dataset: TensorDataset, path: str | Path |
                 raise
             warnings.warn(f"rebuilding teacher-output store: {exc}", stacklevel=2)
     try:
-        build_store(teacher, dataset, path, options, overwrite=not explicit)
+        with store_lock(path):  # a concurrent builder of the same store finishes first; this one then reuses it
+            build_store(teacher, dataset, path, options, overwrite=not explicit)
     except OSError as exc:
         if explicit:
             raise write_error(exc, f"teacher-output store {path}", "set teacher.store to a writable path") from None
