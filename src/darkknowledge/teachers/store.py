@@ -326,7 +326,7 @@ def _subset_pieces(path: Path, manifest: dict[str, Any], dataset: TensorDataset,
         try:
             with safe_open(path / entry["file"], framework="pt") as f:
                 stored_index[entry["start"] : entry["stop"]] = f.get_tensor("index")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
             raise _corrupt(path, f"{entry['file']}: {exc.__class__.__name__}") from None
     if int(stored_index.min()) < 0:
         raise _corrupt(path, "negative source indices")
