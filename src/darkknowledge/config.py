@@ -229,6 +229,46 @@ _TEACHER_HASH_IF_NOT_DEFAULT = {"store_dtype": "float32", "store_topk": None, "s
 
 
 @dataclass
+class ReplicasConfig:
+    """Several same-architecture models trained as one batched computation (``docs/performance.md``).
+
+    Replica ``k`` is exactly the ordinary run with ``seed=seeds[k]`` and ``method.<key>=values[k]``
+    for every swept key: its own initialization, data order, jitter, method hyperparameters. Lists
+    are zipped (not crossed): every non-empty list has the same length K, the number of models.
+    A key left out keeps the run's value for every replica (e.g. a temperature sweep on one seed).
+    """
+
+    seeds: list[int] = field(default_factory=list)
+    method: dict[str, Any] = field(default_factory=dict)  # method hyperparameter -> list of K values
+
+    def __post_init__(self) -> None:
+        if any(s < 0 for s in self.seeds):
+            raise DKError(f"replicas.seeds={self.seeds} holds a negative seed", "use seeds ≥ 0")
+        for key, values in self.method.items():
+            if key == "name":
+                raise DKError("replicas.method.name cannot vary: replicas share one method", "sweep its hyperparameters instead, e.g. replicas.method.temperature=[1, 2, 4]")
+            if not isinstance(values, list) or not values:
+                raise DKError(f"replicas.method.{key} must be a non-empty list of values, got {values!r}", f"write e.g. replicas.method.{key}=[1, 2, 4]")
+        lengths = {f"replicas.{k}": len(v) for k, v in (("seeds", self.seeds), *((f"method.{k}", v) for k, v in self.method.items())) if v}
+        if len(set(lengths.values())) > 1:
+            raise DKError(f"replica lists differ in length ({', '.join(f'{k}: {n}' for k, n in lengths.items())})", "give every swept key one value per model (lists are zipped, not crossed)")
+
+    @property
+    def count(self) -> int:
+        """K, the number of models; 0 when no replicas are configured (an ordinary run)."""
+        return max([len(self.seeds), *(len(v) for v in self.method.values())], default=0)
+
+
+TRAIN_STEPS = ("eager", "compile", "cuda_graph")
+PRECISIONS = ("fp32", "bf16")
+# Fields added after checkpoints and results rows were keyed by the config hash: they enter the
+# hash only when set to something other than their default, so existing hashes stay valid.
+_HASH_IF_NOT_DEFAULT = {"train_step": "eager", "precision": "fp32", "replicas": {"seeds": [], "method": {}}}
+# What may change on resume without changing any result.
+_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every")
+
+
+@dataclass
 class RunConfig:
     """One training run: a teacher (``dk train``) or a student (``dk distill``)."""
 
@@ -251,6 +291,12 @@ class RunConfig:
     # Stop after this many steps exactly as if SIGTERM arrived then: checkpoint, raise Interrupted
     # (dk exits 143). 0 = off. For tests of resume and for time-sliced jobs; not part of the hash.
     stop_after_steps: int = 0
+    # Fast path (docs/performance.md). Steps between host syncs of the loss/finite checks; null =
+    # 1 on CPU (every step checked before its update), 50 on CUDA. Changes no result: not hashed.
+    sync_every: int | None = None
+    train_step: str = "eager"  # eager | compile (torch.compile) | cuda_graph (compile + CUDA graphs; CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     def __post_init__(self) -> None:
         self.model = {"name": "mlp", **self.model}
@@ -272,16 +318,43 @@ class RunConfig:
             raise DKError(f"stop_after_steps={self.stop_after_steps} is negative", "use 0 (off) or a positive step count")
         if self.checkpoint_every_steps < 0:
             raise DKError(f"checkpoint_every_steps={self.checkpoint_every_steps} is negative", "use 0 (off) or a positive step count")
+        if self.sync_every is not None and self.sync_every < 1:
+            raise DKError(f"sync_every={self.sync_every} must be ≥ 1", "use a positive step count, or null for the device default (1 on CPU, 50 on CUDA)")
+        if self.train_step not in TRAIN_STEPS:
+            raise DKError(f"train_step={self.train_step!r} is unknown", f"choose {', '.join(TRAIN_STEPS)}")
+        if self.precision not in PRECISIONS:
+            raise DKError(f"precision={self.precision!r} is unknown", f"choose {' or '.join(PRECISIONS)}")
 
     def hash(self) -> str:
-        """sha256 of the resolved config minus what may change on resume (run_dir, progress, stop_after_steps)."""
+        """sha256 of the resolved config minus what may change on resume (run_dir, progress,
+        stop_after_steps, sync_every); fast-path fields enter only when not at their default."""
         d = dataclasses.asdict(self)
-        for k in ("run_dir", "progress", "stop_after_steps"):
+        for k in _NOT_HASHED:
             d.pop(k)
+        for k, default in _HASH_IF_NOT_DEFAULT.items():
+            if d[k] == default:
+                d.pop(k)
         for k, default in _TEACHER_HASH_IF_NOT_DEFAULT.items():
             if d["teacher"][k] == default:
                 d["teacher"].pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def replica_configs(self) -> list[RunConfig]:
+        """The K ordinary runs a replicated run trains at once (``[]`` without replicas).
+
+        Replica ``k`` gets ``seed=replicas.seeds[k]`` and ``method.<key>=replicas.method.<key>[k]``;
+        its ``run_dir`` is ``<run_dir>/replicas/<k>`` (where the batched run writes its model).
+        """
+        out = []
+        for k in range(self.replicas.count):
+            r = dataclasses.replace(self, replicas=ReplicasConfig(), run_dir=str(Path(self.run_dir) / "replicas" / str(k)))
+            r.data, r.optim, r.teacher = dataclasses.replace(self.data), dataclasses.replace(self.optim), dataclasses.replace(self.teacher)
+            if self.replicas.seeds:
+                r.seed = self.replicas.seeds[k]
+            r.model = dict(self.model)
+            r.method = {**self.method, **{key: values[k] for key, values in self.replicas.method.items()}}
+            out.append(r)
+        return out
 
 
 # ---------------------------------------------------------------- YAML + overrides

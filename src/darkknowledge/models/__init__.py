@@ -1,6 +1,7 @@
 """Student and teacher networks, registered by name (``@models.register``)."""
 
 from darkknowledge.models.base import build_model, model_config, models
+from darkknowledge.models.batched import BatchedLinear, BatchedMLP
 from darkknowledge.models.files import (
     MODEL_FILE,
     load_model,
@@ -13,6 +14,8 @@ from darkknowledge.models.mlp import MLP, MLPSpec
 
 __all__ = [
     "MLP",
+    "BatchedLinear",
+    "BatchedMLP",
     "MODEL_FILE",
     "MLPSpec",
     "build_model",

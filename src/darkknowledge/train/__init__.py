@@ -1,6 +1,14 @@
 """Training: the one loop, optimizers and schedules, evaluation, checkpoints."""
 
-from darkknowledge.train.evaluate import classification_metrics, evaluate, predict_logits
+from darkknowledge.train.batches import IterableBatches
+from darkknowledge.train.evaluate import (
+    classification_metrics,
+    evaluate,
+    evaluate_batches,
+    evaluate_replicas,
+    predict_logits,
+)
+from darkknowledge.train.fit_model import fit_model
 from darkknowledge.train.loop import FitInputs, fit
 from darkknowledge.train.run import prepare_data, resolve_device, run
 from darkknowledge.train.signals import Interrupted
@@ -8,9 +16,13 @@ from darkknowledge.train.signals import Interrupted
 __all__ = [
     "FitInputs",
     "Interrupted",
+    "IterableBatches",
     "classification_metrics",
     "evaluate",
+    "evaluate_batches",
+    "evaluate_replicas",
     "fit",
+    "fit_model",
     "predict_logits",
     "prepare_data",
     "resolve_device",

@@ -67,7 +67,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
         if key.startswith("optim/"):
             _, idx, name = key.split("/", 2)
             state.setdefault(int(idx), {})[name] = t
-    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+    # The update kernels (foreach / fused) are this machine's choice, not the checkpoint's: a
+    # checkpoint written on CUDA (fused) resumes on CPU (foreach) and the other way round.
+    impl = ("foreach", "fused", "capturable")
+    groups = [{**saved, **{k: cur[k] for k in impl if k in cur}} for saved, cur in zip(scalars["param_groups"], optimizer.param_groups, strict=False)]
+    groups += scalars["param_groups"][len(groups) :]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_checkpoint(root: str | Path, step: int, model_tensors: dict[str, torch.Tensor], state_tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 2) -> Path:

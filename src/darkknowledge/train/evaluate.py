@@ -6,6 +6,8 @@ plain softmax, whatever temperature it was trained at.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,3 +62,42 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, teacher_l
 
 def evaluate(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
     return classification_metrics(predict_logits(model, dataset), dataset.labels, teacher_logits)
+
+
+@torch.inference_mode()
+def predict_replica_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 2000) -> torch.Tensor:
+    """Logits of each of K batched replicas (eval mode) over the whole dataset: (K, N, classes)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        pos = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.images.device)
+        x = dataset.features(pos).to(device)
+        out.append(model(x.unsqueeze(0).expand(model.replicas, *x.shape)).float())
+    model.train(was_training)
+    return torch.cat(out, dim=1)
+
+
+def evaluate_replicas(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> list[dict[str, float]]:
+    """:func:`evaluate` for each replica of a batched model (one forward pass for all K)."""
+    logits = predict_replica_logits(model, dataset)
+    return [classification_metrics(z, dataset.labels, teacher_logits) for z in logits]
+
+
+@torch.inference_mode()
+def evaluate_batches(model: nn.Module, batches: Iterable, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """:func:`evaluate` over any iterable of ``(inputs, labels)`` batches (and the teacher's agreement)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels, t_logits = [], [], []
+    for x, y in batches:
+        x = x.to(device)
+        logits.append(model(x).float())
+        labels.append(y.to(device))
+        if teacher is not None:
+            t = teacher(x).float()
+            t_logits.append(t.unsqueeze(0) if t.dim() == 2 else t)
+    model.train(was_training)
+    return classification_metrics(torch.cat(logits), torch.cat(labels), torch.cat(t_logits, dim=1) if t_logits else None)

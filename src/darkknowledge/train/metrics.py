@@ -94,3 +94,19 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if bad:
         warnings.warn(f"{path}: skipped {bad} unreadable line(s) (a run killed mid-write)", stacklevel=2)
     return out
+
+
+class NullLog:
+    """A :class:`MetricsLog` that writes nothing (ranks other than 0; runs without a run_dir)."""
+
+    def reset(self) -> None:
+        pass
+
+    def truncate_after(self, step: int, epoch: int | None = None) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -46,13 +46,22 @@ class PaperDropoutSGD(torch.optim.Optimizer):
         return None
 
 
+def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
+    """Multi-tensor update kernels: ``fused`` on CUDA (one kernel for all parameters), ``foreach`` elsewhere."""
+    if params and params[0].device.type == "cuda":
+        return {"fused": True}
+    return {"foreach": True}
+
+
+
 def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     params = list(params)
-    if cfg.name == "paper_dropout":
+    if cfg.name == "paper_dropout":  # foreach ops already (see PaperDropoutSGD.step)
         return PaperDropoutSGD(params, lr=cfg.lr, momentum=cfg.initial_momentum)
+    impl = implementation(params)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False, **impl)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
 
 
 def hyperparams_at(cfg: OptimConfig, epoch: int, step: int, total_steps: int) -> dict[str, float]:

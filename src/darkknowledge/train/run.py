@@ -3,7 +3,13 @@
 Everything that can be checked is checked before the run directory is touched: method, model
 and dataset names, teacher checkpoints, class counts, labels, the resume state. A run
 directory then holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``, and at
-the end ``model.safetensors`` and ``summary.json``.
+the end ``model.safetensors`` and ``summary.json``. A replicated run (``replicas``, K models
+trained as one batched computation) writes each model with its own ``config.yaml`` (the ordinary
+run it stands for) and ``summary.json`` under ``replicas/<k>/``, and an overall ``summary.json``.
+
+Under ``torchrun`` (WORLD_SIZE > 1) every process runs this same function: the student is wrapped
+in DDP by the loop, each process trains on its slice of every global batch, and only rank 0
+writes files (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +38,10 @@ from darkknowledge.data import (
 )
 from darkknowledge.errors import DKError, writing
 from darkknowledge.methods import build_method
-from darkknowledge.models import MODEL_FILE, build_model, save_model
+from darkknowledge.models import MODEL_FILE, BatchedMLP, build_model, save_model
 from darkknowledge.teachers import Teacher, compute_teacher_logits, store_options, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
+from darkknowledge.train.distributed import Distributed, from_environment, rank_seed, shutdown
 from darkknowledge.train.evaluate import evaluate
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
 from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
@@ -80,17 +88,25 @@ def prepare_data(cfg: DataConfig) -> Splits:
     return Splits(train, valid, test)
 
 
-def _check_resume(run_dir: Path, resume: str) -> dict[str, Any] | None:
+def _model_files(cfg: RunConfig, run_dir: Path) -> list[Path]:
+    """Where the run's model file(s) go: ``model.safetensors``, or one per replica."""
+    if cfg.replicas.count:
+        return [run_dir / "replicas" / str(k) / MODEL_FILE for k in range(cfg.replicas.count)]
+    return [run_dir / MODEL_FILE]
+
+
+def _check_resume(run_dir: Path, resume: str, cfg: RunConfig) -> dict[str, Any] | None:
     """The checkpoint to resume from (verified), or None to start fresh."""
+    has_model = any(p.exists() for p in _model_files(cfg, run_dir))
     if resume == "never":
-        if list_checkpoints(run_dir / "checkpoints") or (run_dir / MODEL_FILE).exists():
+        if list_checkpoints(run_dir / "checkpoints") or has_model:
             raise DKError(f"run directory {run_dir} already holds a run", "continue it with --resume auto, or choose a new run_dir")
         return None
     if resume == "auto":
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is None and list_checkpoints(run_dir / "checkpoints"):
             raise DKError(f"no checkpoint in {run_dir / 'checkpoints'} is intact", "start a new run_dir")
-        if ckpt is None and (run_dir / MODEL_FILE).exists():
+        if ckpt is None and has_model:
             raise DKError(f"run directory {run_dir} holds a model but no checkpoint to resume from", "choose a new run_dir (or delete this one to retrain)")
         return ckpt
     return read_checkpoint(resume)
@@ -108,7 +124,7 @@ def _check_same_run(cfg: RunConfig, ckpt: dict[str, Any], fingerprints: dict[str
 def _finished_summary(cfg: RunConfig, run_dir: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """The saved summary of a run that already finished (its final checkpoint, model and summary exist)."""
     state = ckpt["state"]
-    if state["epoch"] != cfg.optim.epochs or state["step_in_epoch"] != 0 or not (run_dir / MODEL_FILE).is_file():
+    if state["epoch"] != cfg.optim.epochs or state["step_in_epoch"] != 0 or not all(p.is_file() for p in _model_files(cfg, run_dir)):
         return None
     try:
         summary = json.loads((run_dir / "summary.json").read_bytes())
@@ -138,11 +154,23 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
     if not isinstance(resume, str) or not resume:
         raise DKError(f"resume={resume!r} is invalid", "use never, auto or a checkpoint directory")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    group = from_environment(cfg.device)  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
         with stop_on_signals() as stop:
-            return _run(cfg, kind, resume, stop)
+            return _run(cfg, kind, resume, stop, group)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        shutdown(group)
+
+
+@contextlib.contextmanager
+def _main_first(group: Distributed | None) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a cache), then the other ranks (which read it)."""
+    if group is not None and not group.main:
+        group.barrier()
+    yield
+    if group is not None and group.main:
+        group.barrier()
 
 
 def _stop_if_requested(stop: StopRequest) -> None:
@@ -151,9 +179,22 @@ def _stop_if_requested(stop: StopRequest) -> None:
         raise Interrupted(stop.signum, None)
 
 
-def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str, Any]:
+def _build_method(cfg: RunConfig):
+    return build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
+
+
+def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, group: Distributed | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    method = build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
+    main = group is None or group.main
+    method = _build_method(cfg)
+    replica_cfgs = cfg.replica_configs()
+    replica_methods = [_build_method(rc) for rc in replica_cfgs] or None
+    if replica_methods:
+        if cfg.model["name"] != "mlp":
+            raise DKError(f"replicas train MLPs as one batched model; model.name={cfg.model['name']} is not supported", "use model.name=mlp, or run the models one by one")
+        if len({m.needs_labels() for m in replica_methods}) > 1:
+            raise DKError("replicas disagree on whether they need labels (some hard_weight 0, some > 0)", "sweep hard_weight over all-zero or all-positive values")
+        method = replica_methods[0]
     if kind == "distill" and not method.needs_teacher:
         raise DKError(f"dk distill needs a distillation method, got method.name={cfg.method['name']}", "use soft_targets or logit_matching (or `dk train` for hard labels)")
     if kind == "train" and method.needs_teacher:
@@ -162,7 +203,11 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
         raise DKError(f"method {cfg.method['name']} needs a teacher but teacher.checkpoints is empty", "set teacher.checkpoints=[path/to/teacher_run]")
     if method.needs_teacher and cfg.data.jitter and cfg.teacher.outputs == "precompute":
         raise DKError("data.jitter>0 with teacher.outputs=precompute: stored teacher outputs are for un-jittered inputs", "set teacher.outputs=live, or data.jitter=0 (the paper's student uses no jitter)")
-    device = resolve_device(cfg.device)
+    device = group.device if group is not None else resolve_device(cfg.device)
+    if cfg.train_step == "cuda_graph" and device.type != "cuda":
+        raise DKError(f"train_step=cuda_graph needs a CUDA device, the run uses {device}", "use train_step=compile or eager on CPU")
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DKError(f"precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support", "use precision=fp32")
     if cfg.deterministic:
         if device.type == "cuda":  # cuBLAS is only deterministic with a fixed workspace
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -189,17 +234,28 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
                 f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but {cfg.data.dataset} has {train.num_classes} classes and {in_features} inputs",
                 "distill from a teacher trained on the same dataset",
             )
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model["name"], {k: v for k, v in cfg.model.items() if k != "name"}, in_features, train.num_classes)
+    spec = {k: v for k, v in cfg.model.items() if k != "name"}
+    if replica_methods:  # each replica initialized exactly as its own run would be
+        members = []
+        for rc in replica_cfgs:
+            torch.manual_seed(rc.seed)
+            members.append(build_model(cfg.model["name"], spec, in_features, train.num_classes))
+        model = BatchedMLP.from_models(members)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model["name"], spec, in_features, train.num_classes)
+    if group is not None and group.rank > 0:  # same initial weights, distinct dropout per process
+        torch.manual_seed(rank_seed(cfg.seed, group.rank))
     fingerprints = {"dataset": train.fingerprint()}
     if teacher is not None:
         fingerprints["teacher"] = teacher.fingerprint
 
+    replica_seeds = [rc.seed for rc in replica_cfgs] or None
     run_dir = Path(cfg.run_dir)
-    ckpt = _check_resume(run_dir, resume)
+    ckpt = _check_resume(run_dir, resume, cfg)
     if ckpt is not None:
         _check_same_run(cfg, ckpt, fingerprints)
-        check_resumable(cfg, ckpt, model, len(train), device)
+        check_resumable(cfg, ckpt, FitInputs(model, method, train, device, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group))
         finished = _finished_summary(cfg, run_dir, ckpt)
         if finished is not None:
             return finished
@@ -209,27 +265,32 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
     teacher_logits, eval_teacher = None, {}
     if teacher is not None:
         if cfg.teacher.outputs == "precompute":
-            teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store, store_options(cfg.teacher, method)).to(device)
+            with _main_first(group):  # rank 0 builds the store, the others then load it
+                teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store, store_options(cfg.teacher, method)).to(device)
         eval_teacher = {name: compute_teacher_logits(teacher, ds) for name, ds in eval_sets.items()}
     _stop_if_requested(stop)
 
     created = not run_dir.exists()
     try:
-        with writing(run_dir / "config.yaml"):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+        if main:
+            with writing(run_dir / "config.yaml"):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
     except DKError:
         if created:  # leave no empty run directory behind
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise
     model = model.to(device)
-    inputs = FitInputs(model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher, fingerprints)
+    inputs = FitInputs(model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher, fingerprints, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group)
     history = fit(cfg, inputs, run_dir, resume=ckpt, stop=stop)
+    if replica_methods:
+        return _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teacher, train, fingerprints, device, started, group)
 
     final = {name: evaluate(model, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()}
-    with writing(run_dir / MODEL_FILE):
-        save_model(model, run_dir / MODEL_FILE)
+    if main:
+        with writing(run_dir / MODEL_FILE):
+            save_model(model, run_dir / MODEL_FILE)
     summary = {
         "kind": kind,
         "method": cfg.method["name"],
@@ -246,6 +307,68 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest) -> dict[str,
         "config_hash": cfg.hash(),
         "fingerprints": fingerprints,
     }
-    with writing(run_dir / "summary.json"):
-        atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    if group is not None:
+        summary["world_size"] = group.world_size
+    if main:
+        with writing(run_dir / "summary.json"):
+            atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _device_name(device: torch.device) -> str:
+    return str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+
+
+def _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teacher, train, fingerprints, device, started, group) -> dict[str, Any]:
+    """K model files, each with the config of the ordinary run it stands for and its own summary."""
+    main = group is None or group.main
+    run_dir = Path(cfg.run_dir)
+    summaries = []
+    for k, (member, rc) in enumerate(zip(model.unstack(), replica_cfgs, strict=True)):
+        where = run_dir / "replicas" / str(k)
+        summary = {
+            "kind": kind,
+            "method": rc.method["name"],
+            "eval": {name: evaluate(member, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()},
+            "epochs": history["epochs"],
+            "best_epoch": history["best_epoch"][k] if isinstance(history["best_epoch"], list) else history["best_epoch"],
+            "steps": history["steps"],
+            "train_seconds": history["train_seconds"],
+            "wall_seconds": time.perf_counter() - started,
+            "device": _device_name(device),
+            "seed": rc.seed,
+            "parameters": sum(p.numel() for p in member.parameters()),
+            "transfer_set": {"name": train.name, "size": len(train)},
+            "config_hash": rc.hash(),
+            "fingerprints": fingerprints,
+            "trained_as": {"replica": k, "of": cfg.replicas.count, "run_dir": str(run_dir), "config_hash": cfg.hash()},
+        }
+        summaries.append(summary)
+        if main:
+            with writing(where / MODEL_FILE):
+                where.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(where / "config.yaml", dump_config(rc).encode())
+                save_model(member, where / MODEL_FILE)
+                atomic_write_bytes(where / "summary.json", json.dumps(summary, indent=2).encode())
+    summary = {
+        "kind": kind,
+        "method": cfg.method["name"],
+        "replicas": [{"run_dir": str(run_dir / "replicas" / str(k)), "seed": s["seed"], "method": rc.method, "eval": s["eval"]} for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))],
+        "epochs": history["epochs"],
+        "best_epoch": history["best_epoch"],
+        "steps": history["steps"],
+        "train_seconds": history["train_seconds"],
+        "wall_seconds": time.perf_counter() - started,
+        "device": _device_name(device),
+        "seed": cfg.seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "transfer_set": {"name": train.name, "size": len(train)},
+        "config_hash": cfg.hash(),
+        "fingerprints": fingerprints,
+    }
+    if group is not None:
+        summary["world_size"] = group.world_size
+    if main:
+        with writing(run_dir / "summary.json"):
+            atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary

@@ -1,0 +1,131 @@
+"""Your model, your batches, our loop: ``fit_model`` for users who bring their own nn.Module and data.
+
+    from darkknowledge.train import fit_model
+    history = fit_model(my_net, [(x0, y0), (x1, y1), ...], "hard_targets", {"lr": 0.1, "epochs": 5})
+    history = fit_model(student, batches, "soft_targets", {"epochs": 5}, method_params={"temperature": 4},
+                        teacher=my_teacher_net)
+
+Underneath is :func:`darkknowledge.train.loop.fit`, the very loop ``dk train`` runs: same
+optimizers and schedules, finite checks, gradient accumulation, compile/bf16 switches, and with a
+``run_dir`` the same metrics log, checkpoints and exact resume. The teacher (any module or
+callable returning logits) is frozen and run live on each batch; it is never trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from darkknowledge.config import OptimConfig, RunConfig, build_dataclass
+from darkknowledge.errors import DKError
+from darkknowledge.methods import Method, build_method, method_config
+from darkknowledge.teachers import freeze
+from darkknowledge.train.batches import IterableBatches
+from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints
+from darkknowledge.train.loop import FitInputs, fit
+from darkknowledge.train.run import resolve_device
+
+
+def _as_teacher(teacher: nn.Module | Callable | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if teacher is None:
+        return None
+    if isinstance(teacher, nn.Module):
+        freeze(teacher)
+
+    def targets(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return teacher(x)
+
+    return targets
+
+
+def fit_model(
+    model: nn.Module,
+    batches: Iterable | Callable[[], Iterable],
+    method: str | Method = "hard_targets",
+    optim: OptimConfig | Mapping[str, Any] | None = None,
+    *,
+    method_params: Mapping[str, Any] | None = None,
+    teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eval_batches: Mapping[str, Iterable] | None = None,
+    steps_per_epoch: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    resume: str = "never",
+    **settings: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on ``batches`` with a registered method (or a method instance).
+
+    Args:
+        model: any ``nn.Module`` mapping inputs (B, ...) to logits (B, classes); moved to ``device``.
+            A ``project_max_norm_()`` method, if it has one, runs after every step.
+        batches: a re-iterable of ``(inputs, labels)`` (labels may be None for teacher-only
+            methods), e.g. a list or a DataLoader, or a zero-argument function returning one
+            epoch's batches (then give ``steps_per_epoch``). Iterated once per epoch.
+        method: a method name (``dk ls``) with ``method_params``, or a method instance.
+        optim: ``OptimConfig`` or its fields as a mapping, e.g. ``{"name": "adam", "lr": 1e-3, "epochs": 3}``.
+        teacher: a module or callable returning logits (B, classes) or (members, B, classes);
+            frozen, run under ``torch.inference_mode`` on every batch.
+        eval_batches: ``{name: batches}`` evaluated at epoch ends (errors, accuracy, NLL, ECE,
+            agreement with the teacher); ``select_best_on="valid"`` needs a ``valid`` entry.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``. ``seed`` seeds dropout.
+        run_dir: where to write ``metrics.jsonl`` and checkpoints (None: nothing is written).
+        resume: ``never`` or ``auto`` (continue from the newest checkpoint in ``run_dir``).
+        settings: other :class:`RunConfig` fields: ``log_every``, ``sync_every``, ``train_step``,
+            ``precision``, ``checkpoint_every``, ``eval_every``, ``select_best_on``, ``progress``...
+
+    Returns:
+        ``{"eval": {name: metrics}, "steps", "epochs", "best_epoch", "train_seconds"}``.
+    """
+    if isinstance(method, str):
+        method = build_method(method, dict(method_params or {}))
+    elif method_params:
+        raise DKError("method_params given with a method instance", "pass the method's name with method_params, or configure the instance")
+    if method.needs_teacher and teacher is None:
+        raise DKError(f"method {method_config(method)['name']!r} needs a teacher", "pass teacher=<module or callable returning logits>")
+    optim_cfg = optim if isinstance(optim, OptimConfig) else build_dataclass(OptimConfig, dict(optim or {}), "optim")
+    for key in ("data", "teacher", "model", "method", "replicas", "optim", "seed", "device", "run_dir"):
+        if key in settings:
+            raise DKError(f"fit_model does not take {key} as a setting", "pass it as fit_model's own argument (or use dk train for datasets)")
+    cfg = build_dataclass(
+        RunConfig,
+        {
+            "run_dir": str(run_dir) if run_dir is not None else "",
+            "seed": seed,
+            "device": device,
+            "model": {"name": type(model).__name__},
+            "method": method_config(method),
+            "optim": dataclasses.asdict(optim_cfg),
+            # RunConfig wants a validation split for select_best_on; here it is eval_batches["valid"]
+            "data": {"validation_size": 1} if settings.get("select_best_on") else {},
+            **settings,
+        },
+        "",
+    )
+    dev = resolve_device(cfg.device)
+    source = IterableBatches.of(batches, dev, steps_per_epoch)
+    # re-iterable batches as they are; a factory is called anew at each evaluation
+    evals = {name: IterableBatches(b, 1) if callable(b) and not hasattr(b, "__iter__") else b for name, b in (eval_batches or {}).items()}
+    if cfg.select_best_on and cfg.select_best_on not in evals:
+        raise DKError(f"select_best_on={cfg.select_best_on} but eval_batches has no {cfg.select_best_on!r} entry", f"pass eval_batches={{'{cfg.select_best_on}': ...}}")
+    model.to(dev)
+    inputs = FitInputs(model, method, None, dev, teacher=_as_teacher(teacher), eval_sets=evals, batches=source)
+
+    ckpt = None
+    root = Path(run_dir) if run_dir is not None else None
+    if root is not None and resume == "auto":
+        ckpt = latest_checkpoint(root / "checkpoints")
+        if ckpt is not None and ckpt["state"].get("config_hash") != cfg.hash():
+            raise DKError(f"checkpoint {ckpt['path']} was made with other settings", "resume with the same settings, or choose a new run_dir")
+    elif root is not None and resume == "never" and list_checkpoints(root / "checkpoints"):
+        raise DKError(f"run directory {root} already holds checkpoints", "pass resume='auto' to continue, or choose a new run_dir")
+    elif resume not in ("never", "auto"):
+        raise DKError(f"resume={resume!r} is invalid for fit_model", "use never or auto")
+    torch.manual_seed(cfg.seed)
+    return fit(cfg, inputs, root, resume=ckpt)
