@@ -100,7 +100,10 @@ def from_environment(device_name: str) -> Distributed | None:
         raise DKError(f"device {device_name!r} cannot be used by several processes", "use device=auto, cuda or cpu with torchrun")
     created = False
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        try:
+            dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        except (ValueError, RuntimeError) as exc:
+            raise DKError(f"cannot join the process group of WORLD_SIZE={world} ({' '.join(str(exc).split())[:200]})", "launch with torchrun --nproc_per_node=N, or unset WORLD_SIZE/RANK") from None
         created = True
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise DKError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with RANK={rank}, WORLD_SIZE={world}", "launch with torchrun")

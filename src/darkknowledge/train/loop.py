@@ -52,7 +52,7 @@ from darkknowledge.train.metrics import MetricsLog, NullLog
 from darkknowledge.train.optim import build_optimizer, hyperparams_at, set_hyperparams
 from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
 
-Teacher = Callable[[torch.Tensor], torch.Tensor]  # inputs (B, D) → logits (members, B, C) or (B, C)
+TeacherFn = Callable[[torch.Tensor], torch.Tensor]  # inputs (B, D) → logits (members, B, C) or (B, C)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class FitInputs:
     method: Method
     train_set: TensorDataset | None  # the in-memory fast path; None when ``batches`` is given
     device: torch.device
-    teacher: Teacher | None = None
+    teacher: TeacherFn | None = None  # e.g. a teachers.Teacher; frozen, run live when teacher_logits is None
     teacher_logits: Any = None  # stored targets indexable as [:, positions] (members, N, classes); None = live
     eval_sets: dict[str, Any] = field(default_factory=dict)  # name → TensorDataset or IterableBatches
     eval_teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict)
