@@ -314,11 +314,12 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
             return stop.requested if d is None else False
         values = torch.stack([p[3] for p in pending])
         agreed = stop.requested
-        if d is not None:  # one collective: the global-mean terms and whether any process was signalled
+        if d is None:
+            host = values.tolist()  # the one host sync
+        else:  # one collective: the global-mean terms and whether any process was signalled
             flag = torch.tensor([1.0 if stop.requested else 0.0], device=values.device)
-            reduced = d.all_reduce_sum(torch.cat([values.flatten(), flag]))
-            values, agreed = reduced[:-1].view_as(values), bool(reduced[-1] > 0)
-        host = values.tolist()  # the one host sync
+            reduced = d.all_reduce_sum(torch.cat([values.flatten(), flag])).cpu()  # the one host sync
+            host, agreed = reduced[:-1].view_as(values).tolist(), bool(reduced[-1] > 0)
         entries, pending = pending, []
         for (step, ep, batch, _, hp), v in zip(entries, host, strict=True):
             if replicated:
