@@ -3,12 +3,16 @@
 User errors print one line (``dk: error: ...``) and exit with code 2, before anything is written.
 A diverged run exits 3; a run stopped by SIGTERM/SIGINT exits 128 + signum after a checkpoint
 (see docs/reliability.md).
+
+Data-parallel on several processes or GPUs (docs/performance.md):
+``torchrun --nproc_per_node=N -m darkknowledge.cli train|distill ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -64,10 +68,29 @@ def _config(args: argparse.Namespace, extra: list[str], default_method: str = "h
 
 
 def _report(summary: dict) -> None:
-    for split, m in summary["eval"].items():
-        extra = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
-        print(f"{split}: {m['errors']} errors / {m['n']} ({100 * (1 - m['accuracy']):.2f}%), nll {m['nll']:.4f}, ece {m['ece']:.4f}{extra}")
+    for k, replica in enumerate(summary.get("replicas") or []):
+        swept = {key: replica["method"][key] for key in replica["method"] if key != "name"}
+        print(f"replica {k} (seed {replica['seed']}{''.join(f', {key}={v}' for key, v in swept.items())}):")
+        _report_eval(replica["eval"], "  ")
+    _report_eval(summary.get("eval") or {})
     print(f"wall time {summary['wall_seconds']:.1f}s on {summary['device']}")
+
+
+def _report_eval(evals: dict, indent: str = "") -> None:
+    for split, m in evals.items():
+        extra = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
+        print(f"{indent}{split}: {m['errors']} errors / {m['n']} ({100 * (1 - m['accuracy']):.2f}%), nll {m['nll']:.4f}, ece {m['ece']:.4f}{extra}")
+
+
+def _finish(cfg: RunConfig, summary: dict, what: str) -> None:
+    """Print the outcome (rank 0 only under torchrun: the other processes trained the same model)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    _report(summary)
+    if summary.get("replicas"):
+        print(f"{len(summary['replicas'])} {what}s saved to {cfg.run_dir}/replicas/<k>/model.safetensors")
+    else:
+        print(f"{what} saved to {cfg.run_dir}/model.safetensors")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -75,8 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args, [])
     summary = run(cfg, kind="train", resume=args.resume)
-    _report(summary)
-    print(f"model saved to {cfg.run_dir}/model.safetensors")
+    _finish(cfg, summary, "model")
     return 0
 
 
@@ -86,8 +108,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     extra = [f"teacher.checkpoints={json.dumps(args.teacher)}"] if args.teacher else []
     cfg = _config(args, extra, default_method="soft_targets")
     summary = run(cfg, kind="distill", resume=args.resume)
-    _report(summary)
-    print(f"student saved to {cfg.run_dir}/model.safetensors")
+    _finish(cfg, summary, "student")
     return 0
 
 
