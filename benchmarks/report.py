@@ -224,7 +224,10 @@ def markdown(results: dict[str, Any], source: str | None = None) -> str:
         )
     lines += ["", "| target | value | status |", "|---|---:|---|"]
     for t in results.get("targets") or evaluate_targets(results):
-        value = "—" if t["value"] is None else f"{_num(t['value'])} {t['unit']}"
+        digits = (
+            f"{t['value']:.3f}" if t["value"] is not None and t["unit"] == "×" else _num(t["value"])
+        )
+        value = "—" if t["value"] is None else f"{digits} {t['unit']}"
         lines.append(f"| {t['text']} | {value} | {t['status']} |")
     return "\n".join(lines)
 
