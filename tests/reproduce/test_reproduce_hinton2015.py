@@ -116,3 +116,32 @@ def test_reduced_reproduction_runs_records_and_reports(tmp_path):
     mtime = (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns
     assert reproduce("hinton2015", **args) == 0
     assert (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def _copy_experiment(tmp_path: Path) -> Path:
+    exp = tmp_path / "experiments" / "hinton2015"
+    shutil.copytree(EXP / "configs", exp / "configs")
+    shutil.copy(EXP / "claims.yaml", exp / "claims.yaml")
+    shutil.copy(EXP / "README.md", exp / "README.md")
+    return exp
+
+
+def _sweep_rows(exp: Path) -> dict[str, float]:
+    with open(exp / "results.csv", newline="") as f:
+        return {r["variant"]: float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "temperature_sweep"}
+
+
+def test_batched_sweep_equals_one_run_per_student(tmp_path):
+    """The sweep's students trained as one batched run give the same results as one by one."""
+    tiny = [o for o in TINY if not o.startswith("model.hidden")] + ["data.validation_size=0"]
+    results = {}
+    for batched in (True, False):
+        exp = _copy_experiment(tmp_path / str(batched))
+        cfg = exp / "configs" / "temperature_sweep.yaml"
+        text = cfg.read_text().replace("widths: [30, 300, 800]", f"widths: [8, 16]\n  batched: {str(batched).lower()}")
+        cfg.write_text(text.replace("temperatures: [1, 2, 2.5, 3, 4, 5, 8, 10, 20]", "temperatures: [1, 4, 20]"))
+        reproduce("hinton2015", only=["temperature_sweep"], root=str(exp.parent), device="cpu", overrides=tiny, runs_root=str(tmp_path / str(batched) / "runs"))
+        results[batched] = _sweep_rows(exp)
+    assert set(results[True]) == {f"w{w}_T{t}" for w in (8, 16) for t in (1, 4, 20)}
+    for variant, errors in results[False].items():
+        assert abs(results[True][variant] - errors) <= 1, variant  # float-tolerance equal models

@@ -165,10 +165,23 @@ def cell_distill(ctx: Context, cell: Cell) -> None:
 
 
 def cell_sweep(ctx: Context, cell: Cell) -> None:
+    """Students of each width across temperatures. With ``batched: true`` (the default) the
+    students of one width train together as one batched computation (``replicas``), each
+    exactly as its own run would (docs/performance.md); rows then share that run's wall time."""
+    temps = cell.sweep["temperatures"]
     for width in cell.sweep["widths"]:
-        for temp in cell.sweep["temperatures"]:
+        hidden = f"model.hidden=[{width},{width}]"
+        if cell.sweep.get("batched", True):
+            cfg = ctx.config(cell, [hidden, f"replicas.method.temperature={json.dumps(temps)}"], name=f"{cell.id}_w{width}")
+            s = ctx.train(cfg, "distill")
+            for temp, replica in zip(temps, s["replicas"], strict=True):
+                variant = f"w{width}_T{temp:g}"
+                ctx.record(cell.id, "test_errors", replica["eval"]["test"]["errors"], s, variant=variant)
+                _say(ctx, f"{cell.id} {variant}", {**s, "eval": replica["eval"]})
+            continue
+        for temp in temps:
             variant = f"w{width}_T{temp:g}"
-            cfg = ctx.config(cell, [f"model.hidden=[{width},{width}]", f"method.temperature={temp}"], name=f"{cell.id}_{variant}")
+            cfg = ctx.config(cell, [hidden, f"method.temperature={temp}"], name=f"{cell.id}_{variant}")
             s = ctx.train(cfg, "distill")
             ctx.record(cell.id, "test_errors", s["eval"]["test"]["errors"], s, variant=variant)
             _say(ctx, f"{cell.id} {variant}", s)
