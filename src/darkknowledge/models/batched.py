@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from darkknowledge.errors import DKError
-from darkknowledge.models.mlp import MLP, MLPSpec
+from darkknowledge.models.mlp import MLP, MLPSpec, dropout
 
 
 class BatchedLinear(nn.Module):
@@ -74,9 +73,9 @@ class BatchedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (K, batch, in_features) → logits (K, batch, classes)."""
-        x = F.dropout(x, self.spec.input_dropout, self.training)
+        x = dropout(x, self.spec.input_dropout, self.training)
         for layer in self.layers[:-1]:
-            x = F.dropout(torch.relu(layer(x)), self.spec.hidden_dropout, self.training)
+            x = dropout(torch.relu(layer(x)), self.spec.hidden_dropout, self.training)
         return self.layers[-1](x)
 
     def max_norm_weights(self) -> list[torch.Tensor]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from darkknowledge.errors import DKError
@@ -46,6 +47,20 @@ class MLPSpec:
         return MLP(self, in_features, num_classes)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1−p).
+
+    On the CPU the mask comes from ``rand_like(x) >= p``: the same distribution as
+    ``F.dropout``'s Bernoulli draw at about a third of its cost there (``bernoulli_`` was ~30%
+    of a teacher step on 2 cores). Elsewhere PyTorch's fused kernel is used.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    return torch.where(torch.rand_like(x) >= p, x * (1.0 / (1.0 - p)), 0.0)
+
+
 class MLP(nn.Module):
     """ReLU MLP; dropout is inverted, so eval mode is the paper's "mean network"."""
 
@@ -56,8 +71,6 @@ class MLP(nn.Module):
         self.num_classes = num_classes
         widths = [in_features, *[int(h) for h in spec.hidden], num_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.input_dropout = nn.Dropout(spec.input_dropout)
-        self.hidden_dropout = nn.Dropout(spec.hidden_dropout)
         if spec.init_std is not None:
             for layer in self.layers:
                 nn.init.normal_(layer.weight, 0.0, spec.init_std)
@@ -65,9 +78,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, in_features) → logits (batch, classes)."""
-        x = self.input_dropout(x)
+        x = dropout(x, self.spec.input_dropout, self.training)
         for layer in self.layers[:-1]:
-            x = self.hidden_dropout(torch.relu(layer(x)))
+            x = dropout(torch.relu(layer(x)), self.spec.hidden_dropout, self.training)
         return self.layers[-1](x)
 
     def max_norm_weights(self) -> list[torch.Tensor]:
