@@ -52,14 +52,16 @@ def _config(args: argparse.Namespace, extra: list[str], default_method: str = "h
     ``default_method`` fills ``method.name`` when neither the YAML nor an override names one
     (``dk distill`` defaults to soft_targets, keeping e.g. ``method.temperature=5``).
     """
-    from darkknowledge.config import RunConfig, apply_overrides, build_dataclass, read_yaml
+    from darkknowledge.config import RunConfig, apply_overrides, build_dataclass, read_run_config
 
-    overrides = list(args.overrides) + extra
+    data, overrides = read_run_config(args.config, args.scale) if args.config else ({}, [])
+    if args.scale and not args.config:
+        raise DKError(f"--scale {args.scale} needs -c with an experiment cell config", "add -c experiments/hinton2015/configs/<cell>.yaml")
+    overrides += list(args.overrides) + extra
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     if getattr(args, "deterministic", False):
         overrides.append("deterministic=true")
-    data = read_yaml(args.config) if args.config else {}
     data = apply_overrides(data, overrides)
     method = data.setdefault("method", {})
     if isinstance(method, dict) and "name" not in method:
@@ -201,7 +203,8 @@ def cmd_teacher_outputs_info(args: argparse.Namespace) -> int:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML run config (see experiments/hinton2015/configs)")
+    p.add_argument("-c", "--config", help="YAML run config, or an experiment cell (experiments/hinton2015/configs/*.yaml: its run: section)")
+    p.add_argument("--scale", choices=["smoke", "full"], help="with an experiment cell: apply that scale's overrides (default: the cell as written, the paper's setting)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 data.omit_classes=[3]")
     p.add_argument("--run-dir", help="output directory (same as run_dir=...)")
     p.add_argument("--resume", default="never", help="never (default), auto (latest intact checkpoint in run_dir), or a checkpoint directory")

@@ -426,11 +426,43 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict[str, Any] | None = None) -> RunConfig:
+def is_cell_config(data: dict[str, Any]) -> bool:
+    """An experiment cell (``experiments/*/configs/*.yaml``): the run lives under ``run:``."""
+    return "cell" in data and "run" in data
+
+
+def scale_overrides(cell: dict[str, Any], scale: str | None) -> list[str]:
+    """A cell's ``scales.<scale>`` overrides as ``key=value`` strings (a list, or a mapping)."""
+    if scale is None:
+        return []
+    scales = cell.get("scales") or {}
+    if scale not in scales:
+        raise DKError(f"the config has no scale {scale!r} (it has: {', '.join(scales) or 'none'})", "choose one of its scales, or leave --scale out for the paper's setting")
+    ov = scales[scale] or []
+    return list(ov) if isinstance(ov, list) else [f"{k}={json.dumps(v)}" for k, v in ov.items()]
+
+
+def read_run_config(path: str | Path, scale: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The run-config mapping of a YAML file and the overrides its ``scale`` adds.
+
+    A plain run config is returned as is; an experiment cell gives its ``run:`` section (the
+    paper's setting) and, with ``scale``, that scale's overrides (``smoke`` = minutes on a CPU).
+    """
+    data = read_yaml(path)
+    if not is_cell_config(data):
+        if scale is not None:
+            raise DKError(f"--scale {scale} needs an experiment cell config; {path} is a plain run config", "leave --scale out")
+        return data, []
+    return dict(data["run"] or {}), scale_overrides(data, scale)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict[str, Any] | None = None, scale: str | None = None) -> RunConfig:
     """Read YAML (or start from ``base``), apply ``key=value`` overrides, validate."""
     data = dict(base or {})
     if path is not None:
-        data.update(read_yaml(path))
+        run, extra = read_run_config(path, scale)
+        data.update(run)
+        overrides = [*extra, *overrides]
     data = apply_overrides(data, list(overrides))
     return build_dataclass(RunConfig, data, "")
 

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 import yaml
 
-from darkknowledge.config import RunConfig, apply_overrides, build_dataclass, read_yaml
+from darkknowledge.config import (
+    RunConfig,
+    apply_overrides,
+    build_dataclass,
+    read_yaml,
+    scale_overrides,
+)
 from darkknowledge.errors import DKError
 from darkknowledge.models import load_model
 from darkknowledge.reproduce.report import write_report
@@ -58,9 +64,7 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
     cells = {}
     for path in sorted((exp_dir / "configs").glob("*.yaml")):
         raw = read_yaml(path)
-        scales = {}
-        for scale, ov in (raw.get("scales") or {}).items():
-            scales[scale] = list(ov) if isinstance(ov, list) else [f"{k}={json.dumps(v)}" for k, v in (ov or {}).items()]
+        scales = {scale: scale_overrides(raw, scale) for scale in (raw.get("scales") or {})}
         cell = Cell(
             id=raw["cell"], kind=raw["kind"], run=raw.get("run") or {}, scales=scales,
             teacher=raw.get("teacher"), reference=raw.get("reference"),
