@@ -149,7 +149,7 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
         s = ctx.train(cfg, kind)
         scores.append(s["eval"]["valid"]["errors"])
         ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
-        _say(ctx, f"{cell.id} select {key}={value}: {scores[-1]} validation errors;", s)
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on {s['device']}", flush=True)
     best = values[scores.index(min(scores))]
     ctx.selected[cell.id] = [f"{key}={best}"]
     ctx.record(cell.id, f"selected_{key}", float(best), s)
