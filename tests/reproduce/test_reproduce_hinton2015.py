@@ -145,3 +145,13 @@ def test_batched_sweep_equals_one_run_per_student(tmp_path):
     assert set(results[True]) == {f"w{w}_T{t}" for w in (8, 16) for t in (1, 4, 20)}
     for variant, errors in results[False].items():
         assert abs(results[True][variant] - errors) <= 1, variant  # float-tolerance equal models
+
+
+def test_a_diverging_step_size_is_no_candidate(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    cfg = exp / "configs" / "student_800_hard.yaml"
+    cfg.write_text(cfg.read_text().replace("values: [0.01, 0.03, 0.1, 0.3]", "values: [1.0e+9, 0.1]"))
+    reproduce("hinton2015", only=["student_800_hard"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"))
+    with open(exp / "results.csv", newline="") as f:
+        rows = {r["metric"]: r["value"] for r in csv.DictReader(f) if r["cell"] == "student_800_hard"}
+    assert float(rows["selected_optim.lr"]) == 0.1 and "test_errors" in rows

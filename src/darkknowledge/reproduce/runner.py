@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from darkknowledge.config import (
     read_yaml,
     scale_overrides,
 )
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, NonFiniteLossError
 from darkknowledge.models import load_model
 from darkknowledge.reproduce.report import write_report
 from darkknowledge.reproduce.results import append_results, git_sha
@@ -146,10 +147,17 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
     scores = []
     for value in values:
         cfg = ctx.config(cell, [f"{key}={value}", f"data.validation_size={size}"], name=f"{cell.id}_select_{key}={value}")
-        s = ctx.train(cfg, kind)
+        try:
+            s = ctx.train(cfg, kind)
+        except NonFiniteLossError as exc:  # a step size too large for this loss: not a candidate
+            scores.append(math.inf)
+            print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: diverged ({exc})", flush=True)
+            continue
         scores.append(s["eval"]["valid"]["errors"])
         ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
         print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on {s['device']}", flush=True)
+    if all(math.isinf(x) for x in scores):
+        raise DKError(f"cell {cell.id}: every candidate {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
     best = values[scores.index(min(scores))]
     ctx.selected[cell.id] = [f"{key}={best}"]
     ctx.record(cell.id, f"selected_{key}", float(best), s)
