@@ -17,16 +17,19 @@ from darkknowledge.data import TensorDataset
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 2000) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) over the whole dataset: (N, classes) float32."""
+    """Logits of ``model`` (in eval mode) over the whole dataset, float32: (N, classes), or
+    (K, N, classes) for a batched model of K replicas (one forward pass serves all K)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    replicas = getattr(model, "replicas", None)
     out = []
     for start in range(0, len(dataset), batch_size):
         pos = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.images.device)
-        out.append(model(dataset.features(pos).to(device)).float())
+        x = dataset.features(pos).to(device)
+        out.append(model(x if replicas is None else x.unsqueeze(0).expand(replicas, *x.shape)).float())
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out, dim=-2)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -64,24 +67,9 @@ def evaluate(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Ten
     return classification_metrics(predict_logits(model, dataset), dataset.labels, teacher_logits)
 
 
-@torch.inference_mode()
-def predict_replica_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 2000) -> torch.Tensor:
-    """Logits of each of K batched replicas (eval mode) over the whole dataset: (K, N, classes)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(dataset), batch_size):
-        pos = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.images.device)
-        x = dataset.features(pos).to(device)
-        out.append(model(x.unsqueeze(0).expand(model.replicas, *x.shape)).float())
-    model.train(was_training)
-    return torch.cat(out, dim=1)
-
-
 def evaluate_replicas(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> list[dict[str, float]]:
     """:func:`evaluate` for each replica of a batched model (one forward pass for all K)."""
-    logits = predict_replica_logits(model, dataset)
+    logits = predict_logits(model, dataset)
     return [classification_metrics(z, dataset.labels, teacher_logits) for z in logits]
 
 

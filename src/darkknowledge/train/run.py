@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from darkknowledge.config import DataConfig, RunConfig, dump_config
 from darkknowledge.data import (
@@ -291,25 +292,34 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, group: Distr
     if main:
         with writing(run_dir / MODEL_FILE):
             save_model(model, run_dir / MODEL_FILE)
-    summary = {
+    summary = _summary(kind, cfg, final, history, history["best_epoch"], started, device, model, train, fingerprints)
+    return _write_summary(run_dir, summary, group)
+
+
+def _summary(kind: str, cfg: RunConfig, evals: dict[str, Any], history: dict[str, Any], best_epoch: Any, started: float, device: torch.device, model: nn.Module, train: TensorDataset, fingerprints: dict[str, str]) -> dict[str, Any]:
+    """What ``summary.json`` says of a finished run (``cfg``: the run a model stands for)."""
+    return {
         "kind": kind,
         "method": cfg.method["name"],
-        "eval": final,
+        "eval": evals,
         "epochs": history["epochs"],
-        "best_epoch": history["best_epoch"],
+        "best_epoch": best_epoch,
         "steps": history["steps"],
         "train_seconds": history["train_seconds"],
         "wall_seconds": time.perf_counter() - started,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": _device_name(device),
         "seed": cfg.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "transfer_set": {"name": train.name, "size": len(train)},
         "config_hash": cfg.hash(),
         "fingerprints": fingerprints,
     }
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any], group: Any) -> dict[str, Any]:
     if group is not None:
         summary["world_size"] = group.world_size
-    if main:
+    if group is None or group.main:
         with writing(run_dir / "summary.json"):
             atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
@@ -326,23 +336,10 @@ def _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teac
     summaries = []
     for k, (member, rc) in enumerate(zip(model.unstack(), replica_cfgs, strict=True)):
         where = run_dir / "replicas" / str(k)
-        summary = {
-            "kind": kind,
-            "method": rc.method["name"],
-            "eval": {name: evaluate(member, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()},
-            "epochs": history["epochs"],
-            "best_epoch": history["best_epoch"][k] if isinstance(history["best_epoch"], list) else history["best_epoch"],
-            "steps": history["steps"],
-            "train_seconds": history["train_seconds"],
-            "wall_seconds": time.perf_counter() - started,
-            "device": _device_name(device),
-            "seed": rc.seed,
-            "parameters": sum(p.numel() for p in member.parameters()),
-            "transfer_set": {"name": train.name, "size": len(train)},
-            "config_hash": rc.hash(),
-            "fingerprints": fingerprints,
-            "trained_as": {"replica": k, "of": cfg.replicas.count, "run_dir": str(run_dir), "config_hash": cfg.hash()},
-        }
+        best = history["best_epoch"][k] if isinstance(history["best_epoch"], list) else history["best_epoch"]
+        evals = {name: evaluate(member, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()}
+        summary = _summary(kind, rc, evals, history, best, started, device, member, train, fingerprints)
+        summary["trained_as"] = {"replica": k, "of": cfg.replicas.count, "run_dir": str(run_dir), "config_hash": cfg.hash()}
         summaries.append(summary)
         if main:
             with writing(where / MODEL_FILE):
@@ -350,25 +347,7 @@ def _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teac
                 atomic_write_bytes(where / "config.yaml", dump_config(rc).encode())
                 save_model(member, where / MODEL_FILE)
                 atomic_write_bytes(where / "summary.json", json.dumps(summary, indent=2).encode())
-    summary = {
-        "kind": kind,
-        "method": cfg.method["name"],
-        "replicas": [{"run_dir": str(run_dir / "replicas" / str(k)), "seed": s["seed"], "method": rc.method, "eval": s["eval"]} for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))],
-        "epochs": history["epochs"],
-        "best_epoch": history["best_epoch"],
-        "steps": history["steps"],
-        "train_seconds": history["train_seconds"],
-        "wall_seconds": time.perf_counter() - started,
-        "device": _device_name(device),
-        "seed": cfg.seed,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "transfer_set": {"name": train.name, "size": len(train)},
-        "config_hash": cfg.hash(),
-        "fingerprints": fingerprints,
-    }
-    if group is not None:
-        summary["world_size"] = group.world_size
-    if main:
-        with writing(run_dir / "summary.json"):
-            atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
-    return summary
+    summary = _summary(kind, cfg, {}, history, history["best_epoch"], started, device, model, train, fingerprints)
+    del summary["eval"]
+    summary["replicas"] = [{"run_dir": str(run_dir / "replicas" / str(k)), "seed": s["seed"], "method": rc.method, "eval": s["eval"]} for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))]
+    return _write_summary(run_dir, summary, group)
