@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from darkknowledge.errors import DKError
+from darkknowledge.losses import hard_target_loss
 from darkknowledge.registry import Registry
 
 
@@ -141,3 +142,16 @@ def require_labels(method: Method, labels: torch.Tensor | None) -> torch.Tensor:
             "set hard_weight=0 or use a labelled transfer set",
         )
     return labels
+
+
+def with_hard_term(method: Any, name: str, term: torch.Tensor, weight: float, student_logits: torch.Tensor, labels: torch.Tensor | None) -> MethodOutput:
+    """``weight · term`` plus, when the method's ``hard_weight`` > 0, ``hard_weight ·`` the
+    cross-entropy with the labels on the same logits (Hinton et al. 2015, §2: the second,
+    usually much smaller, objective). Components are the unweighted terms."""
+    loss = weight * term
+    components = {name: term.detach()}
+    if method.needs_labels():
+        hard = hard_target_loss(student_logits, require_labels(method, labels))
+        loss = loss + method.hard_weight * hard
+        components["hard"] = hard.detach()
+    return MethodOutput(loss=loss, components=components)

@@ -8,13 +8,13 @@ from typing import ClassVar
 import torch
 
 from darkknowledge.errors import DKError
-from darkknowledge.losses import TopKTargets, hard_target_loss, logit_matching_loss
+from darkknowledge.losses import TopKTargets, logit_matching_loss
 from darkknowledge.methods.base import (
     MethodOutput,
     methods,
-    require_labels,
     require_teacher,
     validate_hyperparameters,
+    with_hard_term,
 )
 
 
@@ -57,10 +57,4 @@ class LogitMatching:
         if isinstance(teacher, TopKTargets):
             raise DKError("logit_matching needs the teacher's dense logits, got top-k targets", "use a dense teacher-output store (teacher.store_topk: null)")
         logit = logit_matching_loss(student_logits, teacher, combine)
-        loss = self.logit_weight * logit
-        components = {"logit": logit.detach()}
-        if self.needs_labels():
-            hard = hard_target_loss(student_logits, require_labels(self, labels))
-            loss = loss + self.hard_weight * hard
-            components["hard"] = hard.detach()
-        return MethodOutput(loss=loss, components=components)
+        return with_hard_term(self, "logit", logit, self.logit_weight, student_logits, labels)

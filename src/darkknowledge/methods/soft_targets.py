@@ -9,16 +9,15 @@ import torch
 
 from darkknowledge.losses import (
     TopKTargets,
-    hard_target_loss,
     soft_target_loss,
     soft_target_loss_topk,
 )
 from darkknowledge.methods.base import (
     MethodOutput,
     methods,
-    require_labels,
     require_teacher,
     validate_hyperparameters,
+    with_hard_term,
 )
 
 
@@ -68,10 +67,4 @@ class SoftTargets:
             soft = soft_target_loss_topk(student_logits, indices, log_probs, tail, self.temperature)
         else:
             soft = soft_target_loss(student_logits, teacher, self.temperature, combine)
-        loss = self.soft_weight * soft
-        components = {"soft": soft.detach()}
-        if self.needs_labels():
-            hard = hard_target_loss(student_logits, require_labels(self, labels))
-            loss = loss + self.hard_weight * hard
-            components["hard"] = hard.detach()
-        return MethodOutput(loss=loss, components=components)
+        return with_hard_term(self, "soft", soft, self.soft_weight, student_logits, labels)
