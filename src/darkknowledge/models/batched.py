@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from darkknowledge.errors import DKError
-from darkknowledge.models.mlp import MLP, MLPSpec, dropout
+from darkknowledge.models.mlp import MLP, MLPSpec
 
 
 class BatchedLinear(nn.Module):
@@ -71,18 +71,8 @@ class BatchedMLP(nn.Module):
             out.append(m)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (K, batch, in_features) → logits (K, batch, classes)."""
-        x = dropout(x, self.spec.input_dropout, self.training)
-        for layer in self.layers[:-1]:
-            x = dropout(torch.relu(layer(x)), self.spec.hidden_dropout, self.training)
-        return self.layers[-1](x)
-
-    def max_norm_weights(self) -> list[torch.Tensor]:
-        return [layer.weight for layer in self.layers[:-1]] if self.spec.max_norm else []
-
-    @torch.no_grad()
-    def project_max_norm_(self) -> None:
-        """Every replica's every hidden unit to incoming norm ≤ max_norm: one renorm per layer for all K."""
-        for w in self.max_norm_weights():
-            w.view(-1, w.shape[-1]).renorm_(2, 0, self.spec.max_norm)
+    # The same computation as one MLP, on (K, batch, features) tensors through batched layers:
+    # forward is x: (K, batch, in_features) → logits (K, batch, classes).
+    forward = MLP.forward
+    max_norm_weights = MLP.max_norm_weights
+    project_max_norm_ = MLP.project_max_norm_

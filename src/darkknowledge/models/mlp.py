@@ -91,4 +91,5 @@ class MLP(nn.Module):
     def project_max_norm_(self) -> None:
         """Rescale every hidden unit's incoming weight vector to norm ≤ max_norm (in place)."""
         for w in self.max_norm_weights():
-            w.renorm_(2, 0, self.spec.max_norm)
+            # rows of (out, in), or of every replica's (K, out, in) at once in a BatchedMLP
+            w.view(-1, w.shape[-1]).renorm_(2, 0, self.spec.max_norm)

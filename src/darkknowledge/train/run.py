@@ -157,11 +157,24 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     group = from_environment(cfg.device)  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
-        with stop_on_signals() as stop:
-            return _run(cfg, kind, resume, stop, group)
+        try:
+            with stop_on_signals() as stop:
+                summary = _run(cfg, kind, resume, stop, group)
+        except Interrupted:
+            _settle(group)  # every rank stops at the same step (the ranks agree on a stop)
+            raise
+        _settle(group)
+        return summary
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         shutdown(group)
+
+
+def _settle(group: Distributed | None) -> None:
+    """Wait for every rank before the group is torn down: a rank destroying the gloo group while
+    another still uses it aborts that one ("terminate called without an active exception")."""
+    if group is not None:
+        group.barrier()
 
 
 @contextlib.contextmanager
