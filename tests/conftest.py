@@ -7,6 +7,9 @@ conftest (train, teachers, cli, reliability, reproduce).
 from __future__ import annotations
 
 import importlib
+import os
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ import torch
 from darkknowledge.config import load_config
 from darkknowledge.data import fetch_dataset
 from darkknowledge.models import build_model, save_model
+from darkknowledge.train.batches import IndexedBatches
 
 # A run that takes about a second on one CPU core: 300 images, 2 epochs of 6 steps.
 TINY = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=50", "progress=false"]
@@ -76,3 +80,60 @@ def teacher_file(tmp_path):
         return save_model(model, tmp_path / name)
 
     return make
+
+
+# ---------------------------------------------------------------- failure injection
+
+
+class _Payload:
+    """Unpickling this runs ``touch marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def canary_payload(tmp_path):
+    """(an object whose unpickling creates ``marker``, marker). The payload is checked to be live."""
+    live = tmp_path / "live-check"
+    pickle.loads(pickle.dumps(_Payload(live)))
+    assert live.exists(), "the canary payload does not fire; a test using it would prove nothing"
+    marker = tmp_path / "PWNED"
+    return _Payload(marker), marker
+
+
+@pytest.fixture
+def canary(canary_payload):
+    """(pickle bytes whose loading creates ``marker``, marker): for malicious-file tests."""
+    payload, marker = canary_payload
+    return pickle.dumps({"tensors": payload}), marker
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(root)``: every file's bytes below ``root`` (to prove nothing was rewritten)."""
+    return lambda root: {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def inject_nan(monkeypatch):
+    """``inject_nan(at_call)``: the ``at_call``-th batch drawn gets a NaN pixel in its first example."""
+
+    def inject(at_call):
+        real = IndexedBatches.batch
+        calls = []
+
+        def batch(self, order, step):
+            pos, x, y = real(self, order, step)
+            calls.append(step)
+            if len(calls) == at_call:
+                x = x.clone()
+                x[0, 100] = float("nan")
+            return pos, x, y
+
+        monkeypatch.setattr(IndexedBatches, "batch", batch)
+
+    return inject

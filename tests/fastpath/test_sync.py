@@ -16,13 +16,8 @@ import torch
 from darkknowledge.cli import main
 from darkknowledge.errors import NonFiniteLossError
 from darkknowledge.train import run
-from darkknowledge.train.batches import IndexedBatches
 
 ARGS = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=25", "checkpoint_every_steps=3", "progress=false"]
-
-
-def _snapshot(root):
-    return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("sync_every", [4, 100])
@@ -56,8 +51,8 @@ def _count_loop_syncs(monkeypatch):
 @pytest.mark.parametrize(("sync_every", "expected"), [(1, 12), (5, 3)])
 def test_the_loop_syncs_once_per_sync_point_not_once_per_step(make_cfg, monkeypatch, sync_every, expected):
     """12 steps (one epoch, no checkpoints but the last): one sync per step with sync_every=1;
-    with 5, syncs after steps 5, 10 and at the epoch end (12). (The hard-target loss validates its
-    labels with one sync per call in losses/hard_targets.py; that one is not the loop's.)"""
+    with 5, syncs after steps 5, 10 and at the epoch end (12). (The hard-target loss checks its
+    labels on the host only for CPU tensors, where that costs nothing; it is not the loop's.)"""
     cfg = make_cfg("optim.epochs=1", "optim.batch_size=25", f"sync_every={sync_every}", "checkpoint_every=1")
     calls = _count_loop_syncs(monkeypatch)
     run(cfg)
@@ -66,35 +61,20 @@ def test_the_loop_syncs_once_per_sync_point_not_once_per_step(make_cfg, monkeypa
     assert {fn for _, fn in calls} <= {"flush", "checkpoint"}  # nothing else in the loop touches the host
 
 
-def _inject_nan(monkeypatch, at_call):
-    real = IndexedBatches.batch
-    calls = []
-
-    def batch(self, order, step):
-        pos, x, y = real(self, order, step)
-        calls.append(step)
-        if len(calls) == at_call:
-            x = x.clone()
-            x[0, 100] = float("nan")
-        return pos, x, y
-
-    monkeypatch.setattr(IndexedBatches, "batch", batch)
-
-
-def test_a_deferred_nan_still_names_its_exact_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+def test_a_deferred_nan_still_names_its_exact_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, snapshot, inject_nan):
     """Checkpoint at step 3; resumed with sync_every=5, the NaN comes at step 5 and is found at
     the next sync point (the step-6 checkpoint), which is then not written."""
     run_dir = tmp_path / "run"
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "stop_after_steps=3"]) == 143
-    checkpoints = _snapshot(run_dir / "checkpoints")
+    checkpoints = snapshot(run_dir / "checkpoints")
     capsys.readouterr()
-    _inject_nan(monkeypatch, at_call=2)
+    inject_nan(at_call=2)
     rc = main(["train", "--run-dir", str(run_dir), *ARGS, "sync_every=5", "--resume", "auto"])
     err = capsys.readouterr().err
     assert rc == 3
     assert err.startswith("dk: error: non-finite loss at step 5 (epoch 0, batch 4): loss=nan, hard=nan;")
     assert err.count("\n") == 1 and "the last good checkpoint is kept" in err
-    assert _snapshot(run_dir / "checkpoints") == checkpoints
+    assert snapshot(run_dir / "checkpoints") == checkpoints
     logged = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 4  # steps 1-4 logged, nothing from step 5 on
 

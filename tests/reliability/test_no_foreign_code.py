@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -92,26 +90,6 @@ def test_the_scanner_catches_what_it_should():
 # ---------------------------------------------------------------- canaries
 
 
-class _Payload:
-    """Unpickling this runs ``touch marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture
-def canary(tmp_path):
-    """(pickle bytes whose loading creates ``marker``, marker). The payload is checked to be live."""
-    live = tmp_path / "live-check"
-    pickle.loads(pickle.dumps(_Payload(live)))
-    assert live.exists(), "the canary payload does not fire; the tests below would prove nothing"
-    marker = tmp_path / "PWNED"
-    return pickle.dumps({"weights": _Payload(marker)}), marker
-
-
 def test_model_file_that_is_a_pickle(tmp_path, canary, capsys):
     payload, marker = canary
     path = tmp_path / "model.safetensors"
@@ -124,10 +102,10 @@ def test_model_file_that_is_a_pickle(tmp_path, canary, capsys):
     assert not marker.exists()
 
 
-def test_model_file_written_by_torch_save(tmp_path, canary):
-    _, marker = canary
+def test_model_file_written_by_torch_save(tmp_path, canary_payload):
+    payload, marker = canary_payload
     path = tmp_path / "model.safetensors"
-    torch.save({"layers.0.weight": torch.zeros(2), "evil": _Payload(marker)}, path)
+    torch.save({"layers.0.weight": torch.zeros(2), "evil": payload}, path)
     with pytest.raises(DKError, match="is corrupt or not a darkknowledge model file"):
         load_model(path)
     assert main(["eval", str(path)]) == 2

@@ -3,51 +3,28 @@ exit code 3, and the last good checkpoint is left byte for byte as it was."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from darkknowledge.cli import main
-from darkknowledge.train.batches import IndexedBatches
 
 ARGS = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=50", "checkpoint_every_steps=3", "progress=false"]
 
 
-def _snapshot(root):
-    return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
-
-
-def _inject_nan(monkeypatch, at_call):
-    """The ``at_call``-th batch drawn gets a NaN pixel in its first example (a float source with a bad value)."""
-    real = IndexedBatches.batch
-    calls = []
-
-    def batch(self, order, step):
-        pos, x, y = real(self, order, step)
-        calls.append(step)
-        if len(calls) == at_call:
-            x = x.clone()
-            x[0, 100] = float("nan")
-        return pos, x, y
-
-    monkeypatch.setattr(IndexedBatches, "batch", batch)
-
-
-def test_nan_in_a_data_point_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+def test_nan_in_a_data_point_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys, snapshot, inject_nan):
     run_dir = tmp_path / "run"
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "stop_after_steps=3"]) == 143
-    checkpoints = _snapshot(run_dir / "checkpoints")
+    checkpoints = snapshot(run_dir / "checkpoints")
     assert [p.parent.name for p in checkpoints if p.name == "state.json"] == ["step-000000003"]
     capsys.readouterr()
 
-    _inject_nan(monkeypatch, at_call=2)  # resumed at step 3: the 2nd batch is step 5 (epoch 0, batch 4)
+    inject_nan(at_call=2)  # resumed at step 3: the 2nd batch is step 5 (epoch 0, batch 4)
     rc = main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", "auto"])
     err = capsys.readouterr().err
     assert rc == 3
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("dk: error: non-finite loss at step 5 (epoch 0, batch 4): loss=nan, hard=nan;")
     assert "the last good checkpoint is kept" in err
-    assert _snapshot(run_dir / "checkpoints") == checkpoints
+    assert snapshot(run_dir / "checkpoints") == checkpoints
     assert not (run_dir / "model.safetensors").exists() and not (run_dir / "summary.json").exists()
 
 

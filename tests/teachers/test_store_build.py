@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -311,23 +310,6 @@ def test_a_run_at_another_temperature_than_its_topk_store_is_refused_before_trai
 
 
 # ---------------------------------------------------------------- pickle canaries
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture
-def canary(tmp_path):
-    live = tmp_path / "live-check"
-    pickle.loads(pickle.dumps(_Payload(live)))
-    assert live.exists(), "the canary payload does not fire; the test would prove nothing"
-    marker = tmp_path / "PWNED"
-    return pickle.dumps({"logits": _Payload(marker)}), marker
 
 
 @pytest.mark.parametrize("victim", ["shard-00001.safetensors", "manifest.json", "shard-00001.json"])
