@@ -319,6 +319,12 @@ def suffix(variant: list[str]) -> str:
     return f" [{' '.join(variant)}]" if variant else ""
 
 
+def transfer_set(run_section: dict, train_size: int):
+    """The training images a cell's run would use at ``train_size`` (for the plain loops)."""
+    cfg = load_config(None, [f"data.train_size={train_size}"], base=copy.deepcopy(run_section))
+    return prepare_data(cfg.data).train
+
+
 # ---------------------------------------------------------------- 1. teacher step
 
 
@@ -327,8 +333,7 @@ def bench_teacher(dk: DK, mode: Mode, device: torch.device, variants: list[list[
     base = cell_run("teacher_1200")
     m = mode.teacher
     spec, opt = base["model"], base["optim"]
-    data_cfg = load_config(None, [f"data.train_size={m.train_size}"], base=copy.deepcopy(base)).data
-    data = prepare_data(data_cfg).train
+    data = transfer_set(base, m.train_size)
     step = plain_loops.teacher_step(
         data.images,
         data.labels,
@@ -417,10 +422,7 @@ def bench_distill(
     build_s = build_store(dk, stored_base, m.train_size, device)
 
     spec, opt, method = live_base["model"], live_base["optim"], live_base["method"]
-    data_cfg = load_config(
-        None, [f"data.train_size={m.train_size}"], base=copy.deepcopy(live_base)
-    ).data
-    data = prepare_data(data_cfg).train
+    data = transfer_set(live_base, m.train_size)
     step = plain_loops.distill_step(
         data.images,
         data.labels,
