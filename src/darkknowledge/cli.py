@@ -149,7 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from darkknowledge.reproduce import reproduce
 
-    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root)
+    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root, batch_seeds=args.batch_seeds)
 
 
 def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="run only these cells")
     p.add_argument("--scale", default="smoke", choices=["smoke", "full"])
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
+    p.add_argument("--no-batch-seeds", dest="batch_seeds", action="store_false", help="train each seed of a train cell on its own instead of all seeds as one batched run")
     p.add_argument("--root", default=None, help="experiments folder (default: ./experiments)")
     p.add_argument("--device", default="auto")
     p.add_argument("--runs-root", default=None, help="where run directories go (default: runs/<experiment>)")

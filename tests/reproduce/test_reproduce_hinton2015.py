@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -155,3 +156,28 @@ def test_a_diverging_step_size_is_no_candidate(tmp_path):
     with open(exp / "results.csv", newline="") as f:
         rows = {r["metric"]: r["value"] for r in csv.DictReader(f) if r["cell"] == "student_800_hard"}
     assert float(rows["selected_optim.lr"]) == 0.1 and "test_errors" in rows
+
+
+def _rows(exp: Path, cell: str, metric: str) -> dict[str, float]:
+    with open(exp / "results.csv", newline="") as f:
+        return {r["seed"]: float(r["value"]) for r in csv.DictReader(f) if r["cell"] == cell and r["metric"] == metric}
+
+
+def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tmp_path):
+    """--seeds 2: the teacher's and the hard student's seeds train together, as each would alone;
+    the step size is chosen once, on seed 0's validation split, and reused by seed 1."""
+    results = {}
+    for batched in (True, False):
+        exp = _copy_experiment(tmp_path / str(batched))
+        runs = tmp_path / str(batched) / "runs"
+        reproduce("hinton2015", only=["teacher_1200", "student_800_hard"], seeds=2, root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs), batch_seeds=batched)
+        results[batched] = {cell: _rows(exp, cell, "test_errors") for cell in ("teacher_1200", "student_800_hard")}
+        assert set(_rows(exp, "student_800_hard", "selected_optim.lr")) == {"0"}  # chosen once
+        assert len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 4  # 4 candidates, seed 0 only
+        placed = json.loads(next(runs.glob("smoke/seed1/teacher_1200-*/summary.json")).read_text())
+        assert ("trained_as" in placed) == batched
+        assert bool(list(runs.glob("smoke/seed0/teacher_1200_seeds-*"))) == batched
+    for cell, by_seed in results[False].items():
+        assert set(by_seed) == {"0", "1"}
+        for seed, errors in by_seed.items():
+            assert abs(results[True][cell][seed] - errors) <= 1, (cell, seed)  # float-tolerance equal models

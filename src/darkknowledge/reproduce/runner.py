@@ -6,6 +6,13 @@ A cell names its ``kind``; the kinds are the small functions below. Runs go to
 ``runs/<experiment>/<scale>/seed<k>/<cell>-<config hash>``; a finished run with the same
 config is reused (a teacher is trained once and serves every student of that seed), an
 unfinished one is resumed from its latest checkpoint.
+
+With several seeds, cells run one after another for all seeds (cell-major), a ``select:``
+hyperparameter is chosen once, on the first seed's validation split, and reused by the other
+seeds, and the seeds of a ``train`` cell (the teacher, the hard-label student) train together as
+one batched run (``replicas.seeds``) whose replicas are placed where each seed's own run goes.
+Rows are appended to ``results.csv`` after every cell, so an interrupted command keeps what
+it finished.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import copy
 import datetime as dt
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,12 +88,13 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
 class Context:
     """What every cell function needs: scale, seed, where runs go, and row recording."""
 
-    def __init__(self, exp_dir: Path, cells: dict[str, Cell], scale: str, seed: int, overrides: list[str], device: str, runs_root: Path) -> None:
+    def __init__(self, exp_dir: Path, cells: dict[str, Cell], scale: str, seed: int, overrides: list[str], device: str, runs_root: Path, selected: dict[str, list[str]] | None = None) -> None:
         self.exp_dir, self.cells, self.scale, self.seed = exp_dir, cells, scale, seed
         self.overrides, self.device, self.runs_root = overrides, device, runs_root
         self.rows: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}  # cell id → summary of its main run
-        self.selected: dict[str, list[str]] = {}  # cell id → overrides chosen on the validation split
+        # cell id → overrides chosen on the validation split; shared by the seeds of one command
+        self.selected: dict[str, list[str]] = {} if selected is None else selected
         self.sha = git_sha(exp_dir)
 
     def config(self, cell: Cell, extra: list[str] = (), name: str | None = None) -> RunConfig:
@@ -102,13 +111,11 @@ class Context:
     def train(self, cfg: RunConfig, kind: str) -> dict[str, Any]:
         """Run ``cfg`` unless an identical finished run exists; resume an unfinished one."""
         run_dir = Path(cfg.run_dir)
-        summary_path = run_dir / "summary.json"
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            if summary.get("config_hash") == cfg.hash():
-                summary["reused"] = True
-                summary["run_dir"] = str(run_dir)
-                return summary
+        summary = finished_run(cfg)
+        if summary is not None:
+            summary["reused"] = True
+            summary["run_dir"] = str(run_dir)
+            return summary
         resume = "auto" if list_checkpoints(run_dir / "checkpoints") else "never"
         summary = run(cfg, kind=kind, resume=resume)
         summary["run_dir"] = str(run_dir)
@@ -124,6 +131,15 @@ class Context:
         })
 
 
+def finished_run(cfg: RunConfig, run_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``cfg`` in ``run_dir`` (default: its own), else None."""
+    path = Path(run_dir or cfg.run_dir) / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("config_hash") == cfg.hash() else None
+
+
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
 
@@ -136,11 +152,12 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
 
     Each candidate trains on the transfer set minus a held-out validation split; the value
     with fewest validation errors (ties: the first listed) is then used for the cell's real
-    run on the whole transfer set. Used for the students' step size: high-T soft targets need
+    run on the whole transfer set. The first seed chooses; later seeds of the same command
+    reuse its choice (``Context.selected`` is shared). Used for the students' step size: high-T soft targets need
     a step size of their own (PAPER.md §6).
     """
     sel = cell.select
-    if not sel:
+    if not sel or cell.id in ctx.selected:  # nothing to choose, or chosen on an earlier seed
         return
     key, values = sel["key"], sel["values"]
     size = sel["validation_size"][ctx.scale] if isinstance(sel["validation_size"], dict) else sel["validation_size"]
@@ -170,6 +187,35 @@ def cell_train(ctx: Context, cell: Cell, kind: str = "train") -> None:
     ctx.record(cell.id, "test_errors", s["eval"]["test"]["errors"], s)
     if "valid" in s["eval"]:
         ctx.record(cell.id, "valid_errors", s["eval"]["valid"]["errors"], s)
+
+
+def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:
+    """Train a ``train`` cell for every seed as one batched run (``replicas.seeds``).
+
+    Replica ``k`` is exactly seed ``k``'s own run (docs/performance.md), so its files are copied
+    to where that run goes; ``cell_train`` then finds each seed's run finished and reuses it.
+    Rows of these seeds share the batched run's wall time. A replica whose config differs from
+    its seed's run (it should not) is not placed, and that seed trains alone.
+    """
+    first = ctxs[0]
+    select_on_validation(first, cell, "train")
+    targets = [ctx.config(cell) for ctx in ctxs]
+    if all(finished_run(t) is not None for t in targets):
+        return
+    seeds = [ctx.seed for ctx in ctxs]
+    batched = first.config(cell, [f"replicas.seeds={json.dumps(seeds)}"], name=f"{cell.id}_seeds")
+    s = first.train(batched, "train")
+    print(f"[{first.scale}] {cell.id}: seeds {seeds} trained as one batched run, {s['wall_seconds']:.1f}s on {s['device']}", flush=True)
+    for target, replica in zip(targets, batched.replica_configs(), strict=True):
+        if finished_run(target) is not None:
+            continue
+        if finished_run(target, replica.run_dir) is None:
+            print(f"[{first.scale}] {cell.id} seed {replica.seed}: the batched replica's config differs from the seed's run; training it alone", flush=True)
+            continue
+        Path(target.run_dir).mkdir(parents=True, exist_ok=True)
+        for f in Path(replica.run_dir).iterdir():
+            if f.is_file():
+                shutil.copy2(f, Path(target.run_dir) / f.name)
 
 
 def cell_distill(ctx: Context, cell: Cell) -> None:
@@ -303,8 +349,12 @@ def _order(cells: dict[str, Cell], only: list[str] | None) -> list[str]:
     return order
 
 
-def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smoke", seeds: int = 1, root: str | None = None, device: str = "auto", overrides: list[str] = (), runs_root: str | None = None) -> int:
-    """Run the cells (and what they depend on), append rows, regenerate and print the table."""
+def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smoke", seeds: int = 1, root: str | None = None, device: str = "auto", overrides: list[str] = (), runs_root: str | None = None, batch_seeds: bool = True) -> int:
+    """Run the cells (and what they depend on), append rows, regenerate and print the table.
+
+    ``batch_seeds``: train the seeds of each ``train`` cell as one batched run (default);
+    False trains every seed's run on its own.
+    """
     if scale not in SCALES:
         raise DKError(f"unknown scale {scale!r}", f"choose {' or '.join(SCALES)}")
     if seeds < 1:
@@ -314,14 +364,19 @@ def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smok
     order = _order(cells, only)
     runs = Path(runs_root) if runs_root else Path("runs") / experiment
     started = time.perf_counter()
-    for seed in range(seeds):
-        ctx = Context(exp_dir, cells, scale, seed, list(overrides), device, runs)
-        for cid in order:
-            cell = cells[cid]
+    selected: dict[str, list[str]] = {}
+    ctxs = [Context(exp_dir, cells, scale, seed, list(overrides), device, runs, selected) for seed in range(seeds)]
+    for cid in order:
+        cell = cells[cid]
+        if batch_seeds and seeds > 1 and cell.kind == "train":
+            train_seeds_together(ctxs, cell)
+        for ctx in ctxs:
             KINDS[cell.kind](ctx, cell)
             if cell.kind in ("train", "distill", "offset"):
                 _say(ctx, cid, ctx.done[cid])
-        append_results(exp_dir / "results.csv", ctx.rows)
+            if ctx.rows:
+                append_results(exp_dir / "results.csv", ctx.rows)
+                ctx.rows = []
     table = write_report(exp_dir)
     print(table)
     print(f"\n{len(order)} cells × {seeds} seed(s) at {scale} scale in {time.perf_counter() - started:.0f}s; rows appended to {exp_dir / 'results.csv'}")
