@@ -772,8 +772,8 @@ def git_sha() -> str:
         sha = subprocess.run(
             cmd, cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # a copy of the tree outside git
+        return os.environ.get("DARKKNOWLEDGE_GIT_SHA") or "unknown"
     return sha + ("-dirty" if changed_paths() else "")
 
 

@@ -148,6 +148,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from darkknowledge.reproduce import reproduce
+    from darkknowledge.reproduce.runner import report_only
+
+    if args.report_only:
+        if args.only or args.overrides or args.seeds != 1:
+            raise DKError("--report-only trains nothing, so it takes no --only, --seeds or overrides", "drop them, or drop --report-only to run cells")
+        return report_only(args.experiment, args.root)
 
     return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root, batch_seeds=args.batch_seeds)
 
@@ -269,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="run only these cells")
     p.add_argument("--scale", default="smoke", choices=["smoke", "full"])
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
+    p.add_argument("--report-only", action="store_true", help="train nothing: regenerate the experiment README's table from results.csv and print it")
     p.add_argument("--no-batch-seeds", dest="batch_seeds", action="store_false", help="train each seed of a train cell on its own instead of all seeds as one batched run")
     p.add_argument("--root", default=None, help="experiments folder (default: ./experiments)")
     p.add_argument("--device", default="auto")

@@ -122,6 +122,7 @@ def _yaml(tmp, text):
 
 # (id, setup(tmp, monkeypatch) -> argv, needle in the message, warnings allowed)
 CASES = [
+    ("report-only-with-cells", lambda t, mp: ["reproduce", "hinton2015", "--report-only", "--only", "teacher_1200"], "--report-only trains nothing", False),
     ("teacher-class-count", lambda t, mp: _distill([_teacher(t / "t5.safetensors", num_classes=5)]), "teacher predicts 5 classes from 784 inputs but mnist has 10 classes", False),
     ("teacher-input-shape", lambda t, mp: _distill([_teacher(t / "t.safetensors", in_features=100)]), "from 100 inputs but mnist has 10 classes and 784 inputs", False),
     ("ensemble-class-counts", lambda t, mp: _distill([_teacher(t / "a.safetensors"), _teacher(t / "b.safetensors", num_classes=5)]), "ensemble members disagree on input size or class count", False),

@@ -105,13 +105,14 @@ def test_reduced_reproduction_runs_records_and_reports(tmp_path):
     for needed in [("teacher_1200", "test_errors"), ("student_800_soft_T20", "test_errors"), ("omit3", "test_errors_on_3"),
                    ("omit3", "offset_valid"), ("omit3", "test_errors_on_3_valid_offset"), ("omit3", "test_errors_on_3_test_tuned_offset")]:
         assert needed in got
-    for r in rows:
-        assert r["device"] == "cpu" and r["seed"] == "0" and r["scale"] == "smoke" and r["git_sha"]
+    for r in rows:  # TINY changes what the runs compute: labelled apart from the real smoke scale
+        assert r["device"] == "cpu" and r["seed"] == "0" and r["scale"] == "smoke-custom" and r["git_sha"]
         assert float(r["wall_seconds"]) > 0
     on3 = {r["metric"]: float(r["value"]) for r in rows if r["cell"] == "omit3"}
     assert on3["test_errors_on_3_test_tuned_offset"] <= on3["test_errors_on_3"]  # the test-tuned offset can only help on test
     readme = (exp / "README.md").read_text()
-    assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" in readme
+    assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" not in readme  # custom rows stay out of the columns
+    assert f"{len(rows)} rows of runs with overridden settings (`smoke-custom`)" in readme
     assert readme.count("results:start") == 1
     # A second call reuses the finished runs: same rows appended again, nothing retrained.
     mtime = (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns
@@ -181,3 +182,8 @@ def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tm
         assert set(by_seed) == {"0", "1"}
         for seed, errors in by_seed.items():
             assert abs(results[True][cell][seed] - errors) <= 1, (cell, seed)  # float-tolerance equal models
+
+
+@pytest.mark.parametrize(("overrides", "label"), [([], "full"), (["train_step=compile", "sync_every=50", "progress=false"], "full"), (["data.train_size=500"], "full-custom"), (["precision=bf16"], "full-custom")])
+def test_rows_of_runs_with_other_settings_are_labelled_custom(overrides, label, tmp_path):
+    assert Context(EXP, CELLS, "full", seed=0, overrides=overrides, device="cpu", runs_root=tmp_path).label == label

@@ -108,6 +108,10 @@ def write_report(exp_dir: Path) -> str:
         devs = devices(rows, scale)
         if devs:
             parts.append(f"- {scale} scale measured on: {', '.join(devs)}")
+    custom = sorted({r["scale"] for r in rows if r["scale"] not in ("full", "smoke")})
+    if custom:
+        n = sum(r["scale"] in custom for r in rows)
+        parts.append(f"- {n} rows of runs with overridden settings ({', '.join(f'`{c}`' for c in custom)}) are in results.csv, not in these tables")
     parts.append("")
     for scale in ("full", "smoke"):
         table, grid = sweep_table(rows, scale)

@@ -19,12 +19,14 @@ COLUMNS = ["cell", "variant", "scale", "seed", "device", "metric", "value", "wal
 
 
 def git_sha(root: str | Path = ".") -> str:
-    """HEAD's SHA (``-dirty`` when tracked files differ), or ``unknown`` outside a git checkout."""
+    """HEAD's SHA (``-dirty`` when tracked files differ). Outside a git checkout (a copy of the
+    tree on another machine) ``$DARKKNOWLEDGE_GIT_SHA``, which whoever made the copy sets, else
+    ``unknown``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("DARKKNOWLEDGE_GIT_SHA") or "unknown"
     return sha + ("-dirty" if dirty else "")
 
 

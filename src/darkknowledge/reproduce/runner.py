@@ -46,6 +46,10 @@ from darkknowledge.train import predict_logits, prepare_data, run
 from darkknowledge.train.checkpoint import list_checkpoints
 
 SCALES = ("smoke", "full")
+# Overrides that change how a run executes or reports, not what it computes: rows of a command
+# given only these keep their scale's label. Any other override (data.train_size=..., bf16, ...)
+# labels its rows ``<scale>-custom``, which the README's smoke/full columns leave out.
+EXECUTION_ONLY = ("train_step", "sync_every", "progress", "log_every", "checkpoint_every", "checkpoint_every_steps")
 
 
 @dataclass
@@ -96,6 +100,8 @@ class Context:
         # cell id → overrides chosen on the validation split; shared by the seeds of one command
         self.selected: dict[str, list[str]] = {} if selected is None else selected
         self.sha = git_sha(exp_dir)
+        custom = any(o.split("=", 1)[0].strip() not in EXECUTION_ONLY for o in overrides)
+        self.label = f"{scale}-custom" if custom else scale  # the rows' scale column
 
     def config(self, cell: Cell, extra: list[str] = (), name: str | None = None) -> RunConfig:
         extra = [*self.selected.get(cell.id, []), *extra]
@@ -123,7 +129,7 @@ class Context:
 
     def record(self, cell: str, metric: str, value: float, summary: dict[str, Any], variant: str = "") -> None:
         self.rows.append({
-            "cell": cell, "variant": variant, "scale": self.scale, "seed": self.seed,
+            "cell": cell, "variant": variant, "scale": self.label, "seed": self.seed,
             "device": summary["device"], "metric": metric, "value": _fmt(value),
             "wall_seconds": f"{summary['wall_seconds']:.1f}", "git_sha": self.sha,
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -347,6 +353,12 @@ def _order(cells: dict[str, Cell], only: list[str] | None) -> list[str]:
     for cid in wanted:
         visit(cid)
     return order
+
+
+def report_only(experiment: str, root: str | None = None) -> int:
+    """Regenerate the experiment README's table (and plot) from ``results.csv``; train nothing."""
+    print(write_report(find_experiment(experiment, root)))
+    return 0
 
 
 def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smoke", seeds: int = 1, root: str | None = None, device: str = "auto", overrides: list[str] = (), runs_root: str | None = None, batch_seeds: bool = True) -> int:
