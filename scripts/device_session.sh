@@ -83,12 +83,14 @@ preflight() {
         echo eager >"$WORK/train_step"
         return 0
     fi
-    for ts in cuda_graph compile eager; do
+    local seeds
+    seeds=$(seq -s, 0 $((${SEEDS:-3} - 1)))
+    for ts in cuda_graph compile eager; do  # the teacher stage's shape: its seeds as one batched run
         local s=$(date +%s)
-        if dk train -c "$EXP/configs/teacher_1200.yaml" --scale full --run-dir "/tmp/dk-preflight-$ts" \
+        if dk train -c "$EXP/configs/teacher_1200.yaml" --scale full --run-dir "$WORK/preflight-$ts" \
             optim.epochs=2 data.train_size=6000 data.test_size=1000 eval_every=2 checkpoint_every=2 progress=false \
-            "train_step=$ts" >"$LOGS/preflight-$ts.log" 2>&1; then
-            echo "train_step=$ts works: 2 epochs of 6000 in $(($(date +%s) - s))s (compile included)"
+            "replicas.seeds=[$seeds]" "train_step=$ts" >"$LOGS/preflight-$ts.log" 2>&1; then
+            echo "train_step=$ts works: ${SEEDS:-3} batched teachers, 2 epochs of 6000 in $(($(date +%s) - s))s (compile included)"
             echo "$ts" >"$WORK/train_step"
             return 0
         fi
@@ -131,7 +133,7 @@ run() {
     : >"$LOG"
     rm -f "$WORK/train_step"
     touch "$WORK/started"
-    export WORK LOGS TRAIN_STEP
+    export WORK LOGS TRAIN_STEP SEEDS
     trap pack EXIT
     export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     [ -f "$CARRY/GIT_SHA" ] && export DARKKNOWLEDGE_GIT_SHA=$(cat "$CARRY/GIT_SHA")
