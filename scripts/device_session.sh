@@ -5,12 +5,13 @@
 #   scripts/device_session.sh run [STAGE...]  there (no registry), carry [".dkcarry"]; results under $OUT
 #   scripts/device_session.sh collect DIR     here: merge what came back (DIR holds $OUT's files)
 #
-# Stages of `run`, in the order given (default: preflight teacher headline rest bench gputests):
+# Stages of `run`, in the order given (default: preflight teacher headline rest bench profile gputests):
 #   preflight  GPU, torch, and a short teacher run that picks train_step (cuda_graph, else compile, else eager)
 #   teacher    dk reproduce hinton2015 --scale full --seeds $SEEDS --only teacher_1200 (seeds as one batched run)
 #   headline   the same for student_800_hard and student_800_soft_T20 (3 seeds: the issue's headline cells)
 #   rest       every cell, seed 0 (finished runs are reused)
 #   bench      benchmarks/run.py --mode full --device cuda (torchdistill from the carried wheel)
+#   profile    benchmarks/profile_step.py: host vs device time and kernels per step, teacher and student
 #   gputests   pytest -m gpu
 # Every stage runs under `timeout -s TERM`: a stopped run checkpoints and the next call resumes it
 # (while the machine is warm). The whole command ends by $BUDGET_S seconds (default 540) and
@@ -112,6 +113,7 @@ pack() {
         echo "$EXP/README.md"
         [ -f "$EXP/temperature_sweep.png" ] && echo "$EXP/temperature_sweep.png"
     )
+    [ -d "$WORK/profile" ] && meta+=("$WORK/profile")
     tar -czf "$out/meta.tar.gz" "${meta[@]}" "$LOGS" 2>/dev/null
     local k d
     for k in 0 1 2 3 4; do  # finished teachers, to carry into the next session (one file each: 16 MiB cap)
@@ -150,7 +152,7 @@ run() {
             export PYTHONPATH="$PYTHONPATH:$WORK/site"
     done
     local stages=("$@")
-    [ ${#stages[@]} -eq 0 ] && stages=(preflight teacher headline rest bench gputests)
+    [ ${#stages[@]} -eq 0 ] && stages=(preflight teacher headline rest bench profile gputests)
     local ts=${TRAIN_STEP:-eager}
     local extra=()
     read -r -a extra <<<"${OVERRIDES:-}"
@@ -163,8 +165,9 @@ run() {
         headline) run_stage headline 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" --seeds "$SEEDS" --only student_800_hard student_800_soft_T20 ;;
         rest) run_stage rest 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" ;;
         bench) run_stage bench 300 "$PY" benchmarks/run.py --mode "$([ "$SCALE" = full ] && echo full || echo smoke)" --torchdistill-python "$PY" ;;
+        profile) run_stage profile 150 bash -c 'for c in teacher_1200 student; do "$0" benchmarks/profile_step.py --cell "$c" --out "$1" "train_step=$2" || exit; done' "$PY" "$WORK/profile" "$ts" ;;
         gputests) run_stage gputests 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests ;;
-        *) echo "== unknown stage $s (choose preflight teacher headline rest bench gputests)" | tee -a "$LOG" ;;
+        *) echo "== unknown stage $s (choose preflight teacher headline rest bench profile gputests)" | tee -a "$LOG" ;;
         esac
     done
 }
