@@ -118,3 +118,19 @@ def test_config_checks_for_the_new_fields():
     for override, needle in [("sync_every=0", "sync_every=0 must be ≥ 1"), ("train_step=jit", "train_step='jit' is unknown"), ("precision=fp16", "precision='fp16' is unknown")]:
         with pytest.raises(DKError, match=needle):
             load_config(None, [override])
+
+
+def test_every_compiled_run_compiles_its_own_step_past_the_recompile_limit(make_cfg, teacher_file, monkeypatch):
+    """Many compiled runs in one process (a `dk reproduce`): each still compiles, none falls back to
+    eager at dynamo's recompile limit (lowered to 1 here: the second run would be its first victim)."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    real, compiled_graphs = torch.compile, []
+
+    def counting(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counting, **kw))
+    for k in range(3):
+        run(make_cfg(*SHORT, "train_step=compile", f"seed={k}", name=f"run{k}"))
+        assert len(compiled_graphs) > k, f"run {k} did not compile its step"

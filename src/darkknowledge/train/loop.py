@@ -164,6 +164,11 @@ def _compile(fn: Callable, mode: str, device: torch.device) -> Callable:
     or the same with CUDA graphs (``reduce-overhead``: each batch shape is captured once and replayed)."""
     if mode == "eager":
         return fn
+    # Every run compiles its own step from a clean compiler state. The step is a closure over this
+    # run's model, so in one process (a `dk reproduce` of many runs, a benchmark) each run would
+    # otherwise add a recompile of the same code, and past dynamo's recompile limit (8) later runs
+    # would silently train eagerly.
+    torch.compiler.reset()
     if mode == "cuda_graph":
         if device.type != "cuda":
             raise DKError(f"train_step=cuda_graph needs a CUDA device, the run uses {device}", "use train_step=compile or eager on CPU")
