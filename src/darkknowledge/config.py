@@ -240,30 +240,38 @@ class ReplicasConfig:
 
     seeds: list[int] = field(default_factory=list)
     method: dict[str, Any] = field(default_factory=dict)  # method hyperparameter -> list of K values
+    # optim.lr -> list of K step sizes. SGD-family updates are linear in the gradient, so replica
+    # k's step size is its loss scaled by lr_k / optim.lr in the sum that is backpropagated.
+    optim: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if any(s < 0 for s in self.seeds):
             raise DKError(f"replicas.seeds={self.seeds} holds a negative seed", "use seeds ≥ 0")
+        for key, values in self.optim.items():
+            if key != "lr":
+                raise DKError(f"replicas.optim.{key} cannot vary: only the step size can", "sweep replicas.optim.lr, or run the models one by one")
+            if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+                raise DKError(f"replicas.optim.lr must be a non-empty list of positive step sizes, got {values!r}", "write e.g. replicas.optim.lr=[0.01, 0.03, 0.1]")
         for key, values in self.method.items():
             if key == "name":
                 raise DKError("replicas.method.name cannot vary: replicas share one method", "sweep its hyperparameters instead, e.g. replicas.method.temperature=[1, 2, 4]")
             if not isinstance(values, list) or not values:
                 raise DKError(f"replicas.method.{key} must be a non-empty list of values, got {values!r}", f"write e.g. replicas.method.{key}=[1, 2, 4]")
-        lengths = {f"replicas.{k}": len(v) for k, v in (("seeds", self.seeds), *((f"method.{k}", v) for k, v in self.method.items())) if v}
+        lengths = {f"replicas.{k}": len(v) for k, v in (("seeds", self.seeds), *((f"method.{k}", v) for k, v in self.method.items()), *((f"optim.{k}", v) for k, v in self.optim.items())) if v}
         if len(set(lengths.values())) > 1:
             raise DKError(f"replica lists differ in length ({', '.join(f'{k}: {n}' for k, n in lengths.items())})", "give every swept key one value per model (lists are zipped, not crossed)")
 
     @property
     def count(self) -> int:
         """K, the number of models; 0 when no replicas are configured (an ordinary run)."""
-        return max([len(self.seeds), *(len(v) for v in self.method.values())], default=0)
+        return max([len(self.seeds), *(len(v) for v in self.method.values()), *(len(v) for v in self.optim.values())], default=0)
 
 
 TRAIN_STEPS = ("eager", "compile", "cuda_graph")
 PRECISIONS = ("fp32", "bf16")
 # Fields added after checkpoints and results rows were keyed by the config hash: they enter the
 # hash only when set to something other than their default, so existing hashes stay valid.
-_HASH_IF_NOT_DEFAULT = {"train_step": "eager", "precision": "fp32", "replicas": {"seeds": [], "method": {}}}
+_HASH_IF_NOT_DEFAULT = {"train_step": "eager", "precision": "fp32", "replicas": {"seeds": [], "method": {}, "optim": {}}}
 # What may change on resume without changing any result.
 _NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every")
 
@@ -324,6 +332,10 @@ class RunConfig:
             raise DKError(f"train_step={self.train_step!r} is unknown", f"choose {', '.join(TRAIN_STEPS)}")
         if self.precision not in PRECISIONS:
             raise DKError(f"precision={self.precision!r} is unknown", f"choose {' or '.join(PRECISIONS)}")
+        if self.replicas.optim and self.optim.name not in ("sgd", "paper_dropout"):
+            raise DKError(f"replicas.optim.lr needs an update linear in the gradient (sgd, paper_dropout); optim.name={self.optim.name} is not", "run the step sizes one by one, or use optim.name=sgd")
+        if self.replicas.optim and self.optim.weight_decay:
+            raise DKError(f"replicas.optim.lr cannot be combined with optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the step size)", "set optim.weight_decay=0, or run the step sizes one by one")
 
     def hash(self) -> str:
         """sha256 of the resolved config minus what may change on resume (run_dir, progress,
@@ -334,6 +346,8 @@ class RunConfig:
         for k, default in _HASH_IF_NOT_DEFAULT.items():
             if d[k] == default:
                 d.pop(k)
+        if "replicas" in d and not d["replicas"]["optim"]:  # a later field: absent from older hashes
+            d["replicas"].pop("optim")
         for k, default in _TEACHER_HASH_IF_NOT_DEFAULT.items():
             if d["teacher"][k] == default:
                 d["teacher"].pop(k)
@@ -353,6 +367,8 @@ class RunConfig:
                 r.seed = self.replicas.seeds[k]
             r.model = dict(self.model)
             r.method = {**self.method, **{key: values[k] for key, values in self.replicas.method.items()}}
+            if "lr" in self.replicas.optim:
+                r.optim.lr = float(self.replicas.optim["lr"][k])
             out.append(r)
         return out
 

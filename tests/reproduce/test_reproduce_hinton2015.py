@@ -174,7 +174,7 @@ def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tm
         reproduce("hinton2015", only=["teacher_1200", "student_800_hard"], seeds=2, root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs), batch_seeds=batched)
         results[batched] = {cell: _rows(exp, cell, "test_errors") for cell in ("teacher_1200", "student_800_hard")}
         assert set(_rows(exp, "student_800_hard", "selected_optim.lr")) == {"0"}  # chosen once
-        assert len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 4  # 4 candidates, seed 0 only
+        assert len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 1  # 4 candidates in one run, seed 0 only
         placed = json.loads(next(runs.glob("smoke/seed1/teacher_1200-*/summary.json")).read_text())
         assert ("trained_as" in placed) == batched
         assert bool(list(runs.glob("smoke/seed0/teacher_1200_seeds-*"))) == batched
@@ -187,3 +187,19 @@ def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tm
 @pytest.mark.parametrize(("overrides", "label"), [([], "full"), (["train_step=compile", "sync_every=50", "progress=false"], "full"), (["data.train_size=500"], "full-custom"), (["precision=bf16"], "full-custom")])
 def test_rows_of_runs_with_other_settings_are_labelled_custom(overrides, label, tmp_path):
     assert Context(EXP, CELLS, "full", seed=0, overrides=overrides, device="cpu", runs_root=tmp_path).label == label
+
+
+def test_step_size_candidates_as_one_batched_run_choose_as_one_by_one(tmp_path):
+    rows = {}
+    for batched in (True, False):
+        exp = _copy_experiment(tmp_path / str(batched))
+        cfg = exp / "configs" / "student_800_hard.yaml"
+        cfg.write_text(cfg.read_text().replace("validation_size: {smoke: 2000, full: 10000}}", f"validation_size: {{smoke: 2000, full: 10000}}, batched: {str(batched).lower()}}}"))
+        runs = tmp_path / str(batched) / "runs"
+        reproduce("hinton2015", only=["student_800_hard"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs))
+        with open(exp / "results.csv", newline="") as f:
+            rows[batched] = {(r["metric"], r["variant"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "student_800_hard"}
+        assert len(list(runs.glob("smoke/seed0/student_800_hard_select_*"))) == (1 if batched else 4)
+    assert rows[True][("selected_optim.lr", "")] == rows[False][("selected_optim.lr", "")]
+    for key, value in rows[False].items():
+        assert abs(rows[True][key] - value) <= 1, key  # the same candidates, trained together

@@ -79,6 +79,15 @@ def test_a_temperature_sweep_with_soft_targets_equals_each_run_alone(make_cfg, t
     _check_equals_alone(cfg, kind="distill")
 
 
+@pytest.mark.parametrize("optim", [["optim.name=sgd", "optim.lr=0.3"], ["optim.name=paper_dropout", "optim.lr=0.5", "optim.momentum_epochs=2"]])
+def test_step_sizes_as_replicas_equal_each_run_alone(make_cfg, optim):
+    """replicas.optim.lr: one batched run of K step sizes (how a `select:` on optim.lr trains its
+    candidates); the SGD update is linear in the gradient, so scaling each model's loss is its step size."""
+    cfg = make_cfg(*optim, "replicas.optim.lr=[0.05, 0.2, 0.6]", "optim.epochs=2", "data.validation_size=50", name=optim[0].split("=")[1])
+    assert [rc.optim.lr for rc in cfg.replica_configs()] == [0.05, 0.2, 0.6]
+    _check_equals_alone(cfg)
+
+
 def test_seeds_and_a_sweep_zip_together(make_cfg, teacher_file):
     cfg = make_cfg("method.name=logit_matching", f"teacher.checkpoints=[{teacher_file()}]", "replicas.seeds=[3, 4]", "replicas.method.logit_weight=[1.0, 0.5]")
     rcs = cfg.replica_configs()
@@ -140,6 +149,10 @@ def test_dk_train_with_replica_seeds_writes_k_models_and_reports_each(tmp_path, 
         (["replicas.method.temperature=4"], "must be a non-empty list"),
         (["replicas.method.temperature=[]"], "must be a non-empty list"),
         (["replicas.seeds=[0, -1]"], "negative seed"),
+        (["replicas.optim.momentum=[0.9, 0.5]"], "replicas.optim.momentum cannot vary"),
+        (["replicas.optim.lr=[0.1, -1]"], "list of positive step sizes"),
+        (["replicas.optim.lr=[0.1, 0.3]", "optim.name=adam"], "needs an update linear in the gradient"),
+        (["replicas.optim.lr=[0.1, 0.3]", "optim.name=sgd", "optim.weight_decay=0.01"], "cannot be combined with optim.weight_decay"),
         (["replicas.seeds=3"], "replicas.seeds must be a list"),
         (["replicas.count=3"], "unknown config key replicas.count"),
     ],
@@ -168,3 +181,5 @@ def test_the_hash_of_a_config_without_the_new_fields_is_unchanged():
     assert load_config(None, ["sync_every=10"]).hash() == cfg.hash()  # changes no result
     for changed in ("replicas.seeds=[0, 1]", "precision=bf16", "train_step=compile"):
         assert load_config(None, [changed]).hash() != cfg.hash(), changed
+    # replicas.optim came later: a replicated run without it keeps the hash it had before
+    assert load_config(None, ["replicas.seeds=[0, 1]"]).hash() == "c304c97f24c3aaf1493b49e8d7ae428bd97d08ad08e4edf4975e4634e97b63f7"

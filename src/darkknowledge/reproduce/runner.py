@@ -97,6 +97,7 @@ class Context:
         self.overrides, self.device, self.runs_root = overrides, device, runs_root
         self.rows: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}  # cell id → summary of its main run
+        self.last_summary: dict[str, Any] = {}  # the last run a select step trained (for its rows)
         # cell id → overrides chosen on the validation split; shared by the seeds of one command
         self.selected: dict[str, list[str]] = {} if selected is None else selected
         self.sha = git_sha(exp_dir)
@@ -159,14 +160,51 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
     Each candidate trains on the transfer set minus a held-out validation split; the value
     with fewest validation errors (ties: the first listed) is then used for the cell's real
     run on the whole transfer set. The first seed chooses; later seeds of the same command
-    reuse its choice (``Context.selected`` is shared). Used for the students' step size: high-T soft targets need
-    a step size of their own (PAPER.md §6).
+    reuse its choice (``Context.selected`` is shared). Step-size candidates of an SGD-family
+    optimizer train as one batched run (``replicas.optim.lr``, each replica equal to its own
+    run); ``select: {batched: false}``, another key or a diverging candidate trains them one by
+    one. Used for the students' step size: high-T soft targets need a step size of their own
+    (PAPER.md §6).
     """
     sel = cell.select
     if not sel or cell.id in ctx.selected:  # nothing to choose, or chosen on an earlier seed
         return
     key, values = sel["key"], sel["values"]
     size = sel["validation_size"][ctx.scale] if isinstance(sel["validation_size"], dict) else sel["validation_size"]
+    scores = _select_batched(ctx, cell, kind, key, values, size) if sel.get("batched", True) else None
+    if scores is None:
+        scores = _select_one_by_one(ctx, cell, kind, key, values, size)
+    if all(math.isinf(x) for x in scores):
+        raise DKError(f"cell {cell.id}: every candidate {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
+    best = values[scores.index(min(scores))]
+    ctx.selected[cell.id] = [f"{key}={best}"]
+    ctx.record(cell.id, f"selected_{key}", float(best), ctx.last_summary)
+
+
+def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list, size: int) -> list[float] | None:
+    """Validation errors of the step-size candidates trained as one batched run
+    (``replicas.optim.lr``, each replica equal to its candidate's own run); None when the
+    candidates cannot be batched (another key, another optimizer) or a candidate diverged, and
+    are then trained one by one."""
+    probe = ctx.config(cell)
+    if key != "optim.lr" or len(values) < 2 or probe.optim.name not in ("sgd", "paper_dropout") or probe.optim.weight_decay:
+        return None
+    cfg = ctx.config(cell, [f"replicas.optim.lr={json.dumps([float(v) for v in values])}", f"data.validation_size={size}"], name=f"{cell.id}_select_{key}")
+    try:
+        s = ctx.train(cfg, kind)
+    except NonFiniteLossError as exc:  # one candidate's step size too large: train them one by one
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}: the batched candidates diverged ({exc}); one by one instead", flush=True)
+        return None
+    scores = []
+    for value, replica in zip(values, s["replicas"], strict=True):
+        scores.append(replica["eval"]["valid"]["errors"])
+        ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {replica['eval']['valid']['n']} (candidates as one batched run, {s['wall_seconds']:.1f}s on {s['device']})", flush=True)
+    ctx.last_summary = s
+    return scores
+
+
+def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: list, size: int) -> list[float]:
     scores = []
     for value in values:
         cfg = ctx.config(cell, [f"{key}={value}", f"data.validation_size={size}"], name=f"{cell.id}_select_{key}={value}")
@@ -178,12 +216,9 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
             continue
         scores.append(s["eval"]["valid"]["errors"])
         ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
+        ctx.last_summary = s
         print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on {s['device']}", flush=True)
-    if all(math.isinf(x) for x in scores):
-        raise DKError(f"cell {cell.id}: every candidate {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
-    best = values[scores.index(min(scores))]
-    ctx.selected[cell.id] = [f"{key}={best}"]
-    ctx.record(cell.id, f"selected_{key}", float(best), s)
+    return scores
 
 
 def cell_train(ctx: Context, cell: Cell, kind: str = "train") -> None:

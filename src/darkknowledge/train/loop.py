@@ -176,11 +176,13 @@ def _compile(fn: Callable, mode: str, device: torch.device) -> Callable:
     return torch.compile(fn, dynamic=False)
 
 
-def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, targets: Any, labels: torch.Tensor | None, combine: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, targets: Any, labels: torch.Tensor | None, combine: str, lr_scale: list[float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss to backpropagate and its detached terms (``loss`` first, then the components).
 
     Replicas: the sum of the K per-model losses (so each model gets its stand-alone gradient) and
-    terms of shape (K,); ``targets`` is then a list of K per-replica targets.
+    terms of shape (K,); ``targets`` is then a list of K per-replica targets. ``lr_scale[k]``
+    (``replicas.optim.lr``) multiplies model k's loss in that sum: an SGD-family update is linear
+    in the gradient, so this is model k trained with its own step size. The terms stay unscaled.
     """
     if not replicated:
         out = methods[0](logits, targets, labels, combine=combine)
@@ -189,9 +191,10 @@ def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, ta
     names = list(outs[0].components)
     if any(list(o.components) != names for o in outs):
         raise DKError(f"replicas report different loss components ({[list(o.components) for o in outs]})", "sweep only hyperparameters that keep the same terms (e.g. hard_weight all 0 or all > 0)")
-    total = outs[0].loss
-    for o in outs[1:]:
-        total = total + o.loss
+    scale = lr_scale or [1.0] * len(outs)
+    total = outs[0].loss * scale[0] if scale[0] != 1.0 else outs[0].loss
+    for o, c in zip(outs[1:], scale[1:], strict=True):
+        total = total + (o.loss * c if c != 1.0 else o.loss)
     terms = {"loss": torch.stack([o.loss.detach() for o in outs])}
     terms.update({n: torch.stack([o.components[n] for o in outs]) for n in names})
     return total, terms
@@ -242,6 +245,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     total_steps = cfg.optim.epochs * steps_per_epoch
     sync_every = cfg.sync_every or (50 if device.type == "cuda" else 1)
     combine = cfg.teacher.combine
+    lr_scale = [lr / cfg.optim.lr for lr in cfg.replicas.optim["lr"]] if "lr" in cfg.replicas.optim else None
     log = MetricsLog(run_dir / "metrics.jsonl") if main and run_dir is not None else NullLog()
 
     # ``order`` is the current epoch's data order (None for an iterable source or between epochs).
@@ -281,7 +285,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     def forward_loss(x: torch.Tensor, y: torch.Tensor | None, targets: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with autocast():
             logits = net(x)
-        return _objective(methods, replicated, logits, targets, y, combine)  # losses upcast to float32
+        return _objective(methods, replicated, logits, targets, y, combine, lr_scale)  # losses upcast to float32
 
     step_fn = _compile(forward_loss, cfg.train_step, device)
 
