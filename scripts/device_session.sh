@@ -181,11 +181,8 @@ collect() {
     "$PY" - "$dir/results.csv" "$EXP/results.csv" <<'EOF'
 import sys
 from darkknowledge.reproduce.results import append_results, read_results
-came, here = read_results(sys.argv[1]), read_results(sys.argv[2])
-seen = {tuple(sorted(r.items())) for r in here}
-new = [r for r in came if tuple(sorted(r.items())) not in seen]
-append_results(sys.argv[2], new)
-print(f"{len(new)} new rows appended to {sys.argv[2]}")
+n = append_results(sys.argv[2], read_results(sys.argv[1]))  # only measurements not already there
+print(f"{n} new rows appended to {sys.argv[2]}")
 EOF
     mkdir -p runs/device "$CARRY"
     if [ -f "$dir/meta.tar.gz" ]; then

@@ -114,10 +114,13 @@ def test_reduced_reproduction_runs_records_and_reports(tmp_path):
     assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" not in readme  # custom rows stay out of the columns
     assert f"{len(rows)} rows of runs with overridden settings (`smoke-custom`)" in readme
     assert readme.count("results:start") == 1
-    # A second call reuses the finished runs: same rows appended again, nothing retrained.
+    # A second call reuses the finished runs: nothing retrained, and no row written twice (each
+    # row keeps the commit and date of the command that measured it).
     mtime = (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns
+    before = (exp / "results.csv").read_bytes()
     assert reproduce("hinton2015", **args) == 0
     assert (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (exp / "results.csv").read_bytes() == before
 
 
 def _copy_experiment(tmp_path: Path) -> Path:

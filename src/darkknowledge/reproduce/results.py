@@ -38,10 +38,23 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def append_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows atomically: the file is rewritten whole via temp file + rename."""
+# A measurement is the value a run (its config hash) gave for a cell's metric; when, where and by
+# which commit it was recorded is not part of it.
+MEASUREMENT = ("cell", "variant", "scale", "seed", "metric", "value", "config_hash")
+
+
+def append_results(path: str | Path, rows: list[dict[str, Any]]) -> int:
+    """Append the rows that are new measurements, atomically (temp file + rename); return how many.
+
+    A row whose measurement is already in the file (a finished run reused by a later command) is
+    not written again, so every row keeps the commit and date of the command that measured it.
+    """
     path = Path(path)
     old = read_results(path)
+    known = {tuple(str(r.get(k, "")) for k in MEASUREMENT) for r in old}
+    rows = [r for r in rows if tuple(str(r.get(k, "")) for k in MEASUREMENT) not in known]
+    if not rows:
+        return 0
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -51,6 +64,7 @@ def append_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
         atomic_write_bytes(path, buf.getvalue().encode())
     except OSError as exc:
         raise DKError(f"cannot write {path} ({os.strerror(exc.errno or 0)})", "make the experiment folder writable or pass --root to a writable copy") from None
+    return len(rows)
 
 
 @dataclass(frozen=True)
