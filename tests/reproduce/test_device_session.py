@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from darkknowledge.provenance import source_sha
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = "data.train_size=600 data.test_size=1000 data.validation_size=200 model.hidden=[32,32] optim.epochs=1 eval_every=1 checkpoint_every=1"
 
@@ -46,7 +48,8 @@ def test_a_session_runs_its_stages_packs_its_results_and_collect_merges_them(tmp
     assert "== teacher: exit 0" in log and "== unknown stage nonsense" in log
     rows = _rows(out / "results.csv")
     teacher = {r["seed"] for r in rows if r["cell"] == "teacher_1200" and r["metric"] == "test_errors"}
-    assert teacher == {"0", "1"} and all(r["git_sha"] == "abc123" and r["scale"] == "smoke-custom" for r in rows)
+    # rows name the commit of the code that trained them (here the installed checkout's)
+    assert teacher == {"0", "1"} and all(r["git_sha"] == source_sha() and r["scale"] == "smoke-custom" for r in rows)
     for k in (0, 1):  # each finished teacher comes back as one file, to be carried into the next session
         with tarfile.open(out / f"teacher-seed{k}.tar") as t:
             assert {Path(n).name for n in t.getnames()} == {"model.safetensors", "summary.json", "config.yaml"}

@@ -206,3 +206,22 @@ def test_step_size_candidates_as_one_batched_run_choose_as_one_by_one(tmp_path):
     assert rows[True][("selected_optim.lr", "")] == rows[False][("selected_optim.lr", "")]
     for key, value in rows[False].items():
         assert abs(rows[True][key] - value) <= 1, key  # the same candidates, trained together
+
+
+def test_a_row_names_the_commit_and_date_of_the_run_that_measured_it(tmp_path, monkeypatch):
+    ctx = Context(EXP, CELLS, "smoke", seed=0, overrides=[], device="cpu", runs_root=tmp_path)
+    trained = {"device": "cpu", "wall_seconds": 1.0, "config_hash": "0123456789abcdef", "git_sha": "feedbeef", "finished_utc": "2026-01-02T03:04:05Z"}
+    ctx.record("teacher_1200", "test_errors", 70, trained)
+    older = {k: v for k, v in trained.items() if k not in ("git_sha", "finished_utc")}  # a summary from before
+    ctx.record("teacher_1200", "test_errors", 71, older)
+    assert [(r["git_sha"], r["date"]) for r in ctx.rows][0] == ("feedbeef", "2026-01-02T03:04:05Z")
+    assert ctx.rows[1]["git_sha"] == ctx.sha  # unknown training commit: the recording command's
+
+
+def test_outside_a_checkout_the_commit_comes_from_the_environment(tmp_path, monkeypatch):
+    from darkknowledge.provenance import git_sha
+
+    monkeypatch.setenv("DARKKNOWLEDGE_GIT_SHA", "abc123")
+    assert git_sha(tmp_path) == "abc123"
+    monkeypatch.delenv("DARKKNOWLEDGE_GIT_SHA")
+    assert git_sha(tmp_path) == "unknown"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,6 @@ from darkknowledge.data import atomic_write_bytes
 from darkknowledge.errors import DKError
 
 COLUMNS = ["cell", "variant", "scale", "seed", "device", "metric", "value", "wall_seconds", "git_sha", "date", "config_hash"]
-
-
-def git_sha(root: str | Path = ".") -> str:
-    """HEAD's SHA (``-dirty`` when tracked files differ). Outside a git checkout (a copy of the
-    tree on another machine) ``$DARKKNOWLEDGE_GIT_SHA``, which whoever made the copy sets, else
-    ``unknown``."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("DARKKNOWLEDGE_GIT_SHA") or "unknown"
-    return sha + ("-dirty" if dirty else "")
 
 
 def read_results(path: str | Path) -> list[dict[str, str]]:

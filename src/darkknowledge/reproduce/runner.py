@@ -40,8 +40,9 @@ from darkknowledge.config import (
 )
 from darkknowledge.errors import DKError, NonFiniteLossError
 from darkknowledge.models import load_model
+from darkknowledge.provenance import git_sha
 from darkknowledge.reproduce.report import write_report
-from darkknowledge.reproduce.results import append_results, git_sha
+from darkknowledge.reproduce.results import append_results
 from darkknowledge.train import predict_logits, prepare_data, run
 from darkknowledge.train.checkpoint import list_checkpoints
 
@@ -132,8 +133,9 @@ class Context:
         self.rows.append({
             "cell": cell, "variant": variant, "scale": self.label, "seed": self.seed,
             "device": summary["device"], "metric": metric, "value": _fmt(value),
-            "wall_seconds": f"{summary['wall_seconds']:.1f}", "git_sha": self.sha,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # a reused run keeps the commit and date of the command that trained it
+            "wall_seconds": f"{summary['wall_seconds']:.1f}", "git_sha": summary.get("git_sha") or self.sha,
+            "date": summary.get("finished_utc") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "config_hash": summary["config_hash"][:10],
         })
 

@@ -15,6 +15,7 @@ writes files (docs/performance.md).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import time
@@ -40,6 +41,7 @@ from darkknowledge.data import (
 from darkknowledge.errors import DKError, writing
 from darkknowledge.methods import build_method
 from darkknowledge.models import MODEL_FILE, BatchedMLP, build_model, save_model
+from darkknowledge.provenance import source_sha
 from darkknowledge.teachers import Teacher, compute_teacher_logits, store_options, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from darkknowledge.train.distributed import Distributed, from_environment, rank_seed, shutdown
@@ -326,6 +328,8 @@ def _summary(kind: str, cfg: RunConfig, evals: dict[str, Any], history: dict[str
         "transfer_set": {"name": train.name, "size": len(train)},
         "config_hash": cfg.hash(),
         "fingerprints": fingerprints,
+        "git_sha": source_sha(),  # the code that trained it, for rows recorded later from this summary
+        "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
