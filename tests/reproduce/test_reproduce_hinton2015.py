@@ -225,3 +225,25 @@ def test_outside_a_checkout_the_commit_comes_from_the_environment(tmp_path, monk
     assert git_sha(tmp_path) == "abc123"
     monkeypatch.delenv("DARKKNOWLEDGE_GIT_SHA")
     assert git_sha(tmp_path) == "unknown"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_results_written_beside_the_code_do_not_make_the_code_dirty(tmp_path):
+    import subprocess
+
+    from darkknowledge.provenance import git_sha
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results.csv").write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (tmp_path / "results.csv").write_text("a\nb\n")  # a command appended rows
+    assert not git_sha(tmp_path / "src", only_here=True).endswith("-dirty")
+    assert git_sha(tmp_path).endswith("-dirty")
+    (tmp_path / "src" / "code.py").write_text("x = 2\n")  # the code itself changed
+    assert git_sha(tmp_path / "src", only_here=True).endswith("-dirty")

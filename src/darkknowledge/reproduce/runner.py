@@ -40,7 +40,7 @@ from darkknowledge.config import (
 )
 from darkknowledge.errors import DKError, NonFiniteLossError
 from darkknowledge.models import load_model
-from darkknowledge.provenance import git_sha
+from darkknowledge.provenance import source_sha
 from darkknowledge.reproduce.report import write_report
 from darkknowledge.reproduce.results import append_results
 from darkknowledge.train import predict_logits, prepare_data, run
@@ -101,7 +101,7 @@ class Context:
         self.last_summary: dict[str, Any] = {}  # the last run a select step trained (for its rows)
         # cell id → overrides chosen on the validation split; shared by the seeds of one command
         self.selected: dict[str, list[str]] = {} if selected is None else selected
-        self.sha = git_sha(exp_dir)
+        self.sha = source_sha()  # rows of runs whose summary names no commit (older runs)
         custom = any(o.split("=", 1)[0].strip() not in EXECUTION_ONLY for o in overrides)
         self.label = f"{scale}-custom" if custom else scale  # the rows' scale column
 
