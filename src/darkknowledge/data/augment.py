@@ -42,9 +42,19 @@ def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
         )
     if max_shift == 0:
         return images
+    shifts = torch.randint(-max_shift, max_shift + 1, (images.shape[0], 2), generator=generator, device=images.device)
+    return shift_images(images, shifts, max_shift)
+
+
+def shift_images(images: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """``out[b, y, x] = images[b, y - dy_b, x - dx_b]`` where that pixel exists, else 0.
+
+    Args:
+        images: (B, H, W) any dtype.
+        shifts: (B, 2) integer ``(dx, dy)`` per image, each in ``[-max_shift, max_shift]``.
+    """
     k = max_shift
     b, h, w = images.shape
-    shifts = torch.randint(-k, k + 1, (b, 2), generator=generator, device=images.device)
     dx, dy = shifts[:, 0:1], shifts[:, 1:2]
     # In the k-padded image, source pixel (y - dy, x - dx) sits at (y - dy + k, x - dx + k), always inside.
     padded = F.pad(images, (k, k, k, k))
