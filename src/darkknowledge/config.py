@@ -271,9 +271,12 @@ TRAIN_STEPS = ("eager", "compile", "cuda_graph")
 PRECISIONS = ("fp32", "bf16")
 # Fields added after checkpoints and results rows were keyed by the config hash: they enter the
 # hash only when set to something other than their default, so existing hashes stay valid.
-_HASH_IF_NOT_DEFAULT = {"train_step": "eager", "precision": "fp32", "replicas": {"seeds": [], "method": {}, "optim": {}}}
-# What may change on resume without changing any result.
-_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every")
+_HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method": {}, "optim": {}}}
+# What may change between runs of one config, or on resume, without changing what is computed:
+# where it is written, how it reports, and how a step executes (``train_step``: eager, compiled or
+# graph-replayed steps differ in float rounding only, as runs on another device or with other
+# optimizer kernels do, which the hash does not see either).
+_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step")
 
 
 @dataclass
@@ -338,8 +341,8 @@ class RunConfig:
             raise DKError(f"replicas.optim.lr cannot be combined with optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the step size)", "set optim.weight_decay=0, or run the step sizes one by one")
 
     def hash(self) -> str:
-        """sha256 of the resolved config minus what may change on resume (run_dir, progress,
-        stop_after_steps, sync_every); fast-path fields enter only when not at their default."""
+        """sha256 of the resolved config minus what changes no computed result (run_dir, progress,
+        stop_after_steps, sync_every, train_step); later fields enter only when not at their default."""
         d = dataclasses.asdict(self)
         for k in _NOT_HASHED:
             d.pop(k)
