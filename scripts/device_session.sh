@@ -111,7 +111,7 @@ pack() {
         find runs -maxdepth 6 \( -name summary.json -o -name config.yaml -o -name metrics.jsonl \) -not -path "*/checkpoints/*" 2>/dev/null
         find benchmarks/results -newer "$WORK/started" -type f 2>/dev/null
         echo "$EXP/README.md"
-        [ -f "$EXP/temperature_sweep.png" ] && echo "$EXP/temperature_sweep.png"
+        find "$EXP" -maxdepth 1 -name 'temperature_sweep_*.png'  # the sweep plot(s) the report drew
     )
     [ -d "$WORK/profile" ] && meta+=("$WORK/profile")
     tar -czf "$out/meta.tar.gz" "${meta[@]}" "$LOGS" 2>/dev/null

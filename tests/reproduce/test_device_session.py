@@ -54,7 +54,9 @@ def test_a_session_runs_its_stages_packs_its_results_and_collect_merges_them(tmp
         with tarfile.open(out / f"teacher-seed{k}.tar") as t:
             assert {Path(n).name for n in t.getnames()} == {"model.safetensors", "summary.json", "config.yaml"}
     with tarfile.open(out / "meta.tar.gz") as t:
-        assert any("seed0/teacher_1200_seeds-" in n for n in t.getnames())  # the batched run's summary
+        names = t.getnames()
+        assert any("seed0/teacher_1200_seeds-" in n for n in names)  # the batched run's summary
+        assert "experiments/hinton2015/README.md" in names
 
     merged = _script(here, "collect", str(out))
     assert merged.returncode == 0, merged.stderr[-2000:]
