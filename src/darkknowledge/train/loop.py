@@ -495,10 +495,13 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
                     with sync:
                         loss, terms = step_fn(xs, ys, teacher_targets(ps, xs))
                         share = weight * length / n_global
-                        (loss * (share * world)).backward()
+                        scale = share * world  # 1 for a whole batch in one process: no extra kernels
+                        (loss if scale == 1.0 else loss * scale).backward()
                     if not names:
                         names = list(terms)
-                    part_terms = torch.stack([terms[n].float() for n in names], dim=-1) * share
+                    part_terms = torch.stack([terms[n].float() for n in names], dim=-1)
+                    if share != 1.0:
+                        part_terms = part_terms * share
                     totals = part_terms if totals is None else totals + part_terms
                 pending.append((global_step, epoch, step_in_epoch, totals, hp))
                 agreed = flush() if is_sync_point(global_step + 1, step_in_epoch + 1) else False
