@@ -293,7 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dk``; returns the exit code (see :mod:`darkknowledge.errors` for their meaning)."""
     from darkknowledge.train.signals import Interrupted
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may also come after the options (argparse takes a command's positional
+    # arguments in one run, so `dk reproduce hinton2015 --scale smoke optim.epochs=1` leaves them over)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:

@@ -230,3 +230,13 @@ def test_failures_in_ci_output_are_json_free(tmp_path, monkeypatch, capsys):
     assert main(["eval", "m.safetensors", "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("dk: error: model checkpoint m.safetensors is corrupt")
+
+
+def test_overrides_may_follow_the_options_and_unknown_options_are_still_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # the trailing override is read as an override (and --report-only refuses overrides), not as junk
+    assert main(["reproduce", "hinton2015", "--report-only", "optim.epochs=1"]) == 2
+    assert "--report-only trains nothing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "hinton2015", "--scale", "smoke", "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
