@@ -191,10 +191,10 @@ def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, ta
     names = list(outs[0].components)
     if any(list(o.components) != names for o in outs):
         raise DKError(f"replicas report different loss components ({[list(o.components) for o in outs]})", "sweep only hyperparameters that keep the same terms (e.g. hard_weight all 0 or all > 0)")
-    scale = lr_scale or [1.0] * len(outs)
-    total = outs[0].loss * scale[0] if scale[0] != 1.0 else outs[0].loss
-    for o, c in zip(outs[1:], scale[1:], strict=True):
-        total = total + (o.loss * c if c != 1.0 else o.loss)
+    weighted = [o.loss if c == 1.0 else o.loss * c for o, c in zip(outs, lr_scale or [1.0] * len(outs), strict=True)]
+    total = weighted[0]
+    for w in weighted[1:]:
+        total = total + w
     terms = {"loss": torch.stack([o.loss.detach() for o in outs])}
     terms.update({n: torch.stack([o.components[n] for o in outs]) for n in names})
     return total, terms
