@@ -210,7 +210,7 @@ def cmd_teacher_outputs_info(args: argparse.Namespace) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML run config, or an experiment cell (experiments/hinton2015/configs/*.yaml: its run: section)")
-    p.add_argument("--scale", choices=["smoke", "full"], help="with an experiment cell: apply that scale's overrides (default: the cell as written, the paper's setting)")
+    p.add_argument("--scale", choices=["smoke", "cpu", "full"], help="with an experiment cell: apply that scale's overrides (default: the cell as written, the paper's setting)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 data.omit_classes=[3]")
     p.add_argument("--run-dir", help="output directory (same as run_dir=...)")
     p.add_argument("--resume", default="never", help="never (default), auto (latest intact checkpoint in run_dir), or a checkpoint directory")
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a paper's experiments (hinton2015)")
     p.add_argument("experiment", help="experiment name, e.g. hinton2015")
     p.add_argument("--only", nargs="+", help="run only these cells")
-    p.add_argument("--scale", default="smoke", choices=["smoke", "full"])
+    p.add_argument("--scale", default="smoke", choices=["smoke", "cpu", "full"], help="smoke: minutes on a CPU (shows the pipeline); cpu: the paper's data and models on a 2-core CPU in about 2 hours; full: the paper's schedule (a GPU)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
     p.add_argument("--report-only", action="store_true", help="train nothing: regenerate the experiment README's table from results.csv and print it")
     p.add_argument("--no-batch-seeds", dest="batch_seeds", action="store_false", help="train each seed of a train cell on its own instead of all seeds as one batched run")

@@ -46,7 +46,7 @@ from darkknowledge.reproduce.results import append_results
 from darkknowledge.train import predict_logits, prepare_data, run
 from darkknowledge.train.checkpoint import list_checkpoints
 
-SCALES = ("smoke", "full")
+SCALES = ("smoke", "cpu", "full")
 # Overrides that change how a run executes or reports, not what it computes: rows of a command
 # given only these keep their scale's label. Any other override (data.train_size=..., bf16, ...)
 # labels its rows ``<scale>-custom``, which the README's smoke/full columns leave out.
@@ -171,11 +171,12 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
     sel = cell.select
     if not sel or cell.id in ctx.selected:  # nothing to choose, or chosen on an earlier seed
         return
+    if "scales" in sel and ctx.scale not in sel["scales"]:  # this scale keeps the value as configured
+        return
     key, values = sel["key"], sel["values"]
-    size = sel["validation_size"][ctx.scale] if isinstance(sel["validation_size"], dict) else sel["validation_size"]
-    scores = _select_batched(ctx, cell, kind, key, values, size) if sel.get("batched", True) else None
+    scores = _select_batched(ctx, cell, kind, key, values) if sel.get("batched", True) else None
     if scores is None:
-        scores = _select_one_by_one(ctx, cell, kind, key, values, size)
+        scores = _select_one_by_one(ctx, cell, kind, key, values)
     if all(math.isinf(x) for x in scores):
         raise DKError(f"cell {cell.id}: every candidate {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
     best = values[scores.index(min(scores))]
@@ -183,7 +184,17 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
     ctx.record(cell.id, f"selected_{key}", float(best), ctx.last_summary)
 
 
-def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list, size: int) -> list[float] | None:
+def _candidate_overrides(ctx: Context, cell: Cell) -> list[str]:
+    """What a candidate run changes: the validation split it is scored on, and the scale's
+    ``select.candidate`` overrides (a shorter schedule, where the cell's budget needs one)."""
+    sel = cell.select
+    size = sel["validation_size"][ctx.scale] if isinstance(sel["validation_size"], dict) else sel["validation_size"]
+    extra = sel.get("candidate") or {}
+    extra = extra.get(ctx.scale, []) if isinstance(extra, dict) else extra
+    return [f"data.validation_size={size}", *extra]
+
+
+def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list) -> list[float] | None:
     """Validation errors of the step-size candidates trained as one batched run
     (``replicas.optim.lr``, each replica equal to its candidate's own run); None when the
     candidates cannot be batched (another key, another optimizer) or a candidate diverged, and
@@ -191,7 +202,7 @@ def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list,
     probe = ctx.config(cell)
     if key != "optim.lr" or len(values) < 2 or probe.optim.name not in ("sgd", "paper_dropout") or probe.optim.weight_decay:
         return None
-    cfg = ctx.config(cell, [f"replicas.optim.lr={json.dumps([float(v) for v in values])}", f"data.validation_size={size}"], name=f"{cell.id}_select_{key}")
+    cfg = ctx.config(cell, [f"replicas.optim.lr={json.dumps([float(v) for v in values])}", *_candidate_overrides(ctx, cell)], name=f"{cell.id}_select_{key}")
     try:
         s = ctx.train(cfg, kind)
     except NonFiniteLossError as exc:  # one candidate's step size too large: train them one by one
@@ -206,10 +217,10 @@ def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list,
     return scores
 
 
-def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: list, size: int) -> list[float]:
+def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: list) -> list[float]:
     scores = []
     for value in values:
-        cfg = ctx.config(cell, [f"{key}={value}", f"data.validation_size={size}"], name=f"{cell.id}_select_{key}={value}")
+        cfg = ctx.config(cell, [f"{key}={value}", *_candidate_overrides(ctx, cell)], name=f"{cell.id}_select_{key}={value}")
         try:
             s = ctx.train(cfg, kind)
         except NonFiniteLossError as exc:  # a step size too large for this loss: not a candidate
