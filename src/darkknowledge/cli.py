@@ -155,7 +155,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise DKError("--report-only trains nothing, so it takes no --only, --seeds or overrides", "drop them, or drop --report-only to run cells")
         return report_only(args.experiment, args.root)
 
-    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root, batch_seeds=args.batch_seeds)
+    return reproduce(args.experiment, only=args.only, scale=args.scale, seeds=args.seeds, root=args.root, device=args.device, overrides=args.overrides, runs_root=args.runs_root, batch_seeds=args.batch_seeds, retrain_teacher=args.retrain_teacher)
 
 
 def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
     p.add_argument("--report-only", action="store_true", help="train nothing: regenerate the experiment README's table from results.csv and print it")
     p.add_argument("--no-batch-seeds", dest="batch_seeds", action="store_false", help="train each seed of a train cell on its own instead of all seeds as one batched run")
+    p.add_argument("--retrain-teacher", action="store_true", help="smoke scale: train the smoke teacher instead of distilling from the shipped cpu-scale teacher")
     p.add_argument("--root", default=None, help="experiments folder (default: ./experiments)")
     p.add_argument("--device", default="auto")
     p.add_argument("--runs-root", default=None, help="where run directories go (default: runs/<experiment>)")

@@ -276,7 +276,7 @@ _HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method":
 # where it is written, how it reports, and how a step executes (``train_step``: eager, compiled or
 # graph-replayed steps differ in float rounding only, as runs on another device or with other
 # optimizer kernels do, which the hash does not see either).
-_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step")
+_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step", "threads")
 
 
 @dataclass
@@ -306,6 +306,8 @@ class RunConfig:
     # 1 on CPU (every step checked before its update), 50 on CUDA. Changes no result: not hashed.
     sync_every: int | None = None
     train_step: str = "eager"  # eager | compile (torch.compile) | cuda_graph (compile + CUDA graphs; CUDA only)
+    # CPU threads: auto (the cores other processes leave idle, at least 1) or a count. Not hashed.
+    threads: int | str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
@@ -333,6 +335,8 @@ class RunConfig:
             raise DKError(f"sync_every={self.sync_every} must be ≥ 1", "use a positive step count, or null for the device default (1 on CPU, 50 on CUDA)")
         if self.train_step not in TRAIN_STEPS:
             raise DKError(f"train_step={self.train_step!r} is unknown", f"choose {', '.join(TRAIN_STEPS)}")
+        if self.threads != "auto" and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise DKError(f"threads={self.threads!r} is invalid", "use threads=auto or a positive number of CPU threads")
         if self.precision not in PRECISIONS:
             raise DKError(f"precision={self.precision!r} is unknown", f"choose {' or '.join(PRECISIONS)}")
         if self.replicas.optim and self.optim.name not in ("sgd", "paper_dropout"):

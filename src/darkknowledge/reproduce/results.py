@@ -62,7 +62,7 @@ class Claim:
     unit: str
     section: str
     tolerance: float | None
-    target: dict[str, float] | None = None
+    target: dict[str, dict[str, Any]] | None = None  # scale → its target (claims.yaml's header says how)
     note: str = ""
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import json
 import math
 import shutil
@@ -50,7 +51,7 @@ SCALES = ("smoke", "cpu", "full")
 # Overrides that change how a run executes or reports, not what it computes: rows of a command
 # given only these keep their scale's label. Any other override (data.train_size=..., bf16, ...)
 # labels its rows ``<scale>-custom``, which the README's smoke/full columns leave out.
-EXECUTION_ONLY = ("train_step", "sync_every", "progress", "log_every", "checkpoint_every", "checkpoint_every_steps")
+EXECUTION_ONLY = ("train_step", "sync_every", "threads", "progress", "log_every", "checkpoint_every", "checkpoint_every_steps")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Cell:
     sweep: dict[str, Any] = field(default_factory=dict)
     offset: dict[str, Any] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
+    shipped: dict[str, Any] = field(default_factory=dict)  # {path, scales}: a trained run in the repository
 
 
 def find_experiment(name: str, root: str | Path | None) -> Path:
@@ -83,6 +85,7 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
             id=raw["cell"], kind=raw["kind"], run=raw.get("run") or {}, scales=scales,
             teacher=raw.get("teacher"), reference=raw.get("reference"),
             sweep=raw.get("sweep") or {}, offset=raw.get("offset") or {}, select=raw.get("select") or {},
+            shipped=raw.get("shipped") or {},
         )
         if cell.kind not in KINDS:
             raise DKError(f"{path}: unknown cell kind {cell.kind!r}", f"use one of {', '.join(KINDS)}")
@@ -93,14 +96,17 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
 class Context:
     """What every cell function needs: scale, seed, where runs go, and row recording."""
 
-    def __init__(self, exp_dir: Path, cells: dict[str, Cell], scale: str, seed: int, overrides: list[str], device: str, runs_root: Path, selected: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, exp_dir: Path, cells: dict[str, Cell], scale: str, seed: int, overrides: list[str], device: str, runs_root: Path, selected: dict[str, list[str]] | None = None, ranking: dict[str, list[tuple[Any, float]]] | None = None, retrain: bool = False) -> None:
         self.exp_dir, self.cells, self.scale, self.seed = exp_dir, cells, scale, seed
+        self.retrain = retrain  # train cells that ship a trained run anew
         self.overrides, self.device, self.runs_root = overrides, device, runs_root
         self.rows: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}  # cell id → summary of its main run
         self.last_summary: dict[str, Any] = {}  # the last run a select step trained (for its rows)
         # cell id → overrides chosen on the validation split; shared by the seeds of one command
         self.selected: dict[str, list[str]] = {} if selected is None else selected
+        # cell id → [(value, validation errors)], best first: the fallbacks of a rejected final run
+        self.ranking: dict[str, list[tuple[Any, float]]] = {} if ranking is None else ranking
         self.sha = source_sha()  # rows of runs whose summary names no commit (older runs)
         custom = any(o.split("=", 1)[0].strip() not in EXECUTION_ONLY for o in overrides)
         self.label = f"{scale}-custom" if custom else scale  # the rows' scale column
@@ -138,6 +144,15 @@ class Context:
             "date": summary.get("finished_utc") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "config_hash": summary["config_hash"][:10],
         })
+
+
+    def record_speed(self, cell: str, summary: dict[str, Any], variant: str = "") -> None:
+        """The machine's training speed in this run: examples seen per second of training
+        (every model of a batched run counted)."""
+        models = len(summary.get("replicas") or [None])
+        seen = summary["transfer_set"]["size"] * summary["epochs"] * models
+        if summary.get("train_seconds"):
+            self.record(cell, "samples_per_s", seen / summary["train_seconds"], summary, variant=variant)
 
 
 def finished_run(cfg: RunConfig, run_dir: str | Path | None = None) -> dict[str, Any] | None:
@@ -179,9 +194,9 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
         scores = _select_one_by_one(ctx, cell, kind, key, values)
     if all(math.isinf(x) for x in scores):
         raise DKError(f"cell {cell.id}: every candidate {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
-    best = values[scores.index(min(scores))]
-    ctx.selected[cell.id] = [f"{key}={best}"]
-    ctx.record(cell.id, f"selected_{key}", float(best), ctx.last_summary)
+    # best first; ties keep the listed order (sorted is stable); diverged candidates drop out
+    ctx.ranking[cell.id] = sorted(((v, x) for v, x in zip(values, scores, strict=True) if not math.isinf(x)), key=lambda vx: vx[1])
+    ctx.selected[cell.id] = [f"{key}={ctx.ranking[cell.id][0][0]}"]
 
 
 def _candidate_overrides(ctx: Context, cell: Cell) -> list[str]:
@@ -234,11 +249,93 @@ def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: li
     return scores
 
 
+def train_selected(ctx: Context, cell: Cell, kind: str) -> dict[str, Any]:
+    """The cell's run with the value chosen on the validation split, checked, with a fallback.
+
+    A chosen value can still train to a bad run on the whole transfer set (a step size at the
+    edge of stability: the smoke scale's logit matching once chose ``optim.lr=0.01`` on 105
+    validation errors of 2000 and then ended at 1898 test errors of 10000). The final run has
+    trained on the validation images, so it must do at least as well on them as its candidate,
+    which never saw them, did; a run that does worse (or diverges) is rejected, said so in the
+    output and in a ``select_rejected`` row, and the next candidate (by validation errors) is
+    trained instead. The check reads the validation split only, never the test set.
+    """
+    ranking = ctx.ranking.get(cell.id)
+    if not ranking:  # nothing selected at this scale: the configured value
+        return ctx.train(ctx.config(cell), kind)
+    key = cell.select["key"]
+    for i, (value, held_out) in enumerate(ranking):
+        ctx.selected[cell.id] = [f"{key}={value}"]
+        cfg = ctx.config(cell)
+        try:
+            s = ctx.train(cfg, kind)
+        except NonFiniteLossError as exc:
+            seen, n, s, why = math.inf, 0, ctx.last_summary, f"diverged ({exc})"
+        else:
+            seen, n = _errors_on_validation_images(ctx, cell, cfg.run_dir)
+            why = f"{seen} errors on the {n} validation images it trained on, more than the {held_out} its candidate made on them unseen"
+        if seen <= held_out:
+            ctx.ranking[cell.id] = ranking[i:]  # later seeds start from the value that held
+            ctx.record(cell.id, f"selected_{key}", float(value), s)
+            ctx.record(cell.id, "final_errors_on_valid_images", seen, s)
+            return s
+        ctx.record(cell.id, "select_rejected", seen, s, variant=f"{key}={value}")
+        nxt = f"; trying {key}={ranking[i + 1][0]}, the next best on validation" if i + 1 < len(ranking) else ""
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: WARNING the run with the selected {key}={value} is rejected: {why}{nxt}", flush=True)
+    raise DKError(f"cell {cell.id}: every {key} candidate that did well on validation trained to a rejected run on the whole transfer set", f"add smaller values to select.values in {cell.id}.yaml")
+
+
+def _errors_on_validation_images(ctx: Context, cell: Cell, run_dir: str) -> tuple[int, int]:
+    """Errors of the model in ``run_dir`` on the select step's validation images."""
+    cfg = ctx.config(cell, _candidate_overrides(ctx, cell))
+    valid = prepare_data(cfg.data).valid
+    logits = predict_logits(load_model(run_dir), valid)
+    return int((logits.argmax(dim=1) != valid.labels).sum()), len(valid)
+
+
+def shipped_run(ctx: Context, cell: Cell) -> dict[str, Any] | None:
+    """The summary of the trained run the repository ships for this cell at this scale, or None.
+
+    The smoke scale distils from the cpu scale's teacher, shipped in the repository
+    (``experiments/hinton2015/shipped/``), so that minutes of CPU show the paper's effects with a
+    paper-grade teacher; ``--retrain-teacher`` trains the smoke scale's own teacher instead. Its
+    checksum is verified and its test errors are measured again here, not copied from its summary.
+    """
+    spec = cell.shipped
+    if not spec or ctx.scale not in spec.get("scales", []) or ctx.retrain:
+        return None
+    where = ctx.exp_dir / spec["path"]
+    fix = f"restore it (git checkout -- {where}) or pass --retrain-teacher to train one"
+    try:
+        summary = json.loads((where / "summary.json").read_text())
+        digest = hashlib.sha256((where / "model.safetensors").read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise DKError(f"the shipped run of {cell.id} in {where} cannot be read ({exc.__class__.__name__})", fix) from None
+    if digest != summary.get("model_sha256"):
+        raise DKError(f"the shipped model of {cell.id} ({where / 'model.safetensors'}) does not match its checksum", fix)
+    test = prepare_data(ctx.config(cell).data).test
+    logits = predict_logits(load_model(where), test)
+    errors = int((logits.argmax(dim=1) != test.labels).sum())
+    try:  # the path as the user's runs name it: relative, so config hashes do not depend on the clone's place
+        run_dir = str(where.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        run_dir = str(where)
+    t0 = summary["eval"]["test"]
+    print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the shipped {spec.get('trained_at', '')} run ({where}, trained at {summary.get('git_sha', '?')[:10]}): {errors} test errors / {len(test)} (its summary: {t0['errors']} / {t0['n']})", flush=True)
+    return {**summary, "eval": {"test": {"errors": errors, "n": len(test)}}, "run_dir": run_dir, "reused": True, "shipped": True}
+
+
 def cell_train(ctx: Context, cell: Cell, kind: str = "train") -> None:
+    shipped = shipped_run(ctx, cell)
+    if shipped is not None:
+        ctx.done[cell.id] = shipped
+        ctx.record(cell.id, "test_errors", shipped["eval"]["test"]["errors"], shipped, variant="")
+        return
     select_on_validation(ctx, cell, kind)
-    s = ctx.train(ctx.config(cell), kind)
+    s = train_selected(ctx, cell, kind)
     ctx.done[cell.id] = s
     ctx.record(cell.id, "test_errors", s["eval"]["test"]["errors"], s)
+    ctx.record_speed(cell.id, s)
     if "valid" in s["eval"]:
         ctx.record(cell.id, "valid_errors", s["eval"]["valid"]["errors"], s)
 
@@ -252,6 +349,8 @@ def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:
     its seed's run (it should not) is not placed, and that seed trains alone.
     """
     first = ctxs[0]
+    if shipped_run(first, cell) is not None:  # every seed's students distil from the shipped run
+        return
     select_on_validation(first, cell, "train")
     targets = [ctx.config(cell) for ctx in ctxs]
     if all(finished_run(t) is not None for t in targets):
@@ -286,6 +385,7 @@ def cell_sweep(ctx: Context, cell: Cell) -> None:
         if cell.sweep.get("batched", True):
             cfg = ctx.config(cell, [hidden, f"replicas.method.temperature={json.dumps(temps)}"], name=f"{cell.id}_w{width}")
             s = ctx.train(cfg, "distill")
+            ctx.record_speed(cell.id, s, variant=f"w{width}")
             for temp, replica in zip(temps, s["replicas"], strict=True):
                 variant = f"w{width}_T{temp:g}"
                 ctx.record(cell.id, "test_errors", replica["eval"]["test"]["errors"], s, variant=variant)
@@ -321,6 +421,7 @@ def cell_offset(ctx: Context, cell: Cell) -> None:
     cfg = ctx.config(cell)
     s = ctx.train(cfg, "distill")
     ctx.done[cell.id] = s
+    ctx.record_speed(cell.id, s)
     classes = [int(c) for c in cell.offset["classes"]]
     start, stop, step = cell.offset["grid"]
     sign = 1.0 if cell.offset["direction"] == "raise" else -1.0
@@ -409,11 +510,12 @@ def report_only(experiment: str, root: str | None = None) -> int:
     return 0
 
 
-def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smoke", seeds: int = 1, root: str | None = None, device: str = "auto", overrides: list[str] = (), runs_root: str | None = None, batch_seeds: bool = True) -> int:
+def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smoke", seeds: int = 1, root: str | None = None, device: str = "auto", overrides: list[str] = (), runs_root: str | None = None, batch_seeds: bool = True, retrain_teacher: bool = False) -> int:
     """Run the cells (and what they depend on), append rows, regenerate and print the table.
 
     ``batch_seeds``: train the seeds of each ``train`` cell as one batched run (default);
-    False trains every seed's run on its own.
+    False trains every seed's run on its own. ``retrain_teacher``: train the cells that ship a
+    trained run (the smoke scale's teacher) instead of using it.
     """
     if scale not in SCALES:
         raise DKError(f"unknown scale {scale!r}", f"choose {' or '.join(SCALES)}")
@@ -425,7 +527,8 @@ def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smok
     runs = Path(runs_root) if runs_root else Path("runs") / experiment
     started = time.perf_counter()
     selected: dict[str, list[str]] = {}
-    ctxs = [Context(exp_dir, cells, scale, seed, list(overrides), device, runs, selected) for seed in range(seeds)]
+    ranking: dict[str, list[tuple[Any, float]]] = {}
+    ctxs = [Context(exp_dir, cells, scale, seed, list(overrides), device, runs, selected, ranking, retrain_teacher) for seed in range(seeds)]
     for cid in order:
         cell = cells[cid]
         if batch_seeds and seeds > 1 and cell.kind == "train":

@@ -48,6 +48,7 @@ from darkknowledge.train.distributed import Distributed, from_environment, rank_
 from darkknowledge.train.evaluate import evaluate
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
 from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
+from darkknowledge.train.threads import apply_threads
 
 
 def resolve_device(name: str) -> torch.device:
@@ -224,6 +225,7 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, group: Distr
         raise DKError(f"train_step=cuda_graph needs a CUDA device, the run uses {device}", "use train_step=compile or eager on CPU")
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DKError(f"precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support", "use precision=fp32")
+    apply_threads(cfg.threads, device)
     if cfg.deterministic:
         if device.type == "cuda":  # cuBLAS is only deterministic with a fixed workspace
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
