@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from darkknowledge.errors import DKError
 from darkknowledge.methods import build_method
 from darkknowledge.models import build_model
 from darkknowledge.reproduce import best_offset, errors_with_offsets, load_cells, reproduce
@@ -296,3 +298,61 @@ def test_a_selected_value_whose_final_run_goes_bad_falls_back_to_the_next_candid
     assert rows[("selected_optim.lr", "")] == other
     assert rows[("final_errors_on_valid_images", "")] <= valid[other]
     assert rows[("test_errors", "")] < 700  # the collapsed model makes ~900 of 1000
+
+
+def _ship_teacher(exp: Path, tmp_path: Path) -> Path:
+    """Train a tiny teacher and ship it in the experiment copy as the smoke scale's teacher."""
+    from darkknowledge.config import load_config
+    from darkknowledge.train import run
+
+    run_dir = tmp_path / "trained_teacher"
+    cfg = load_config(None, [*TINY, "data.validation_size=0", f"run_dir={run_dir}"])
+    summary = run(cfg, kind="train")
+    shipped = exp / "shipped" / "teacher_1200_cpu"
+    shipped.mkdir(parents=True)
+    for name in ("model.safetensors", "config.yaml"):
+        shutil.copy(run_dir / name, shipped / name)
+    summary["model_sha256"] = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()
+    (shipped / "summary.json").write_text(json.dumps(summary))
+    teacher_cfg = exp / "configs" / "teacher_1200.yaml"
+    teacher_cfg.write_text(teacher_cfg.read_text().replace("kind: train\n", "kind: train\nshipped: {path: shipped/teacher_1200_cpu, scales: [smoke]}\n", 1))
+    return shipped
+
+
+def test_the_smoke_scale_distils_from_the_shipped_teacher(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    shipped = _ship_teacher(exp, tmp_path)
+    runs = tmp_path / "runs"
+    args = dict(only=["student_800_soft_T20"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs))
+    reproduce("hinton2015", **args)
+    assert not list(runs.glob("smoke/seed0/teacher_1200*"))  # no teacher trained
+    student = next(p for p in runs.glob("smoke/seed0/student_800_soft_T20-*") if "select" not in p.name)
+    assert str(shipped) in (student / "config.yaml").read_text()
+    teacher_rows = _rows(exp, "teacher_1200", "test_errors")
+    assert set(teacher_rows) == {"0"}
+    # --retrain-teacher trains the smoke teacher instead
+    reproduce("hinton2015", **args, retrain_teacher=True)
+    assert list(runs.glob("smoke/seed0/teacher_1200-*"))
+    # a shipped model that no longer matches its checksum is refused, with the fix
+    with open(shipped / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(DKError, match="does not match its checksum"):
+        reproduce("hinton2015", **args)
+
+
+@pytest.mark.parametrize(("spec", "values", "measured", "expected"), [
+    ({"le": 80}, {"0": 75.0}, {}, "≤ 80: met"),
+    ({"le": 80, "stretch": {"le": 67}}, {"0": 75.0}, {}, "≤ 80: met; stretch ≤ 67: missed by 8"),
+    ({"le": 80, "stretch": {"le": 67}}, {"0": 60.0}, {}, "≤ 80: met; stretch ≤ 67: met too"),
+    ({"le": 80}, {"0": 90.0}, {}, "≤ 80: missed by 10"),
+    ({"ge": 0.7}, {"0": 0.5, "1": 0.7}, {}, "≥ 0.7: missed by 0.1"),
+    ({"le": 10, "of": "t/test_errors"}, {"0": 85.0}, {("t", "", "test_errors"): {"0": 70.0}}, "≤ 10 + `t` (= 80): missed by 5"),
+    ({"within": 15, "of": "s/test_errors"}, {"0": 85.0}, {("s", "", "test_errors"): {"0": 75.0}}, "within 15 of `s`: met"),
+    ({"within": 15, "of": "s/test_errors"}, {"0": 85.0}, {}, "within 15 of `s`: not measured"),
+    ({"le": 80}, {}, {}, "≤ 80: not measured"),
+])
+def test_targets_read_relative_and_stretch_bars(spec, values, measured, expected):
+    from darkknowledge.reproduce.report import _target
+
+    assert _target(spec, values, measured) == expected

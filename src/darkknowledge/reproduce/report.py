@@ -101,10 +101,14 @@ def sweep_table(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[int, 
 
 def training_time(rows: list[dict[str, str]], scale: str) -> str:
     """The wall time of the runs behind a scale's rows (seed 0; each run once, by config hash)."""
-    walls = {r["config_hash"]: float(r["wall_seconds"]) for r in rows if r["scale"] == scale and r["seed"] == "0"}
+    elsewhere = {r["config_hash"] for r in rows if r["scale"] != scale}
+    mine = [r for r in rows if r["scale"] == scale and r["seed"] == "0"]
+    walls = {r["config_hash"]: float(r["wall_seconds"]) for r in mine if r["config_hash"] not in elsewhere}
+    borrowed = sorted({f"`{r['cell']}`" for r in mine if r["config_hash"] in elsewhere})
     speed = [float(r["value"]) for r in rows if r["scale"] == scale and r["seed"] == "0" and r["metric"] == "samples_per_s" and r["cell"] == "teacher_1200"]
     teacher = f"; the teacher trained at {speed[-1]:,.0f} samples/s" if speed else ""
-    return f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum of their wall times){teacher}"
+    from_other = f"; {', '.join(borrowed)} is another scale's run (the shipped teacher), not counted" if borrowed else ""
+    return f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum of their wall times){teacher}{from_other}"
 
 
 def sweep_shape(grid: dict[int, dict[float, float]]) -> str:
