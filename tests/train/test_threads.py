@@ -40,6 +40,18 @@ def test_threads_are_not_part_of_what_a_run_computes():
     assert RunConfig(threads=1).hash() == RunConfig().hash()
 
 
+def test_the_environment_replaces_auto(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("DARKKNOWLEDGE_THREADS", "1")
+        assert th.apply_threads("auto", torch.device("cpu")) == 1
+        monkeypatch.setenv("DARKKNOWLEDGE_THREADS", "lots")
+        with pytest.raises(DKError, match="DARKKNOWLEDGE_THREADS"):
+            th.apply_threads("auto", torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_given_count_is_applied_on_cpu():
     before = torch.get_num_threads()
     try:

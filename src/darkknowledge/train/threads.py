@@ -5,7 +5,7 @@ cores, both processes' threads spin and wait for each other: on the 2-core machi
 run alongside another 2-thread run trained at 273 samples/s instead of about 8,000, and with
 one thread at 2,000-2,900 (``benchmarks/run.py --only contention`` measures it). ``threads:
 auto`` (the default) therefore measures how busy the cores are just before a CPU run starts and
-uses only the idle ones (at least one), saying so on stderr; an integer sets the count as given.
+uses only the idle ones (at least one), saying so in a warning; an integer sets the count as given.
 It changes how fast a run goes, never what it computes beyond float rounding, so it is not part
 of the config hash.
 """
@@ -13,10 +13,12 @@ of the config hash.
 from __future__ import annotations
 
 import os
-import sys
 import time
+import warnings
 
 import torch
+
+from darkknowledge.errors import DKError
 
 _DEFAULT: int | None = None  # PyTorch's own thread count, before any run changed it
 _MEASURED: tuple[float, float | None] | None = None  # (when, busy cores): reused for 30 s
@@ -59,8 +61,17 @@ def choose_threads(setting: int | str, busy: float | None, default: int) -> int:
 
 
 def apply_threads(setting: int | str, device: torch.device) -> int:
-    """Set the CPU thread count for a run on ``device`` (CUDA runs keep PyTorch's); returns it."""
+    """Set the CPU thread count for a run on ``device`` (CUDA runs keep PyTorch's); returns it.
+
+    ``DARKKNOWLEDGE_THREADS`` (a count) replaces ``auto`` for every run of a process tree: the
+    test suite sets it to 1 so that its runs do not depend on how busy the machine is.
+    """
     global _DEFAULT
+    env = os.environ.get("DARKKNOWLEDGE_THREADS", "").strip()
+    if setting == "auto" and env:
+        if not env.isdigit() or int(env) < 1:
+            raise DKError(f"DARKKNOWLEDGE_THREADS={env!r} is not a thread count", "set it to a positive integer, or unset it for threads=auto")
+        setting = int(env)
     if _DEFAULT is None:
         _DEFAULT = torch.get_num_threads()
     if device.type != "cpu":
@@ -73,11 +84,10 @@ def apply_threads(setting: int | str, device: torch.device) -> int:
         busy = _MEASURED[1]
     n = choose_threads(setting, busy, _DEFAULT)
     if setting == "auto" and n < _DEFAULT:
-        print(
-            f"dk: note: other processes keep about {busy:.1f} of {os.cpu_count()} cores busy; training with {n} thread(s) instead of "
-            f"{_DEFAULT} (threads=auto; a run whose OpenMP threads contend with another process's can be 10-30x slower; set threads={_DEFAULT} to override)",
-            file=sys.stderr,
-            flush=True,
+        warnings.warn(
+            f"other processes keep about {busy:.1f} of {os.cpu_count()} cores busy; training with {n} thread(s) instead of {_DEFAULT} "
+            f"(threads=auto: a run whose OpenMP threads contend with another process's can be 10-30x slower; threads={_DEFAULT} overrides)",
+            stacklevel=2,
         )
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
