@@ -1,7 +1,8 @@
 """darkknowledge performance benchmarks: numbers, not tests.
 
-    .venv/bin/python benchmarks/run.py --mode reduced|full [--device cpu|cuda] [--out benchmarks/results]
-        [--torchdistill-python /tmp/tdvenv/bin/python] [--only teacher,distill,...] [--full-teacher]
+    .venv/bin/python benchmarks/run.py --mode reduced|full|cpu|smoke [--device cpu|cuda]
+        [--out benchmarks/results] [--torchdistill-python /tmp/tdvenv/bin/python]
+        [--only teacher,distill,...,cpu_scale,contention] [--full-teacher]
 
 Prints a table and writes ``<out>/<device>-<UTC date-time>-<mode>.{json,csv}`` plus
 ``<out>/scaling-<device>.png``. What each benchmark measures is in ``benchmarks/README.md``.
@@ -41,7 +42,13 @@ from typing import Any
 import darkknowledge
 import torch
 import yaml
-from darkknowledge.config import RunConfig, load_config
+from darkknowledge.config import (
+    RunConfig,
+    apply_overrides,
+    load_config,
+    read_yaml,
+    scale_overrides,
+)
 from darkknowledge.data import TensorDataset, cache_dir, datasets
 from darkknowledge.models import build_model, save_model
 from darkknowledge.teachers import Teacher, teacher_outputs
@@ -52,7 +59,16 @@ import report
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "hinton2015" / "configs"
-BENCHMARKS = ("teacher", "distill", "replicas", "torchdistill", "scaling", "recipe")
+BENCHMARKS = (
+    "teacher",
+    "distill",
+    "replicas",
+    "torchdistill",
+    "scaling",
+    "recipe",
+    "cpu_scale",
+    "contention",
+)
 NEVER = 10**9  # eval_every / checkpoint_every: only the final (always) evaluation and checkpoint
 MNIST_TRAIN = 60000
 
@@ -92,6 +108,10 @@ class Mode:
     scaling_classes_size: int
     recipe_epochs: int  # 0: no teacher-recipe extrapolation
     notes: str = ""
+    # the cpu scale's teacher and student steps (None: not in this mode)
+    cpu_scale: Measure | None = None
+    contention: Measure | None = None  # the teacher step beside a competing process (CPU only)
+    default_only: tuple[str, ...] = BENCHMARKS[:6]  # what runs without --only
 
 
 MODES = {
@@ -107,6 +127,8 @@ MODES = {
         scaling_classes_size=5000,
         recipe_epochs=0,
         notes="reduced: MNIST subsets, 200 timed steps per measurement, median of 3",
+        contention=Measure(2000, 1, 3, 3),
+        default_only=(*BENCHMARKS[:6], "contention"),
     ),
     # Checks that the harness runs end to end (about a minute); its numbers mean nothing.
     "smoke": Mode(
@@ -120,6 +142,9 @@ MODES = {
         scaling_classes_size=500,
         recipe_epochs=0,
         notes="smoke: a check that the harness runs; the numbers mean nothing",
+        cpu_scale=Measure(500, 1, 2, 1),
+        contention=Measure(300, 1, 2, 1),
+        default_only=BENCHMARKS,
     ),
     # An H200: whole epochs of the 60,000 images; the teacher recipe timed over 10 epochs.
     "full": Mode(
@@ -133,6 +158,28 @@ MODES = {
         scaling_classes_size=60000,
         recipe_epochs=10,
         notes="full: whole MNIST epochs, median of 3",
+        cpu_scale=Measure(60000, 1, 3, 3),
+        contention=Measure(3000, 1, 3, 3),  # only with --only contention --device cpu
+    ),
+    # The cpu scale of the paper's table on a 2-core CPU (about 10 minutes): the teacher and
+    # student steps of experiments/hinton2015's cpu scale over whole 60,000-image epochs (one
+    # warm-up epoch, then 2 timed epochs = 1,200 steps per measurement), median of 3, and the
+    # contention benchmark. The other benchmarks, with --only, measure as in reduced mode.
+    "cpu": Mode(
+        teacher=Measure(5000, 1, 5, 3),
+        distill=Measure(5000, 1, 5, 3),
+        replicas=Measure(2000, 1, 3, 2),
+        replica_counts=(1, 2, 5, 10),
+        torchdistill_epochs=(1, 3),
+        scaling_sizes=(1000, 5000, 20000, 60000),
+        scaling_classes=(10, 100, 1000),
+        scaling_classes_size=5000,
+        recipe_epochs=0,
+        notes="cpu: the cpu scale's teacher and student steps on whole 60,000-image epochs "
+        "(2 timed epochs after 1 warm-up epoch), median of 3; contention over 3,000 images",
+        cpu_scale=Measure(60000, 1, 3, 3),
+        contention=Measure(3000, 1, 3, 3),  # contended at ~273 samples/s: ~45 s a repeat
+        default_only=("cpu_scale", "contention"),
     ),
 }
 
@@ -753,6 +800,450 @@ def fastest_variant(rows: list[Row]) -> list[str]:
     return best[best.index("[") + 1 : -1].split() if "[" in best else []
 
 
+# ---------------------------------------------------------------- 7. the cpu scale
+
+
+def cell_at_scale(name: str, scale: str) -> dict[str, Any]:
+    """The ``run:`` section of an experiment cell with its ``scales.<scale>`` overrides applied.
+
+    The benchmark's own overrides (epochs, subset size, no periodic evaluation) come after these,
+    as ``dk reproduce``'s do, so whatever the cell's scale sets that a step's time depends on
+    (optimizer, schedule, model, dropout, jitter, batch size, ``log_every``, ``threads``) is kept.
+    """
+    raw = read_yaml(CONFIGS / f"{name}.yaml")
+    return apply_overrides(copy.deepcopy(dict(raw["run"] or {})), scale_overrides(raw, scale))
+
+
+def threads_note(counts: list[int]) -> str:
+    """``2 threads`` or ``1-2 threads`` from the thread counts the runs of a series used."""
+    if not counts:
+        return "threads not recorded"
+    lo, hi = min(counts), max(counts)
+    return f"{lo} thread{'s' if hi > 1 else ''}" if lo == hi else f"{lo}-{hi} threads"
+
+
+def same_threads_window(
+    step: Callable[[], None], m: Measure, device: torch.device, threads: list[int], used: list[int]
+) -> Callable[[], tuple[float, int]]:
+    """``plain_window`` run with the thread count darkknowledge's last run used (``threads[-1]``;
+    ``threads=auto`` may have chosen fewer than PyTorch's default on a shared machine), so both
+    sides of a ratio have the same cores; the counts it ran with are appended to ``used``."""
+    window = plain_window(step, m, device)
+
+    def measure() -> tuple[float, int]:
+        if threads and device.type == "cpu":
+            torch.set_num_threads(threads[-1])
+        used.append(torch.get_num_threads())
+        return window()
+
+    return measure
+
+
+def bench_cpu_scale(dk: DK, mode: Mode, device: torch.device, scratch: Path) -> list[Row]:
+    """The teacher and student steps exactly as experiments/hinton2015's cpu scale trains them,
+    darkknowledge vs plain PyTorch loops of the same recipe (interleaved, median of the repeats)."""
+    m = mode.cpu_scale
+    if m is None:
+        return [
+            Row(name, "darkknowledge", note="not in this mode (use --mode cpu)")
+            for name in ("cpu scale: teacher step", "cpu scale: student step")
+        ]
+    return [*cpu_scale_teacher(dk, m, device), *cpu_scale_student(dk, m, device, scratch)]
+
+
+def cpu_scale_teacher(dk: DK, m: Measure, device: torch.device) -> list[Row]:
+    name = "cpu scale: teacher step"
+    base = cell_at_scale("teacher_1200", "cpu")
+    cfg = load_config(None, [], base=copy.deepcopy(base))
+    o, spec = cfg.optim, cfg.model
+    if o.name not in ("sgd", "paper_dropout") or spec["name"] != "mlp":
+        why = f"the plain loop has no {o.name} optimizer / {spec['name']} model"
+        return [Row(name, "darkknowledge", note=f"not measured: {why}")]
+    data = transfer_set(base, m.train_size)
+    step = plain_loops.teacher_step(
+        data.images,
+        data.labels,
+        device,
+        hidden=spec["hidden"],
+        input_dropout=spec.get("input_dropout", 0.0),
+        hidden_dropout=spec.get("hidden_dropout", 0.0),
+        max_norm=spec.get("max_norm"),
+        init_std=spec.get("init_std"),
+        lr=o.lr,
+        momentum=o.momentum if o.name == "sgd" else o.initial_momentum,
+        jitter=cfg.data.jitter,
+        batch_size=o.batch_size,
+        optimizer=o.name,
+        schedule=o.schedule,
+        total_steps=o.epochs * m.steps_per_epoch,
+        weight_decay=o.weight_decay,
+    )
+    recipe = (
+        f"SGD momentum {o.momentum}, no dampening, {o.schedule}"
+        if o.name == "sgd"
+        else "the dropout paper's update"
+    )
+    dk_threads: list[int] = []
+    plain_threads: list[int] = []
+    ours = Series(
+        name,
+        "darkknowledge",
+        dk.epochs(base, m, inspect=lambda d, s: dk_threads.append(torch.get_num_threads())),
+        f"teacher_1200 at the cpu scale ({recipe}), batch {o.batch_size}, jitter {cfg.data.jitter}",
+    )
+    plain = Series(
+        name,
+        "plain PyTorch loop",
+        same_threads_window(step, m, device, dk_threads, plain_threads),
+        f"DataLoader(shuffle) + CPU jitter + torch.optim.SGD ({recipe}) + max-norm + loss.item()",
+    )
+    interleave([ours, plain], m.repeats)
+    ours_row, plain_row = ours.row(), plain.row()
+    ours_row.ratio, ours_row.ratio_label = paired_ratio(ours, plain), "× plain loop"
+    for row, counts in ((ours_row, dk_threads), (plain_row, plain_threads)):
+        row.extra["threads"] = counts
+        if row.samples_per_s is not None:
+            row.note += f"; {threads_note(counts)}"
+    return [ours_row, plain_row]
+
+
+def cpu_scale_student(dk: DK, m: Measure, device: torch.device, scratch: Path) -> list[Row]:
+    name = "cpu scale: student step"
+    teacher_spec = cell_at_scale("teacher_1200", "cpu")["model"]
+    teacher_file = save_untrained(teacher_spec, scratch / "cpu-scale-teacher")
+    base = cell_at_scale("student_800_soft_T20", "cpu")
+    section = base.setdefault("teacher", {})
+    section["checkpoints"] = [str(teacher_file)]
+    own = load_config(None, [], base=copy.deepcopy(base))  # the cell's own teacher.outputs
+    section["store"] = str(scratch / "cpu-scale-store" / "outputs.safetensors")
+    stored_base = copy.deepcopy(base)
+    stored_base["teacher"]["outputs"] = "precompute"
+    live_base = copy.deepcopy(base)
+    live_base["teacher"]["outputs"] = "live"
+    live_base["teacher"]["store"] = None
+    cfg = load_config(None, [], base=copy.deepcopy(stored_base))
+    o, spec, method = cfg.optim, cfg.model, cfg.method
+    if o.name != "sgd" or method["name"] != "soft_targets" or spec["name"] != "mlp":
+        why = f"the plain loop has no {o.name} / {method['name']} / {spec['name']}"
+        return [Row(name, "darkknowledge", note=f"not measured: {why}")]
+    build_s = build_store(dk, stored_base, m.train_size, device)
+    data = transfer_set(stored_base, m.train_size)
+    dk_threads: list[int] = []  # every darkknowledge run's count, in order (the plain loops follow)
+    own_threads: dict[str, list[int]] = {"stored": [], "live": []}
+
+    def record(key: str) -> Callable[[Path, dict[str, Any]], None]:
+        def inspect(_run_dir: Path, _summary: dict[str, Any]) -> None:
+            dk_threads.append(torch.get_num_threads())
+            own_threads[key].append(torch.get_num_threads())
+
+        return inspect
+
+    plain_threads: dict[str, list[int]] = {"stored": [], "live": []}
+    plains = {}
+    for outputs in ("stored", "live"):
+        step = plain_loops.distill_step(
+            data.images,
+            data.labels,
+            device,
+            teacher_hidden=teacher_spec["hidden"],
+            student_hidden=spec["hidden"],
+            temperature=method["temperature"],
+            soft_weight=method["soft_weight"],
+            hard_weight=method["hard_weight"],
+            lr=o.lr,
+            momentum=o.momentum,
+            total_steps=o.epochs * m.steps_per_epoch,
+            batch_size=o.batch_size,
+            teacher_outputs=outputs,
+        )
+        what = (
+            "teacher logits computed once into a tensor"
+            if outputs == "stored"
+            else "teacher under no_grad on every batch"
+        )
+        plains[outputs] = Series(
+            name,
+            f"plain PyTorch loop, {'stored teacher outputs' if outputs == 'stored' else 'live teacher'}",
+            same_threads_window(step, m, device, dk_threads, plain_threads[outputs]),
+            f"DataLoader(shuffle) + {what} + SGD momentum {o.momentum} + {o.schedule} + loss.item()",
+        )
+    recipe = (
+        f"student_800_soft_T20 at the cpu scale (T={method['temperature']}, "
+        f"{method['hard_weight']} hard, SGD momentum {o.momentum}, {o.schedule}), batch {o.batch_size}"
+    )
+    stored = Series(
+        name,
+        "darkknowledge, stored teacher outputs",
+        dk.epochs(stored_base, m, "distill", inspect=record("stored")),
+        recipe
+        + (
+            "; the cpu scale's setting (teacher.outputs=precompute)"
+            if own.teacher.outputs == "precompute"
+            else ""
+        ),
+    )
+    live = Series(
+        name,
+        "darkknowledge, live teacher",
+        dk.epochs(live_base, m, "distill", inspect=record("live")),
+        recipe
+        + (
+            "; the cpu scale's setting"
+            if own.teacher.outputs == "live"
+            else "; teacher.outputs=live"
+        ),
+    )
+    interleave([stored, live, plains["stored"], plains["live"]], m.repeats)
+    stored_row, live_row = stored.row(), live.row()
+    stored_row.ratio = paired_ratio(stored, plains["stored"])
+    stored_row.ratio_label = "× plain loop, stored outputs"
+    live_row.ratio = paired_ratio(live, plains["live"])
+    live_row.ratio_label = "× plain loop, live teacher"
+    vs_live = paired_ratio(stored, plains["live"])
+    stored_row.extra["ratio_vs_plain_live_loop"] = vs_live
+    if vs_live is not None:
+        stored_row.note += f"; {vs_live:.2f} × the plain live-teacher loop"
+    rows = [stored_row, live_row]
+    for row, key in ((stored_row, "stored"), (live_row, "live")):
+        row.extra["threads"] = own_threads[key]
+        if row.samples_per_s is not None:
+            row.note += f"; {threads_note(own_threads[key])}"
+    build = Row(
+        name,
+        "teacher-output store build (one-off)",
+        m.train_size / build_s,
+        build_s,
+        m.train_size,
+        note="compute + save, not in the per-epoch rate",
+    )
+    plain_rows = []
+    for key, s in plains.items():
+        row = s.row()
+        row.extra["threads"] = plain_threads[key]
+        if row.samples_per_s is not None:
+            row.note += f"; {threads_note(plain_threads[key])}"
+        plain_rows.append(row)
+    return [*rows, build, *plain_rows]
+
+
+# ---------------------------------------------------------------- 8. contention
+
+
+def fresh_auto_threads() -> None:
+    """Make the next ``threads=auto`` run measure the busy cores anew, as a new ``dk train``
+    process does (within one process darkknowledge reuses a measurement for 30 s)."""
+    from darkknowledge.train import threads as dk_threads
+
+    if hasattr(dk_threads, "_MEASURED"):
+        dk_threads._MEASURED = None
+
+
+class Competitor:
+    """The competing process: ``plain_loops.py compete``, a plain training loop (2 threads on a
+    2-core machine: PyTorch's default, ``OMP_NUM_THREADS`` removed from its environment, unless
+    ``threads`` is given). A context manager: leaving it (normally or by an exception) stops the
+    process, and the process stops by itself when this one is gone or after ``max_seconds``."""
+
+    def __init__(self, scratch: Path, threads: int | None, max_seconds: float = 1800.0) -> None:
+        self.scratch, self.threads, self.max_seconds = scratch, threads, max_seconds
+        self.proc: subprocess.Popen | None = None
+        self.status = scratch / "competitor.json"
+        self.log = scratch / "competitor.log"
+
+    def __enter__(self) -> Competitor:
+        self.status.unlink(missing_ok=True)
+        env = dict(os.environ)
+        if self.threads is None:
+            for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env.pop(key, None)
+        cmd = [
+            sys.executable,
+            str(Path(plain_loops.__file__).resolve()),
+            "compete",
+            "--status",
+            str(self.status),
+            "--max-seconds",
+            str(self.max_seconds),
+        ]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while not self.status.exists():
+                if self.proc.poll() is not None:
+                    tail = self.log.read_text().strip().splitlines()[-1:] or ["no output"]
+                    raise RuntimeError(
+                        f"the competing process exited ({self.proc.returncode}): {tail[0][:200]}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the competing process did not start within 180 s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def read(self) -> dict[str, Any]:
+        for _ in range(50):  # written atomically; absent only before the first report
+            try:
+                return json.loads(self.status.read_text())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        raise RuntimeError("cannot read the competing process's status")
+
+
+def competitor_rate(
+    before: dict[str, Any], after: dict[str, Any], batch: int = 100
+) -> float | None:
+    """The competitor's samples/s between two of its reports."""
+    dt_s = after["seconds"] - before["seconds"]
+    return (after["steps"] - before["steps"]) * batch / dt_s if dt_s > 0 else None
+
+
+def bench_contention(
+    dk: DK, mode: Mode, device: torch.device, scratch: Path, competitor_threads: int | None
+) -> list[Row]:
+    """The teacher step (teacher_1200 at the cpu scale) alone, and beside a competing 2-thread
+    training process with ``threads=2`` (contending) and with ``threads=auto``."""
+    name = "contention"
+    labels = [
+        "alone",
+        "beside a 2-thread process, threads=2",
+        "beside a 2-thread process, threads=auto",
+    ]
+    if device.type != "cpu":
+        return [
+            Row(name, v, note="not measured: a CPU benchmark (use --device cpu)") for v in labels
+        ]
+    m = mode.contention
+    if m is None:
+        return [Row(name, v, note="not in this mode") for v in labels]
+    if os.environ.get("OMP_NUM_THREADS"):
+        print(
+            f"note: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} caps PyTorch's default in this "
+            "process, and so what threads=auto may use",
+            file=sys.stderr,
+        )
+    base = cell_at_scale("teacher_1200", "cpu")
+    used: dict[str, list[int]] = {"alone": [], "contended": [], "auto": []}
+    state: dict[str, Any] = {"threads": None}  # the competitor's thread count, once started
+
+    def measure(key: str, more: Callable[[], list[str]]) -> Callable[[], tuple[float, int]]:
+        def run_it() -> tuple[float, int]:
+            fresh_auto_threads()
+            record = lambda d, s: used[key].append(torch.get_num_threads())  # noqa: E731
+            return dk.epochs(base, m, more=more(), inspect=record)()
+
+        return run_it
+
+    alone = Series(name, labels[0], measure("alone", lambda: []))
+    contended = Series(
+        name, labels[1], measure("contended", lambda: [f"threads={state['threads']}"])
+    )
+    auto = Series(name, labels[2], measure("auto", lambda: ["threads=auto"]))
+    rates: dict[str, list[float]] = {"alone": [], "contended": [], "auto": []}
+    windows: dict[str, list[float]] = {"alone": [], "contended": [], "auto": []}
+    competitor_error = None
+
+    def timed(s: Series) -> bool:
+        if s.error:
+            return False
+        try:
+            seconds, s.samples = s.measure()
+            s.seconds.append(seconds)
+            return True
+        except Exception as exc:  # a broken variant must not sink the other measurements
+            s.error = error_text(exc)
+            return False
+
+    for _ in range(m.repeats):
+        timed(alone)
+        if competitor_error:
+            continue
+        try:
+            with Competitor(scratch, competitor_threads) as comp:
+                before = comp.read()
+                state["threads"] = before["threads"]
+                time.sleep(2.0)  # the competitor alone, for its own reference rate
+                after = comp.read()
+                if (r := competitor_rate(before, after)) is not None:
+                    rates["alone"].append(r)
+                    windows["alone"].append(after["seconds"] - before["seconds"])
+                for key, s in (("contended", contended), ("auto", auto)):
+                    before = comp.read()
+                    ok = timed(s)
+                    after = comp.read()
+                    if ok and (r := competitor_rate(before, after)) is not None:
+                        rates[key].append(r)
+                        windows[key].append(after["seconds"] - before["seconds"])
+        except Exception as exc:
+            competitor_error = error_text(exc)
+    n = state["threads"] or 2
+    rows = []
+    for key, s in (("alone", alone), ("contended", contended), ("auto", auto)):
+        if competitor_error and key != "alone" and not s.seconds:
+            s.error = f"the competing process failed: {competitor_error}"
+        s.variant = s.variant.replace("2-thread", f"{n}-thread").replace(
+            "threads=2", f"threads={n}"
+        )
+        row = s.row()
+        row.extra["threads"] = used[key]
+        setting = {
+            "alone": "threads=auto (the default)",
+            "contended": f"threads={n}",
+            "auto": "threads=auto",
+        }[key]
+        if row.samples_per_s is not None:
+            row.note = f"teacher_1200 at the cpu scale, {setting}: {threads_note(used[key])}" + (
+                "" if key == "alone" else f"; beside a plain {n}-thread training loop"
+            )
+        if key != "alone":
+            row.ratio, row.ratio_label = paired_ratio(s, alone), "× alone"
+        rows.append(row)
+    for key, label in (
+        ("alone", f"the competing {n}-thread process, alone"),
+        ("contended", f"the competing {n}-thread process, beside threads={n}"),
+        ("auto", f"the competing {n}-thread process, beside threads=auto"),
+    ):
+        if not rates[key]:
+            rows.append(Row(name, label, note=competitor_error or "not measured"))
+            continue
+        rate = statistics.median(rates[key])
+        wall = statistics.median(windows[key])
+        row = Row(
+            name,
+            label,
+            rate,
+            wall,
+            round(rate * wall),
+            note="plain loop (784-1200-1200-10, SGD, batch 100, random images); "
+            + ("2 s on its own" if key == "alone" else "over darkknowledge's two runs"),
+            extra={"repeats_samples_per_s": rates[key], "threads": n},
+        )
+        if key != "alone" and rates["alone"]:
+            row.ratio = rate / statistics.median(rates["alone"])
+            row.ratio_label = "× its rate alone"
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------- environment and output
 
 
@@ -929,8 +1420,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--only",
-        default=",".join(BENCHMARKS),
-        help=f"comma-separated subset of {','.join(BENCHMARKS)}",
+        default=None,
+        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: the mode's own set; "
+        "cpu mode: cpu_scale,contention; reduced: all but cpu_scale; full: the first six)",
     )
     p.add_argument(
         "--full-teacher", action="store_true", help="really run the 3000-epoch teacher recipe"
@@ -949,9 +1441,19 @@ def main(argv: list[str] | None = None) -> int:
         "(on CUDA in full mode: train_step=cuda_graph; train_step=cuda_graph precision=bf16, where "
         "these keys exist), 'none', or 'k=v k=v;k=v'",
     )
+    p.add_argument(
+        "--competitor-threads",
+        type=int,
+        default=None,
+        help="threads of the competing process in the contention benchmark (default: PyTorch's "
+        "default, one per core, with OMP_NUM_THREADS removed from its environment)",
+    )
     p.add_argument("--note", default="", help="free text stored in the results' notes")
     args = p.parse_args(argv)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if args.only is None:
+        only = set(MODES[args.mode].default_only)
+    else:
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
     if only - set(BENCHMARKS):
         p.error(
             f"unknown benchmark(s) {sorted(only - set(BENCHMARKS))}; choose from {', '.join(BENCHMARKS)}"
@@ -1015,6 +1517,13 @@ def main(argv: list[str] | None = None) -> int:
         if "recipe" in only and (mode.recipe_epochs > 1 or args.full_teacher):
             best = fastest_variant(rows)
             rows += section("recipe", lambda: bench_recipe(dk, mode, args.full_teacher, best))
+        if "cpu_scale" in only:
+            rows += section("cpu_scale", lambda: bench_cpu_scale(dk, mode, device, scratch))
+        if "contention" in only:
+            threads = args.competitor_threads
+            rows += section(
+                "contention", lambda: bench_contention(dk, mode, device, scratch, threads)
+            )
 
     others = cpu_share.others()
     cpus = os.cpu_count() or 1
@@ -1035,6 +1544,9 @@ def main(argv: list[str] | None = None) -> int:
         "features": features(),
         "dk_overrides": args.dk_override,
         "dk_variants": [" ".join(v) for v in variants],
+        "benchmarks": [b for b in BENCHMARKS if b in only],
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "competitor_threads": args.competitor_threads,
         "settings": asdict(mode),
         "torchdistill": {
             k: td_info.get(k)
