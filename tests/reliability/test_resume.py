@@ -235,3 +235,22 @@ def test_weights_of_another_shape_are_refused(stopped):
     _rewrite(ckpt, "model.safetensors", st_save(weights))
     with pytest.raises(DKError, match=r"cannot be restored: model.safetensors: layers.0.weight is torch.float32 \(5, 784\)"):
         run(cfg, resume="auto")
+
+
+def test_a_resumed_run_counts_the_training_time_of_every_process(make_cfg, monkeypatch):
+    """train_seconds and wall_seconds of a run stopped and resumed include the first process's
+    share (results rows record them: a resumed table must not look faster than it was)."""
+    import darkknowledge.train.loop as loop
+
+    cfg = make_cfg(*TRAIN, name="timed")
+    stopped = load_config(None, ["stop_after_steps=8"], base=_as_dict(cfg))
+    clock = iter(range(0, 10**6, 100))  # every reading of the loop's clock is 100 s later
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    with pytest.raises(Interrupted):
+        run(stopped)
+    state = json.loads((list_checkpoints(Path(cfg.run_dir) / "checkpoints")[-1] / "state.json").read_text())
+    assert state["train_seconds"] >= 100
+    monkeypatch.undo()
+    summary = run(cfg, resume="auto")
+    assert summary["train_seconds"] >= state["train_seconds"]
+    assert summary["wall_seconds"] >= state["train_seconds"]

@@ -253,6 +253,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     # Early stopping (select_best_on=valid): the weights of the epoch with fewest validation errors
     # (per replica: lists of K errors and epochs, the stacked best weights).
     best: dict[str, Any] = {"errors": None, "epoch": None, "weights": None}
+    trained_before = 0.0  # seconds of training a resumed run had done before (its checkpoint says)
     if resume is not None:
         check_resumable(cfg, resume, inputs)
         state, tensors = resume["state"], resume["tensors"]
@@ -267,6 +268,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
         in_epoch = step_in_epoch > 0
         order = tensors["data/order"].to(device) if in_epoch and "data/order" in tensors else None
         best.update(state.get("best") or {})
+        trained_before = float(state.get("train_seconds") or 0.0)  # by the processes before this one
         if best["errors"] is not None:
             best["weights"] = {k[len("best/") :]: v.to(device) for k, v in tensors.items() if k.startswith("best/")}
         log.truncate_after(global_step, epoch)
@@ -400,6 +402,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
                 "fingerprints": inputs.fingerprints,
                 "best": {"errors": best["errors"], "epoch": best["epoch"]},
                 "torch": torch.__version__,
+                "train_seconds": time.perf_counter() - started,  # so far, across resumes
             }
             if world > 1:
                 state["world_size"] = world
@@ -454,7 +457,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
             for k, v in weights.items():
                 best["weights"][k][mask] = v.detach()[mask]
 
-    started = time.perf_counter()
+    started = time.perf_counter() - trained_before  # train_seconds counts every process's share
     net.train()
     stopping = False
     try:
@@ -539,4 +542,4 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
         log.close()
     if best["weights"] is not None:
         model.load_state_dict(best["weights"])
-    return {"best_epoch": best["epoch"], "eval": results, "steps": global_step, "epochs": epoch, "train_seconds": time.perf_counter() - started}
+    return {"best_epoch": best["epoch"], "eval": results, "steps": global_step, "epochs": epoch, "train_seconds": time.perf_counter() - started, "trained_before": trained_before}

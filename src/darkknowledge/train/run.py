@@ -323,7 +323,8 @@ def _summary(kind: str, cfg: RunConfig, evals: dict[str, Any], history: dict[str
         "best_epoch": best_epoch,
         "steps": history["steps"],
         "train_seconds": history["train_seconds"],
-        "wall_seconds": time.perf_counter() - started,
+        # this process's wall time plus the training time of the processes a resumed run followed
+        "wall_seconds": time.perf_counter() - started + history.get("trained_before", 0.0),
         "device": _device_name(device),
         "seed": cfg.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
