@@ -385,7 +385,9 @@ def cell_sweep(ctx: Context, cell: Cell) -> None:
     students of one width train together as one batched computation (``replicas``), each
     exactly as its own run would (docs/performance.md); rows then share that run's wall time."""
     temps = cell.sweep["temperatures"]
-    for width in cell.sweep["widths"]:
+    widths = cell.sweep["widths"]
+    widths = widths[ctx.scale] if isinstance(widths, dict) else widths  # per scale, or one list for all
+    for width in widths:
         hidden = f"model.hidden=[{width},{width}]"
         if cell.sweep.get("batched", True):
             cfg = ctx.config(cell, [hidden, f"replicas.method.temperature={json.dumps(temps)}"], name=f"{cell.id}_w{width}")
