@@ -7,7 +7,8 @@
 #
 # Stages of `run`, in the order given (default: preflight teacher headline rest bench profile gputests):
 #   preflight  GPU, torch, and a short teacher run that picks train_step (cuda_graph, else compile, else eager)
-#   teacher    dk reproduce hinton2015 --scale full --seeds $SEEDS --only teacher_1200 (seeds as one batched run)
+#   teacher    dk reproduce hinton2015 --scale full --seeds $SEEDS --retrain-teacher --only teacher_1200 (seeds as one batched run;
+#              --retrain-teacher: a session trains its teachers, even at smoke scale)
 #   headline   the same for student_800_hard and student_800_soft_T20 (3 seeds: the issue's headline cells)
 #   rest       every cell, seed 0 (finished runs are reused)
 #   bench      benchmarks/run.py --mode full --device cuda (torchdistill from the carried wheel)
@@ -161,9 +162,9 @@ run() {
         [ -f "$WORK/train_step" ] && ts=$(cat "$WORK/train_step")
         case $s in
         preflight) run_stage preflight 120 "$0" _preflight ;;
-        teacher) run_stage teacher 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" --seeds "$SEEDS" --only teacher_1200 ;;
-        headline) run_stage headline 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" --seeds "$SEEDS" --only student_800_hard student_800_soft_T20 ;;
-        rest) run_stage rest 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" ;;
+        teacher) run_stage teacher 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" --seeds "$SEEDS" --retrain-teacher --only teacher_1200 ;;
+        headline) run_stage headline 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" --seeds "$SEEDS" --retrain-teacher --only student_800_hard student_800_soft_T20 ;;
+        rest) run_stage rest 600 "${DK[@]}" reproduce hinton2015 "train_step=$ts" "${extra[@]}" --scale "$SCALE" --retrain-teacher ;;
         bench) run_stage bench 300 "$PY" benchmarks/run.py --mode "$([ "$SCALE" = full ] && echo full || echo smoke)" --torchdistill-python "$PY" ;;
         profile) run_stage profile 150 bash -c 'for c in teacher_1200 student; do "$0" benchmarks/profile_step.py --cell "$c" --out "$1" "train_step=$2" || exit; done' "$PY" "$WORK/profile" "$ts" ;;
         gputests) run_stage gputests 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests ;;

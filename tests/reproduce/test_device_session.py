@@ -24,6 +24,7 @@ def _copy_tree(dst: Path) -> Path:
     """The parts of the repository the script uses (not a git checkout, like the device's copy)."""
     shutil.copytree(REPO / "scripts", dst / "scripts")
     shutil.copytree(REPO / "experiments" / "hinton2015" / "configs", dst / "experiments" / "hinton2015" / "configs")
+    shutil.copytree(REPO / "experiments" / "hinton2015" / "shipped", dst / "experiments" / "hinton2015" / "shipped")
     for f in ("claims.yaml", "README.md"):
         shutil.copy(REPO / "experiments" / "hinton2015" / f, dst / "experiments" / "hinton2015" / f)
     return dst

@@ -26,17 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path, help="a finished run of teacher_1200 at cpu scale")
     args = p.parse_args(argv)
 
+    from darkknowledge.config import read_yaml
     from darkknowledge.reproduce.runner import Context, load_cells
 
     cells = load_cells(EXP)
-    expected = Context(EXP, cells, "cpu", seed=0, overrides=[], device="auto", runs_root=Path("runs")).config(cells["teacher_1200"])
     src = args.run_dir
     try:
         summary = json.loads((src / "summary.json").read_text())
-    except (OSError, ValueError) as exc:
+        lr = read_yaml(src / "config.yaml")["optim"]["lr"]  # the step size its select: chose
+    except (OSError, ValueError, KeyError) as exc:
         print(f"ship_teacher: error: {src} holds no finished run ({exc.__class__.__name__}); give the run directory of a finished teacher", file=sys.stderr)
         return 2
-    if summary.get("config_hash") != expected.hash():
+    expected = Context(EXP, cells, "cpu", seed=0, overrides=[], device="auto", runs_root=Path("runs")).config(cells["teacher_1200"], [f"optim.lr={lr}"])
+    if summary.get("config_hash") != expected.hash() or lr not in cells["teacher_1200"].select["values"]:
         print(f"ship_teacher: error: {src} is not the cpu scale's teacher_1200 of these configs (config hash differs); run `dk reproduce hinton2015 --scale cpu --only teacher_1200` first", file=sys.stderr)
         return 2
     size = (src / "model.safetensors").stat().st_size
