@@ -356,3 +356,15 @@ def test_targets_read_relative_and_stretch_bars(spec, values, measured, expected
     from darkknowledge.reproduce.report import _target
 
     assert _target(spec, values, measured) == expected
+
+
+def test_the_soft_arm_of_the_regularizer_chooses_its_step_size_on_validation(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    reproduce("hinton2015", only=["soft_regularizer_3pct"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"), retrain_teacher=True)
+    with open(exp / "results.csv", newline="") as f:
+        rows = {(r["metric"], r["variant"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "soft_regularizer_3pct"}
+    valid = {v: rows[("soft_select_valid_errors", f"optim.lr={v}")] for v in (0.003, 0.01, 0.03, 0.1)}
+    chosen = rows[("soft_selected_optim.lr", "")]
+    assert valid[chosen] == min(valid.values())
+    assert len(list((tmp_path / "runs").glob("smoke/seed0/soft_regularizer_3pct_soft_select-*"))) == 1  # one batched run
+    assert ("soft_test_errors", "") in rows and ("gap_closed", "") in rows or rows[("hard_test_errors", "")] == rows[("full_data_hard_test_errors", "")]

@@ -464,7 +464,7 @@ def cell_regularizer(ctx: Context, cell: Cell) -> None:
     hard_cfg = ctx.config(cell, ["method={name: hard_targets}", "select_best_on=valid", "eval_every=1"], name=f"{cell.id}_hard")
     hard = ctx.train(hard_cfg, "train")
     _say(ctx, f"{cell.id} hard (early stopping at epoch {hard.get('best_epoch')})", hard)
-    soft = ctx.train(ctx.config(cell, name=f"{cell.id}_soft"), "distill")
+    soft = _soft_arm(ctx, cell)
     _say(ctx, f"{cell.id} soft", soft)
     ctx.done[cell.id] = soft
     h, s_, full = hard["eval"]["test"]["errors"], soft["eval"]["test"]["errors"], ref["eval"]["test"]["errors"]
@@ -474,6 +474,39 @@ def cell_regularizer(ctx: Context, cell: Cell) -> None:
     ctx.record(cell.id, "full_data_hard_test_errors", full, ref)
     if h != full:
         ctx.record(cell.id, "gap_closed", (h - s_) / (h - full), soft)
+
+
+def _soft_arm(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """The soft-target run of a regularizer cell; with ``select:``, its step size chosen on the
+    validation split. The candidates train on the cell's own transfer set (the validation split
+    is already held out of it), so the best candidate is the run: nothing is retrained. Step
+    sizes train as one batched run (``replicas.optim.lr``), one by one if a candidate diverges."""
+    sel = cell.select
+    if not sel or ("scales" in sel and ctx.scale not in sel["scales"]):
+        return ctx.train(ctx.config(cell, name=f"{cell.id}_soft"), "distill")
+    key, values = sel["key"], sel["values"]
+    if key != "optim.lr":
+        raise DKError(f"cell {cell.id}: select.key={key} is not supported for a regularizer cell", "select optim.lr")
+    runs: list[dict[str, Any] | None] = []
+    try:
+        s = ctx.train(ctx.config(cell, [f"replicas.optim.lr={json.dumps([float(v) for v in values])}"], name=f"{cell.id}_soft_select"), "distill")
+        runs = [{**s, "eval": r["eval"]} for r in s["replicas"]]
+    except NonFiniteLossError as exc:
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} soft: the batched step sizes diverged ({exc}); one by one instead", flush=True)
+        for value in values:
+            try:
+                runs.append(ctx.train(ctx.config(cell, [f"optim.lr={value}"], name=f"{cell.id}_soft_{key}={value}"), "distill"))
+            except NonFiniteLossError:
+                runs.append(None)
+    scores = [math.inf if r is None else r["eval"]["valid"]["errors"] for r in runs]
+    if all(math.isinf(x) for x in scores):
+        raise DKError(f"cell {cell.id}: every soft-arm {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
+    for value, r in zip(values, runs, strict=True):
+        if r is not None:
+            ctx.record(cell.id, "soft_select_valid_errors", r["eval"]["valid"]["errors"], r, variant=f"{key}={value}")
+    best = scores.index(min(scores))
+    ctx.record(cell.id, f"soft_selected_{key}", float(values[best]), runs[best])
+    return runs[best]
 
 
 KINDS: dict[str, Callable[[Context, Cell], None]] = {
