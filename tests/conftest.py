@@ -20,8 +20,9 @@ from darkknowledge.models import build_model, save_model
 from darkknowledge.train.batches import IndexedBatches
 
 # Runs (and the dk processes tests start) use one CPU thread whatever else keeps the machine busy
-# (threads=auto would adapt to the load, and warn: the suite must not depend on it).
-os.environ["DARKKNOWLEDGE_THREADS"] = "1"
+# (threads=auto would adapt to the load, and warn: the suite must not depend on it). A slow run on
+# an idle machine may set DARKKNOWLEDGE_THREADS=2 itself.
+os.environ.setdefault("DARKKNOWLEDGE_THREADS", "1")
 
 # A run that takes about a second on one CPU core: 300 images, 2 epochs of 6 steps.
 TINY = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=50", "progress=false"]
