@@ -368,3 +368,20 @@ def test_the_soft_arm_of_the_regularizer_chooses_its_step_size_on_validation(tmp
     assert valid[chosen] == min(valid.values())
     assert len(list((tmp_path / "runs").glob("smoke/seed0/soft_regularizer_3pct_soft_select-*"))) == 1  # one batched run
     assert ("soft_test_errors", "") in rows and ("gap_closed", "") in rows or rows[("hard_test_errors", "")] == rows[("full_data_hard_test_errors", "")]
+
+
+def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_teacher():
+    from darkknowledge.reproduce.report import training_time
+
+    def row(scale, cell, metric, value, wall, h, date):
+        return {"cell": cell, "variant": "", "scale": scale, "seed": "0", "metric": metric, "value": str(value), "wall_seconds": str(wall), "config_hash": h, "date": date}
+
+    rows = [
+        row("cpu", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
+        row("smoke", "student", "test_errors", 400, 600, "old", "2026-11-01T00:00Z"),  # replaced below
+        row("smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T13:00Z"),  # the shipped teacher
+        row("smoke", "student", "test_errors", 180, 60, "new", "2026-12-01T13:01Z"),
+        row("smoke", "student", "samples_per_s", 9000, 60, "new", "2026-12-01T13:01Z"),
+    ]
+    assert training_time(rows, "smoke") == "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` is another scale's run (the shipped teacher), not counted"
+    assert training_time(rows, "cpu").startswith("seed 0's 1 runs took 50 minutes")

@@ -100,12 +100,20 @@ def sweep_table(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[int, 
 
 
 def training_time(rows: list[dict[str, str]], scale: str) -> str:
-    """The wall time of the runs behind a scale's rows (seed 0; each run once, by config hash)."""
-    elsewhere = {r["config_hash"] for r in rows if r["scale"] != scale}
-    mine = [r for r in rows if r["scale"] == scale and r["seed"] == "0"]
-    walls = {r["config_hash"]: float(r["wall_seconds"]) for r in mine if r["config_hash"] not in elsewhere}
-    borrowed = sorted({f"`{r['cell']}`" for r in mine if r["config_hash"] in elsewhere})
-    speed = [float(r["value"]) for r in rows if r["scale"] == scale and r["seed"] == "0" and r["metric"] == "samples_per_s" and r["cell"] == "teacher_1200"]
+    """The wall time of the runs behind a scale's current numbers (seed 0; the latest row of each
+    metric; each run once, by config hash). A run first recorded at another scale (the shipped
+    teacher the smoke scale borrows) is named, not counted."""
+    owner: dict[str, str] = {}
+    for r in sorted(rows, key=lambda r: r["date"]):  # a run belongs to the scale that recorded it first
+        owner.setdefault(r["config_hash"], r["scale"])
+    current: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in rows:
+        if r["scale"] == scale and r["seed"] == "0":
+            current[(r["cell"], r["variant"], r["metric"])] = r  # later rows replace earlier ones
+    mine = list(current.values())
+    walls = {r["config_hash"]: float(r["wall_seconds"]) for r in mine if owner[r["config_hash"]] == scale}
+    borrowed = sorted({f"`{r['cell']}`" for r in mine if owner[r["config_hash"]] != scale})
+    speed = [float(r["value"]) for r in mine if r["metric"] == "samples_per_s" and r["cell"] == "teacher_1200"]
     teacher = f"; the teacher trained at {speed[-1]:,.0f} samples/s" if speed else ""
     from_other = f"; {', '.join(borrowed)} is another scale's run (the shipped teacher), not counted" if borrowed else ""
     return f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum of their wall times){teacher}{from_other}"
