@@ -28,9 +28,14 @@ class DKError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss component became NaN or Inf during training (the run stops, nothing is saved)."""
+    """A loss component became NaN or Inf during training (the run stops, nothing is saved).
+    ``replica``: in a batched run (``replicas``), the first replica that diverged."""
 
     exit_code = 3
+
+    def __init__(self, message: str, replica: int | None = None) -> None:
+        super().__init__(message)
+        self.replica = replica
 
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

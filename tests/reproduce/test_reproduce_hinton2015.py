@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from darkknowledge.errors import DKError
 from darkknowledge.methods import build_method
@@ -156,14 +157,43 @@ def test_batched_sweep_equals_one_run_per_student(tmp_path):
         assert abs(results[True][variant] - errors) <= 1, variant  # float-tolerance equal models
 
 
+def test_per_width_overrides_reach_only_their_width(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("model.hidden")] + ["data.validation_size=0"]
+    exp = _copy_experiment(tmp_path)
+    cfg = exp / "configs" / "temperature_sweep.yaml"
+    text = cfg.read_text().replace("widths: {smoke: [30, 300], cpu: [30, 300], full: [30, 300, 800]}", "widths: [8, 16]")
+    text = text.replace("temperatures: [1, 2, 2.5, 3, 4, 5, 8, 10, 20]", "temperatures: [1, 4]")
+    start = text.index("  per_width:")
+    cfg.write_text(text[:start] + "  per_width: {8: {smoke: [optim.lr=0.0123]}, 16: [optim.lr=0.0456]}\n" + text[text.index("run:", start):])
+    reproduce("hinton2015", only=["temperature_sweep"], root=str(exp.parent), device="cpu", overrides=tiny, runs_root=str(tmp_path / "runs"), retrain_teacher=True)
+    lrs = {p.parent.name.split("-")[0]: yaml.safe_load(p.read_text())["optim"]["lr"] for p in (tmp_path / "runs").glob("smoke/seed0/temperature_sweep_w*/config.yaml")}
+    assert lrs == {"temperature_sweep_w8": 0.0123, "temperature_sweep_w16": 0.0456}
+    assert set(_sweep_rows(exp)) == {f"w{w}_T{t}" for w in (8, 16) for t in (1, 4)}
+
+
+def test_a_per_width_override_that_is_no_list_is_refused(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    cfg = exp / "configs" / "temperature_sweep.yaml"
+    text = cfg.read_text()
+    start = text.index("  per_width:")
+    cfg.write_text(text[:start] + "  per_width: {30: optim.lr=0.1}\n" + text[text.index("run:", start):])
+    with pytest.raises(DKError, match="per_width.30 must be a list"):
+        reproduce("hinton2015", only=["temperature_sweep"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"), retrain_teacher=True)
+
+
 def test_a_diverging_step_size_is_no_candidate(tmp_path):
     exp = _copy_experiment(tmp_path)
     cfg = exp / "configs" / "student_800_hard.yaml"
-    cfg.write_text(cfg.read_text().replace("values: [0.01, 0.03, 0.1, 0.3]", "values: [1.0e+9, 0.1]"))
+    cfg.write_text(cfg.read_text().replace("values: [0.01, 0.03, 0.1, 0.3]", "values: [1.0e+9, 0.1, 0.03]"))
     reproduce("hinton2015", only=["student_800_hard"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"))
     with open(exp / "results.csv", newline="") as f:
-        rows = {r["metric"]: r["value"] for r in csv.DictReader(f) if r["cell"] == "student_800_hard"}
-    assert float(rows["selected_optim.lr"]) == 0.1 and "test_errors" in rows
+        rows = [r for r in csv.DictReader(f) if r["cell"] == "student_800_hard"]
+    assert {r["variant"] for r in rows if r["metric"] == "select_valid_errors"} == {"optim.lr=0.1", "optim.lr=0.03"}
+    assert {r["metric"] for r in rows} >= {"selected_optim.lr", "test_errors"}
+    # the two that did not diverge trained again as one batched run, not one by one
+    assert not list((tmp_path / "runs").glob("smoke/seed0/student_800_hard_select_optim.lr=*"))
+    batched = [yaml.safe_load(p.read_text()) for p in (tmp_path / "runs").glob("smoke/seed0/student_800_hard_select_optim.lr-*/config.yaml")]
+    assert sorted(c["replicas"]["optim"]["lr"] for c in batched) == [[0.1, 0.03], [1.0e9, 0.1, 0.03]]
 
 
 def _rows(exp: Path, cell: str, metric: str) -> dict[str, float]:

@@ -212,24 +212,49 @@ def _candidate_overrides(ctx: Context, cell: Cell) -> list[str]:
 def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list) -> list[float] | None:
     """Validation errors of the step-size candidates trained as one batched run
     (``replicas.optim.lr``, each replica equal to its candidate's own run); None when the
-    candidates cannot be batched (another key, another optimizer) or a candidate diverged, and
-    are then trained one by one."""
+    candidates cannot be batched (another key, another optimizer), and they are then trained one
+    by one. A diverging candidate's score is inf."""
     probe = ctx.config(cell)
     if key != "optim.lr" or len(values) < 2 or probe.optim.name not in ("sgd", "paper_dropout") or probe.optim.weight_decay:
         return None
-    cfg = ctx.config(cell, [f"replicas.optim.lr={json.dumps([float(v) for v in values])}", *_candidate_overrides(ctx, cell)], name=f"{cell.id}_select_{key}")
-    try:
-        s = ctx.train(cfg, kind)
-    except NonFiniteLossError as exc:  # one candidate's step size too large: train them one by one
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}: the batched candidates diverged ({exc}); one by one instead", flush=True)
+    runs = _batched_step_sizes(ctx, cell, kind, values, _candidate_overrides(ctx, cell), f"{cell.id}_select_{key}", "select")
+    if runs is None:
         return None
     scores = []
-    for value, replica in zip(values, s["replicas"], strict=True):
-        scores.append(replica["eval"]["valid"]["errors"])
-        ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {replica['eval']['valid']['n']} (candidates as one batched run, {s['wall_seconds']:.1f}s on {s['device']})", flush=True)
-    ctx.last_summary = s
+    for value, r in zip(values, runs, strict=True):
+        if r is None:
+            scores.append(math.inf)
+            continue
+        scores.append(r["eval"]["valid"]["errors"])
+        ctx.record(cell.id, "select_valid_errors", scores[-1], r, variant=f"{key}={value}")
+        ctx.last_summary = r
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {r['eval']['valid']['n']} (candidates as one batched run, {r['wall_seconds']:.1f}s on {r['device']})", flush=True)
     return scores
+
+
+def _batched_step_sizes(ctx: Context, cell: Cell, kind: str, values: list, extra: list[str], name: str, what: str) -> list[dict[str, Any] | None] | None:
+    """Runs of the cell with each step size in ``values``, trained as one batched run
+    (``replicas.optim.lr``): one summary per value (its replica's evaluation), None for a value
+    that diverged. A diverging step size drops out and the others train again, still batched (a
+    diverging replica stops the whole batched run); None when the divergence names no replica."""
+    runs: dict[int, dict[str, Any] | None] = {}
+    left = list(range(len(values)))
+    while left:
+        lrs = [float(values[i]) for i in left]
+        overrides = [f"replicas.optim.lr={json.dumps(lrs)}"] if len(lrs) > 1 else [f"optim.lr={lrs[0]}"]
+        try:
+            s = ctx.train(ctx.config(cell, [*overrides, *extra], name=name if len(lrs) > 1 else f"{name}={lrs[0]}"), kind)
+        except NonFiniteLossError as exc:
+            k = exc.replica if len(lrs) > 1 else 0
+            if k is None:
+                return None
+            print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} {what} optim.lr={values[left[k]]}: diverged ({exc}); the others train again", flush=True)
+            runs[left.pop(k)] = None
+            continue
+        for i, r in zip(left, s["replicas"] if len(lrs) > 1 else [s], strict=True):
+            runs[i] = {**s, "eval": r["eval"]}
+        break
+    return [runs[i] for i in range(len(values))]
 
 
 def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: list) -> list[float]:
@@ -388,9 +413,9 @@ def cell_sweep(ctx: Context, cell: Cell) -> None:
     widths = cell.sweep["widths"]
     widths = widths[ctx.scale] if isinstance(widths, dict) else widths  # per scale, or one list for all
     for width in widths:
-        hidden = f"model.hidden=[{width},{width}]"
+        hidden = [f"model.hidden=[{width},{width}]", *_width_overrides(cell, width, ctx.scale)]
         if cell.sweep.get("batched", True):
-            cfg = ctx.config(cell, [hidden, f"replicas.method.temperature={json.dumps(temps)}"], name=f"{cell.id}_w{width}")
+            cfg = ctx.config(cell, [*hidden, f"replicas.method.temperature={json.dumps(temps)}"], name=f"{cell.id}_w{width}")
             s = ctx.train(cfg, "distill")
             ctx.record_speed(cell.id, s, variant=f"w{width}")
             for temp, replica in zip(temps, s["replicas"], strict=True):
@@ -400,10 +425,20 @@ def cell_sweep(ctx: Context, cell: Cell) -> None:
             continue
         for temp in temps:
             variant = f"w{width}_T{temp:g}"
-            cfg = ctx.config(cell, [hidden, f"method.temperature={temp}"], name=f"{cell.id}_{variant}")
+            cfg = ctx.config(cell, [*hidden, f"method.temperature={temp}"], name=f"{cell.id}_{variant}")
             s = ctx.train(cfg, "distill")
             ctx.record(cell.id, "test_errors", s["eval"]["test"]["errors"], s, variant=variant)
             _say(ctx, f"{cell.id} {variant}", s)
+
+
+def _width_overrides(cell: Cell, width: int, scale: str) -> list[str]:
+    """``sweep.per_width``: overrides for the students of one width (after the scale's own), as
+    one list for every scale or a mapping scale → list."""
+    extra = (cell.sweep.get("per_width") or {}).get(width) or []
+    extra = extra.get(scale, []) if isinstance(extra, dict) else extra
+    if not isinstance(extra, list) or not all(isinstance(o, str) for o in extra):
+        raise DKError(f"cell {cell.id}: sweep.per_width.{width} must be a list of key=value overrides (or scale: list)", "write it as e.g. {30: [optim.lr=0.02]}")
+    return extra
 
 
 def errors_with_offsets(logits: torch.Tensor, labels: torch.Tensor, classes: list[int], offsets: torch.Tensor) -> torch.Tensor:
@@ -480,19 +515,16 @@ def _soft_arm(ctx: Context, cell: Cell) -> dict[str, Any]:
     """The soft-target run of a regularizer cell; with ``select:``, its step size chosen on the
     validation split. The candidates train on the cell's own transfer set (the validation split
     is already held out of it), so the best candidate is the run: nothing is retrained. Step
-    sizes train as one batched run (``replicas.optim.lr``), one by one if a candidate diverges."""
+    sizes train as one batched run (``replicas.optim.lr``); a diverging one drops out."""
     sel = cell.select
     if not sel or ("scales" in sel and ctx.scale not in sel["scales"]):
         return ctx.train(ctx.config(cell, name=f"{cell.id}_soft"), "distill")
     key, values = sel["key"], sel["values"]
     if key != "optim.lr":
         raise DKError(f"cell {cell.id}: select.key={key} is not supported for a regularizer cell", "select optim.lr")
-    runs: list[dict[str, Any] | None] = []
-    try:
-        s = ctx.train(ctx.config(cell, [f"replicas.optim.lr={json.dumps([float(v) for v in values])}"], name=f"{cell.id}_soft_select"), "distill")
-        runs = [{**s, "eval": r["eval"]} for r in s["replicas"]]
-    except NonFiniteLossError as exc:
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} soft: the batched step sizes diverged ({exc}); one by one instead", flush=True)
+    runs = _batched_step_sizes(ctx, cell, "distill", values, [], f"{cell.id}_soft_select", "soft arm")
+    if runs is None:  # a divergence that names no replica: one by one
+        runs = []
         for value in values:
             try:
                 runs.append(ctx.train(ctx.config(cell, [f"optim.lr={value}"], name=f"{cell.id}_soft_{key}={value}"), "distill"))

@@ -336,7 +336,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
             if replicated:
                 for k, vk in enumerate(v):
                     if not all(math.isfinite(x) for x in vk):
-                        raise NonFiniteLossError(_non_finite_message(names, vk, step, ep, batch, k))
+                        raise NonFiniteLossError(_non_finite_message(names, vk, step, ep, batch, k), replica=k)
             elif not all(math.isfinite(x) for x in v):
                 raise NonFiniteLossError(_non_finite_message(names, v, step, ep, batch))
             if (step + 1) % cfg.log_every == 0:
