@@ -312,6 +312,8 @@ class RunConfig:
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.run_dir, str) or not self.run_dir.strip():
+            raise DKError(f"run_dir={self.run_dir!r} names no directory", "give the run a directory of its own, e.g. run_dir=runs/my_run (or --run-dir)")
         self.model = {"name": "mlp", **self.model}
         self.method = {"name": "hard_targets", **self.method}
         if not isinstance(self.model.get("name"), str):

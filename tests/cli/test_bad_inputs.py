@@ -115,6 +115,34 @@ def _explicit_truncated_checkpoint(tmp):
     return ["train", "--run-dir", "interrupted", *TINY, "--resume", str(ckpt)]
 
 
+def _foreign_dir(tmp, name, files=("config.yaml", "metrics.jsonl")):
+    """A directory holding a user's own files (no darkknowledge marker, no checkpoint)."""
+    (tmp / name).mkdir(exist_ok=True)
+    for f in files:
+        (tmp / name / f).write_text("the user's own\n")
+    return ["train", "--run-dir", name, *TINY]
+
+
+_HELD = []  # open lock descriptors, kept alive for the duration of a test
+
+
+@pytest.fixture(autouse=True)
+def _release_held_locks():
+    yield
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def _run_dir_held_by_another_writer():
+    import fcntl
+
+    run = _stopped_run()
+    fd = os.open(run / ".darkknowledge-run", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: as another process would
+    _HELD.append(fd)
+    return ["train", "--run-dir", "interrupted", *TINY, "--resume", "auto"]
+
+
 def _yaml(tmp, text):
     (tmp / "c.yaml").write_text(text)
     return ["train", "-c", "c.yaml", "--run-dir", "run", *TINY]
@@ -164,6 +192,12 @@ CASES = [
     ("validation-too-large", lambda t, mp: ["train", "--run-dir", "run", *TINY, "data.validation_size=300"], "validation size 300 is out of range", False),
     ("select-on-test", lambda t, mp: ["train", "--run-dir", "run", *TINY, "select_best_on=test"], "never the test set", False),
     ("eval-wrong-model-for-data", lambda t, mp: ["eval", _teacher(t / "t.safetensors", num_classes=5)], "predicts 5 classes from 784 inputs; mnist has 10 classes", False),
+    ("empty-run-dir", lambda t, mp: ["train", *TINY, "run_dir="], "names no directory", False),
+    ("null-run-dir", lambda t, mp: ["train", *TINY, "run_dir=null"], "config key run_dir must be a string, got None", False),
+    ("users-own-run-dir", lambda t, mp: _foreign_dir(t, "mine"), "run directory mine holds files that are not a darkknowledge run (config.yaml, metrics.jsonl)", False),
+    ("current-directory-as-run-dir", lambda t, mp: (_foreign_dir(t, ".", ["config.yaml"]), ["train", "--run-dir", ".", *TINY])[1], "run directory . holds files that are not a darkknowledge run (config.yaml", False),
+    ("run-dir-is-a-file", lambda t, mp: ((t / "f").write_text("x"), ["train", "--run-dir", "f", *TINY])[1], "run_dir f is a file, not a directory", False),
+    ("run-dir-being-written", lambda t, mp: _run_dir_held_by_another_writer(), "run directory interrupted is being written by another process (pid ", False),
     ("eval-negative-limit", lambda t, mp: ["eval", _teacher(t / "t.safetensors"), "--limit", "-3"], "--limit -3 is negative", False),
 ]
 

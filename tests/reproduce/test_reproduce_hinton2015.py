@@ -415,3 +415,12 @@ def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_
     ]
     assert training_time(rows, "smoke") == "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` is another scale's run (the shipped teacher), not counted"
     assert training_time(rows, "cpu").startswith("seed 0's 1 runs took 50 minutes")
+    # rows that carry the trained run's own date tie, whatever their order: the scale that
+    # recorded its speed trained it
+    tied = [
+        row("smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
+        row("cpu", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
+        row("cpu", "teacher_1200", "samples_per_s", 5500, 3000, "T", "2026-12-01T12:00Z"),
+    ]
+    assert training_time(tied, "cpu").startswith("seed 0's 1 runs took 50 minutes")
+    assert "`teacher_1200` is another scale's run" in training_time(tied, "smoke")

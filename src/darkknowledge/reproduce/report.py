@@ -106,6 +106,9 @@ def training_time(rows: list[dict[str, str]], scale: str) -> str:
     owner: dict[str, str] = {}
     for r in sorted(rows, key=lambda r: r["date"]):  # a run belongs to the scale that recorded it first
         owner.setdefault(r["config_hash"], r["scale"])
+    for r in rows:  # or, surely, to the scale that trained it (a borrowed run records no speed)
+        if r["metric"] == "samples_per_s":
+            owner[r["config_hash"]] = r["scale"]
     current: dict[tuple[str, str, str], dict[str, str]] = {}
     for r in rows:
         if r["scale"] == scale and r["seed"] == "0":

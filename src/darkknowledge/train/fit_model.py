@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from darkknowledge.config import OptimConfig, RunConfig, build_dataclass
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, writing
 from darkknowledge.methods import Method, build_method, method_config
 from darkknowledge.teachers import freeze
 from darkknowledge.train.batches import IterableBatches
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints
 from darkknowledge.train.loop import FitInputs, fit
 from darkknowledge.train.run import resolve_device
+from darkknowledge.train.rundir import MARKER, check_owned, hold
 
 
 def _as_teacher(teacher: nn.Module | Callable | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -96,7 +97,7 @@ def fit_model(
     cfg = build_dataclass(
         RunConfig,
         {
-            "run_dir": str(run_dir) if run_dir is not None else "",
+            "run_dir": str(run_dir) if run_dir is not None else "(nothing written)",
             "seed": seed,
             "device": device,
             "model": {"name": type(model).__name__},
@@ -119,6 +120,8 @@ def fit_model(
 
     ckpt = None
     root = Path(run_dir) if run_dir is not None else None
+    if root is not None:
+        check_owned(root)  # a directory that is not a darkknowledge run is never written
     if root is not None and resume == "auto":
         ckpt = latest_checkpoint(root / "checkpoints")
         if ckpt is not None and ckpt["state"].get("config_hash") != cfg.hash():
@@ -128,4 +131,9 @@ def fit_model(
     elif resume not in ("never", "auto"):
         raise DKError(f"resume={resume!r} is invalid for fit_model", "use never or auto")
     torch.manual_seed(cfg.seed)
-    return fit(cfg, inputs, root, resume=ckpt)
+    if root is None:
+        return fit(cfg, inputs, None, resume=ckpt)
+    with writing(root / MARKER):
+        root.mkdir(parents=True, exist_ok=True)
+    with hold(root):  # one writer per run directory
+        return fit(cfg, inputs, root, resume=ckpt)
