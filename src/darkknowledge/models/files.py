@@ -15,7 +15,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, short
 from darkknowledge.models.base import build_model, model_config
 
 MODEL_FILE = "model.safetensors"
@@ -64,8 +64,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     if cfg is None:
         raise DKError(f"model checkpoint {p} has no darkknowledge model config", "save models with darkknowledge (dk train / dk distill)")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str) or not isinstance(cfg.get("params"), dict) or any(isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), int) or cfg.get(k) < 1 for k in ("in_features", "num_classes")):
-        raise DKError(f"model checkpoint {p} has a malformed model config {cfg!r}", fix)
-    model = build_model(cfg["name"], cfg["params"], cfg["in_features"], cfg["num_classes"])
+        raise DKError(f"model checkpoint {p} has a malformed model config {short(cfg)}", fix)
+    try:  # the config is checked (and bounded) before anything is allocated
+        model = build_model(cfg["name"], cfg["params"], cfg["in_features"], cfg["num_classes"])
+    except DKError as exc:
+        raise DKError(f"model checkpoint {p} describes a model that cannot be built: {exc}") from None
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:

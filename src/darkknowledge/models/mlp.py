@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, short
 from darkknowledge.models.base import models
+
+MAX_LAYERS = 1000
 
 
 @models.register("mlp")
@@ -32,8 +34,10 @@ class MLPSpec:
     init_std: float | None = None
 
     def __post_init__(self) -> None:
+        if len(self.hidden) > MAX_LAYERS:
+            raise DKError(f"model.hidden has {len(self.hidden):,} layers, more than {MAX_LAYERS}", "give a list of layer widths, e.g. [800, 800]")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise DKError(f"model.hidden={self.hidden} is invalid", "give a list of positive layer widths, e.g. [800, 800]")
+            raise DKError(f"model.hidden={short(self.hidden)} is invalid", "give a list of positive layer widths, e.g. [800, 800]")
         for key in ("input_dropout", "hidden_dropout"):
             p = getattr(self, key)
             if not 0.0 <= p < 1.0:
@@ -42,6 +46,11 @@ class MLPSpec:
             raise DKError(f"model.max_norm={self.max_norm} is invalid", "use a positive number or null")
         if self.init_std is not None and not self.init_std > 0:
             raise DKError(f"model.init_std={self.init_std} is invalid", "use a positive number or null")
+
+    def parameter_count(self, in_features: int, num_classes: int) -> int:
+        """How many parameters ``build`` would allocate (checked before it does)."""
+        widths = [in_features, *[int(h) for h in self.hidden], num_classes]
+        return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
     def build(self, in_features: int, num_classes: int) -> MLP:
         return MLP(self, in_features, num_classes)

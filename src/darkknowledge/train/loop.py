@@ -37,7 +37,7 @@ from torch import nn
 
 from darkknowledge.config import RunConfig
 from darkknowledge.data import TensorDataset
-from darkknowledge.errors import DKError, NonFiniteLossError
+from darkknowledge.errors import DKError, NonFiniteLossError, short
 from darkknowledge.methods import Method
 from darkknowledge.train.batches import IndexedBatches, IterableBatches, ReplicaBatches
 from darkknowledge.train.checkpoint import (
@@ -117,6 +117,10 @@ def check_resumable(cfg: RunConfig, ckpt: dict[str, Any], inputs: FitInputs) -> 
             f"checkpoint {where} was written by {saved_world} process(es), this run has {world}",
             f"resume with torchrun --nproc_per_node={saved_world}" if saved_world > 1 else "resume without torchrun (one process)",
         )
+    k_models = len(inputs.replica_methods) if inputs.replica_methods is not None else None
+    for key, value in (state.get("best") or {}).items():
+        if value is not None and (isinstance(value, list) != (k_models is not None) or (k_models is not None and len(value) != k_models)):
+            raise bad(f"state.json best.{key} = {short(value)} does not fit a run of {k_models or 1} model(s)")
     expected = model.state_dict()
     for name, holder in (("model.safetensors", weights), ("best weights", {k[5:]: v for k, v in tensors.items() if k.startswith("best/")})):
         if name == "best weights" and not (isinstance(state.get("best"), dict) and state["best"].get("errors") is not None):
