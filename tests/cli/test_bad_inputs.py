@@ -158,6 +158,14 @@ def _forged_state(key, value):
     return ["train", "--run-dir", "interrupted", *TINY, "--resume", str(ckpt)]
 
 
+def _flip_a_weight_bit(path):
+    """Flip the highest exponent bit of the last float32 weight of a model file."""
+    raw = bytearray(pathlib.Path(path).read_bytes())
+    raw[-1] ^= 0x40
+    pathlib.Path(path).write_bytes(bytes(raw))
+    return path
+
+
 def _teacher_file_claiming(tmp, hidden):
     """A few hundred bytes that claim to be a model of the given widths."""
     from safetensors.torch import save_file
@@ -240,6 +248,8 @@ CASES = [
     ("forged-state-best", lambda t, mp: _forged_state("best", {"errors": "many", "epoch": 1}), "state.json: best must be {errors, epoch} with counts or null", False),
     ("forged-state-counter", lambda t, mp: _forged_state("global_step", -5), "state.json: global_step must be a count (an integer >= 0), got -5", False),
     ("forged-state-best-for-another-run-shape", lambda t, mp: _forged_state("best", {"errors": [1, 2], "epoch": [1, 1]}), "best.errors = [1, 2] does not fit a run of 1 model(s)", False),
+    ("teacher-with-a-flipped-bit", lambda t, mp: _distill([_flip_a_weight_bit(_teacher(t / "t.safetensors"))]), "t.safetensors is corrupt: its weights do not match the sha256 they were saved with", False),
+    ("eval-a-model-with-a-flipped-bit", lambda t, mp: ["eval", _flip_a_weight_bit(_teacher(t / "t.safetensors"))], "is corrupt: its weights do not match the sha256", False),
     ("eval-negative-limit", lambda t, mp: ["eval", _teacher(t / "t.safetensors"), "--limit", "-3"], "--limit -3 is negative", False),
 ]
 
