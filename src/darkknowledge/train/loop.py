@@ -424,6 +424,14 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     results: dict[str, Any] = {}
 
     def evaluate_all() -> None:
+        # Evaluation never moves the training randomness: iterating a user's eval DataLoader draws
+        # its base seed from the global generator that dropout uses, so how often a run evaluates
+        # would otherwise change the trained weights.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _evaluate_all()
+        model.train()
+
+    def _evaluate_all() -> None:
         for name, data in inputs.eval_sets.items():
             t_logits = inputs.eval_teacher_logits.get(name)
             if replicated:
@@ -436,12 +444,13 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
             else:
                 results[name] = evaluate_batches(model, data, inputs.teacher if needs_teacher else None)
             log.write({"step": global_step, "epoch": epoch, "split": name, **results[name]})
-        model.train()
 
     def select_best() -> None:
         sel = cfg.select_best_on
         if not sel or sel not in results:
             return
+        if not replicated and "errors" not in results[sel]:
+            raise DKError(f"select_best_on={sel} needs labelled {sel} batches, but they are unlabelled", f"give the {sel} batches labels, or leave select_best_on out")
         weights = model.state_dict()
         if not replicated:
             if best["errors"] is None or results[sel]["errors"] < best["errors"]:
