@@ -24,17 +24,10 @@ if TYPE_CHECKING:
     from darkknowledge.config import RunConfig
 
 
-def _registries() -> dict[str, list[str]]:
-    from darkknowledge.data import datasets
-    from darkknowledge.methods import methods
-    from darkknowledge.models import models
-
-    return {"methods": methods.names(), "models": models.names(), "datasets": datasets.names()}
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
-    for kind, names in _registries().items():
-        print(f"{kind}: {', '.join(names)}")
+    from darkknowledge.reference import config_reference, registry_listing
+
+    print(config_reference() if args.config else registry_listing())
     return 0
 
 
@@ -221,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dk", description="darkknowledge: knowledge distillation (Hinton, Vinyals & Dean 2015)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ls", help="list methods, models and datasets")
+    p = sub.add_parser("ls", help="list methods, models and datasets, with their parameters and defaults")
+    p.add_argument("--config", action="store_true", help="print every run-config key with its type, default and meaning (docs/config-reference.md)")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("data", help="data sets")

@@ -132,14 +132,14 @@ def to_dict(obj: Any) -> Any:
 class DataConfig:
     """Where the examples come from and which of them form the transfer set."""
 
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # a registered dataset (`dk ls`): mnist | fashion_mnist
     train_size: int | None = None  # stratified subset of the training split (smoke scale)
     test_size: int | None = None  # first N test images (smoke scale); null = all
     validation_size: int = 0  # held out of training (stratified, fixed seed) for every selection decision
-    omit_classes: list[int] = field(default_factory=list)
-    keep_classes: list[int] | None = None
+    omit_classes: list[int] = field(default_factory=list)  # class ids left out of the transfer set (the omitted-3 experiment)
+    keep_classes: list[int] | None = None  # only these class ids in the transfer set (only 7s and 8s); null = all
     fraction: float = 1.0  # stratified fraction of the (remaining) training set
-    unlabelled: bool = False
+    unlabelled: bool = False  # drop the transfer set's labels (soft targets only, hard_weight 0)
     jitter: int = 0  # max integer shift in pixels, fresh per presentation
 
     def __post_init__(self) -> None:
@@ -162,18 +162,17 @@ class OptimConfig:
     """Optimizer and schedule. ``paper_dropout`` is the teacher recipe of Hinton et al. 2012, App. A.1."""
 
     name: str = "sgd"  # sgd | adam | paper_dropout
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: float = 0.1  # step size (the base of the schedule; paper_dropout: ε0)
+    momentum: float = 0.9  # sgd momentum (adam: beta1 stays 0.9)
+    weight_decay: float = 0.0  # L2 penalty on all weights (decoupled for adam)
     schedule: str = "cosine"  # cosine | constant (sgd, adam)
-    epochs: int = 10
-    batch_size: int = 100
+    epochs: int = 10  # passes over the transfer set
+    batch_size: int = 100  # examples per step (the paper: 100)
     micro_batch_size: int | None = None  # gradient accumulation: split each batch into chunks this size
-    # paper_dropout only: lr_t = lr * lr_decay**epoch; momentum ramps initial → final over momentum_epochs
-    lr_decay: float = 0.998
-    initial_momentum: float = 0.5
-    final_momentum: float = 0.99
-    momentum_epochs: int = 500
+    lr_decay: float = 0.998  # paper_dropout: lr_t = lr · lr_decay^epoch
+    initial_momentum: float = 0.5  # paper_dropout: momentum at epoch 0
+    final_momentum: float = 0.99  # paper_dropout: momentum from momentum_epochs on
+    momentum_epochs: int = 500  # paper_dropout: epochs of the linear momentum ramp
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adam", "paper_dropout"):
@@ -199,7 +198,7 @@ class OptimConfig:
 class TeacherConfig:
     """Teacher checkpoints (one = single teacher, several = ensemble) and how targets are made."""
 
-    checkpoints: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)  # teacher model files or run directories (several: an ensemble)
     combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
     outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
     store: str | None = None  # teacher-output store directory; default: a fingerprint-named cache directory
@@ -238,7 +237,7 @@ class ReplicasConfig:
     A key left out keeps the run's value for every replica (e.g. a temperature sweep on one seed).
     """
 
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # seed of each replica (init, dropout, data order)
     method: dict[str, Any] = field(default_factory=dict)  # method hyperparameter -> list of K values
     # optim.lr -> list of K step sizes. SGD-family updates are linear in the gradient, so replica
     # k's step size is its loss scaled by lr_k / optim.lr in the sum that is backpropagated.
@@ -283,10 +282,10 @@ _NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_s
 class RunConfig:
     """One training run: a teacher (``dk train``) or a student (``dk distill``)."""
 
-    run_dir: str = "runs/default"
-    seed: int = 0
+    run_dir: str = "runs/default"  # the run's directory: new, empty, or an earlier darkknowledge run (docs/reliability.md)
+    seed: int = 0  # seeds initialization, dropout and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    deterministic: bool = False
+    deterministic: bool = False  # torch deterministic algorithms only (--deterministic)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
     method: dict[str, Any] = field(default_factory=lambda: {"name": "hard_targets"})
@@ -296,7 +295,7 @@ class RunConfig:
     select_best_on: str | None = None  # early stopping: keep the epoch with fewest errors on this split ("valid")
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0 = off)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # how many of the newest checkpoints are kept
     log_every: int = 1  # steps between metric lines in metrics.jsonl
     progress: bool = True  # progress bar (only shown on a terminal)
     # Stop after this many steps exactly as if SIGTERM arrived then: checkpoint, raise Interrupted

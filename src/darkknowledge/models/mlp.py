@@ -24,6 +24,13 @@ class MLPSpec:
     The teacher of §3 is ``hidden=[1200, 1200], input_dropout=0.2, hidden_dropout=0.5,
     max_norm=sqrt(15), init_std=0.01`` (Hinton et al. 2012, App. A.1); the student is
     ``hidden=[800, 800]`` with everything else off.
+
+    Attributes:
+        hidden: units per hidden layer (the paper's teacher: [1200, 1200]; student: [800, 800]).
+        input_dropout: dropout probability on the inputs (the teacher: 0.2).
+        hidden_dropout: dropout probability on every hidden layer (the teacher: 0.5).
+        max_norm: bound on each hidden unit's incoming weight norm (the teacher: √15); null = none.
+        init_std: weights initialized N(0, init_std²), biases 0; null = PyTorch's default.
     """
 
     registered_name: ClassVar[str] = "mlp"
