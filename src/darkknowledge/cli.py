@@ -222,6 +222,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from darkknowledge.reports import experiment_report, run_report
+
+    target = Path(args.target)
+    if (target / "configs").is_dir():
+        md = experiment_report(target, args.runs_root, args.scale, args.out)
+    elif target.is_dir():
+        md = run_report(target, args.out)
+    else:
+        raise DKError(f"{target} is neither a run directory nor an experiment folder", "give e.g. runs/student or experiments/hinton2015")
+    print(f"report written: {md} and {md.with_suffix('.html')} (self-contained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dk", description="darkknowledge: knowledge distillation (Hinton, Vinyals & Dean 2015)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=200, help="timed calls per batch size (default 200)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="a Markdown and a self-contained HTML report of a run or an experiment, with plots")
+    p.add_argument("target", help="a run directory, or an experiment folder (experiments/hinton2015)")
+    p.add_argument("--out", default=None, help="output directory (default: TARGET/report)")
+    p.add_argument("--runs-root", default="runs", help="experiment reports: where its runs are (default: runs)")
+    p.add_argument("--scale", default="cpu", help="experiment reports: whose omit3 run to plot (default: cpu)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True)
