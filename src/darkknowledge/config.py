@@ -275,7 +275,7 @@ _HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method":
 # where it is written, how it reports, and how a step executes (``train_step``: eager, compiled or
 # graph-replayed steps differ in float rounding only, as runs on another device or with other
 # optimizer kernels do, which the hash does not see either).
-_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step", "threads")
+_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step", "threads", "tensorboard")
 
 
 @dataclass
@@ -308,6 +308,7 @@ class RunConfig:
     # CPU threads: auto (the cores other processes leave idle, at least 1) or a count. Not hashed.
     threads: int | str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
+    tensorboard: bool = False  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     def __post_init__(self) -> None:

@@ -250,7 +250,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     sync_every = cfg.sync_every or (50 if device.type == "cuda" else 1)
     combine = cfg.teacher.combine
     lr_scale = [lr / cfg.optim.lr for lr in cfg.replicas.optim["lr"]] if "lr" in cfg.replicas.optim else None
-    log = MetricsLog(run_dir / "metrics.jsonl") if main and run_dir is not None else NullLog()
+    log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=cfg.tensorboard) if main and run_dir is not None else NullLog()
 
     # ``order`` is the current epoch's data order (None for an iterable source or between epochs).
     epoch, step_in_epoch, global_step, order, in_epoch = 0, 0, 0, None, False
