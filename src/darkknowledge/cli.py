@@ -24,17 +24,10 @@ if TYPE_CHECKING:
     from darkknowledge.config import RunConfig
 
 
-def _registries() -> dict[str, list[str]]:
-    from darkknowledge.data import datasets
-    from darkknowledge.methods import methods
-    from darkknowledge.models import models
-
-    return {"methods": methods.names(), "models": models.names(), "datasets": datasets.names()}
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
-    for kind, names in _registries().items():
-        print(f"{kind}: {', '.join(names)}")
+    from darkknowledge.reference import config_reference, registry_listing
+
+    print(config_reference() if args.config else registry_listing())
     return 0
 
 
@@ -217,12 +210,59 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from darkknowledge.export import describe, export
+
+    if args.format != "onnx":
+        raise DKError(f"--format {args.format} is not supported", "use --format onnx")
+    if args.threads < 1 or args.repeats < 1:
+        raise DKError(f"--threads {args.threads} / --repeats {args.repeats} must be positive", "give positive counts")
+    report = export(args.run_dir, args.out, args.quantize, args.dataset, args.threads, args.repeats)
+    print(json.dumps(report) if args.json else describe(report))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from darkknowledge.reports import experiment_report, run_report
+
+    target = Path(args.target)
+    if (target / "configs").is_dir():
+        md = experiment_report(target, args.runs_root, args.scale, args.out)
+    elif target.is_dir():
+        md = run_report(target, args.out)
+    else:
+        raise DKError(f"{target} is neither a run directory nor an experiment folder", "give e.g. runs/student or experiments/hinton2015")
+    print(f"report written: {md} and {md.with_suffix('.html')} (self-contained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dk", description="darkknowledge: knowledge distillation (Hinton, Vinyals & Dean 2015)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ls", help="list methods, models and datasets")
+    p = sub.add_parser("ls", help="list methods, models and datasets, with their parameters and defaults")
+    p.add_argument("--config", action="store_true", help="print every run-config key with its type, default and meaning (docs/config-reference.md)")
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("export", help="export a model to ONNX (temperature 1), check it against PyTorch and time it")
+    p.add_argument("run_dir", help="a run directory or a model file")
+    p.add_argument("--format", default="onnx", help="onnx (the only one so far)")
+    p.add_argument("--quantize", default=None, help="dynamic-int8: also write an int8 copy and report what it costs in test errors")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/export)")
+    p.add_argument("--dataset", default=None, help="test set to check on (default: the run's config, else mnist)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the timings (default 1)")
+    p.add_argument("--repeats", type=int, default=200, help="timed calls per batch size (default 200)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="a Markdown and a self-contained HTML report of a run or an experiment, with plots")
+    p.add_argument("target", help="a run directory, or an experiment folder (experiments/hinton2015)")
+    p.add_argument("--out", default=None, help="output directory (default: TARGET/report)")
+    p.add_argument("--runs-root", default="runs", help="experiment reports: where its runs are (default: runs)")
+    p.add_argument("--scale", default="cpu", help="experiment reports: whose omit3 run to plot (default: cpu)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True)

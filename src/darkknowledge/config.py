@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, short
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _type_error(value: Any, tp: Any, where: str) -> DKError:
     return DKError(
-        f"config key {where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})",
+        f"config key {where} must be {_type_name(tp)}, got {short(value)} ({type(value).__name__})",
         f"fix the value of {where}",
     )
 
@@ -107,14 +107,14 @@ def build_dataclass(cls: type[T], data: Any, where: str) -> T:
         data = {}
     if not isinstance(data, dict):
         where = where or "config"
-        raise DKError(f"config section {where} must be a mapping, got {data!r}", f"write {where} as key: value lines")
+        raise DKError(f"config section {where} must be a mapping, got {short(data)}", f"write {where} as key: value lines")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), fields, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = f"did you mean {short(close[0])}? " if close else ""
         name = f"{where}.{key}" if where else key
         raise DKError(f"unknown config key {name}", f"{hint}allowed keys: {', '.join(fields)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
@@ -132,14 +132,14 @@ def to_dict(obj: Any) -> Any:
 class DataConfig:
     """Where the examples come from and which of them form the transfer set."""
 
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # a registered dataset (`dk ls`): mnist | fashion_mnist
     train_size: int | None = None  # stratified subset of the training split (smoke scale)
     test_size: int | None = None  # first N test images (smoke scale); null = all
     validation_size: int = 0  # held out of training (stratified, fixed seed) for every selection decision
-    omit_classes: list[int] = field(default_factory=list)
-    keep_classes: list[int] | None = None
+    omit_classes: list[int] = field(default_factory=list)  # class ids left out of the transfer set (the omitted-3 experiment)
+    keep_classes: list[int] | None = None  # only these class ids in the transfer set (only 7s and 8s); null = all
     fraction: float = 1.0  # stratified fraction of the (remaining) training set
-    unlabelled: bool = False
+    unlabelled: bool = False  # drop the transfer set's labels (soft targets only, hard_weight 0)
     jitter: int = 0  # max integer shift in pixels, fresh per presentation
 
     def __post_init__(self) -> None:
@@ -162,26 +162,25 @@ class OptimConfig:
     """Optimizer and schedule. ``paper_dropout`` is the teacher recipe of Hinton et al. 2012, App. A.1."""
 
     name: str = "sgd"  # sgd | adam | paper_dropout
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: float = 0.1  # step size (the base of the schedule; paper_dropout: ε0)
+    momentum: float = 0.9  # sgd momentum (adam: beta1 stays 0.9)
+    weight_decay: float = 0.0  # L2 penalty on all weights (decoupled for adam)
     schedule: str = "cosine"  # cosine | constant (sgd, adam)
-    epochs: int = 10
-    batch_size: int = 100
+    epochs: int = 10  # passes over the transfer set
+    batch_size: int = 100  # examples per step (the paper: 100)
     micro_batch_size: int | None = None  # gradient accumulation: split each batch into chunks this size
-    # paper_dropout only: lr_t = lr * lr_decay**epoch; momentum ramps initial → final over momentum_epochs
-    lr_decay: float = 0.998
-    initial_momentum: float = 0.5
-    final_momentum: float = 0.99
-    momentum_epochs: int = 500
+    lr_decay: float = 0.998  # paper_dropout: lr_t = lr · lr_decay^epoch
+    initial_momentum: float = 0.5  # paper_dropout: momentum at epoch 0
+    final_momentum: float = 0.99  # paper_dropout: momentum from momentum_epochs on
+    momentum_epochs: int = 500  # paper_dropout: epochs of the linear momentum ramp
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adam", "paper_dropout"):
             close = difflib.get_close_matches(self.name, ["sgd", "adam", "paper_dropout"], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise DKError(f"unknown optimizer optim.name={self.name!r}", f"{hint}choose sgd, adam or paper_dropout")
+            hint = f"did you mean {short(close[0])}? " if close else ""
+            raise DKError(f"unknown optimizer optim.name={short(self.name)}", f"{hint}choose sgd, adam or paper_dropout")
         if self.schedule not in ("cosine", "constant"):
-            raise DKError(f"unknown schedule optim.schedule={self.schedule!r}", "choose cosine or constant")
+            raise DKError(f"unknown schedule optim.schedule={short(self.schedule)}", "choose cosine or constant")
         if not self.lr > 0:
             raise DKError(f"optim.lr={self.lr} must be positive", "use a learning rate > 0")
         if self.epochs < 1 or self.batch_size < 1:
@@ -199,7 +198,7 @@ class OptimConfig:
 class TeacherConfig:
     """Teacher checkpoints (one = single teacher, several = ensemble) and how targets are made."""
 
-    checkpoints: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)  # teacher model files or run directories (several: an ensemble)
     combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
     outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
     store: str | None = None  # teacher-output store directory; default: a fingerprint-named cache directory
@@ -209,11 +208,11 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         if self.combine not in ("arithmetic", "geometric"):
-            raise DKError(f"teacher.combine={self.combine!r} is unknown", "choose arithmetic or geometric")
+            raise DKError(f"teacher.combine={short(self.combine)} is unknown", "choose arithmetic or geometric")
         if self.outputs not in ("precompute", "live"):
-            raise DKError(f"teacher.outputs={self.outputs!r} is unknown", "choose precompute or live")
+            raise DKError(f"teacher.outputs={short(self.outputs)} is unknown", "choose precompute or live")
         if self.store_dtype not in ("float32", "float16"):
-            raise DKError(f"teacher.store_dtype={self.store_dtype!r} is unknown", "choose float32 or float16")
+            raise DKError(f"teacher.store_dtype={short(self.store_dtype)} is unknown", "choose float32 or float16")
         if self.store_topk is not None and self.store_topk < 1:
             raise DKError(f"teacher.store_topk={self.store_topk} must be ≥ 1", "use a positive k, or null for dense logits")
         if self.store_topk is not None and self.outputs == "live":
@@ -238,7 +237,7 @@ class ReplicasConfig:
     A key left out keeps the run's value for every replica (e.g. a temperature sweep on one seed).
     """
 
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # seed of each replica (init, dropout, data order)
     method: dict[str, Any] = field(default_factory=dict)  # method hyperparameter -> list of K values
     # optim.lr -> list of K step sizes. SGD-family updates are linear in the gradient, so replica
     # k's step size is its loss scaled by lr_k / optim.lr in the sum that is backpropagated.
@@ -251,12 +250,12 @@ class ReplicasConfig:
             if key != "lr":
                 raise DKError(f"replicas.optim.{key} cannot vary: only the step size can", "sweep replicas.optim.lr, or run the models one by one")
             if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-                raise DKError(f"replicas.optim.lr must be a non-empty list of positive step sizes, got {values!r}", "write e.g. replicas.optim.lr=[0.01, 0.03, 0.1]")
+                raise DKError(f"replicas.optim.lr must be a non-empty list of positive step sizes, got {short(values)}", "write e.g. replicas.optim.lr=[0.01, 0.03, 0.1]")
         for key, values in self.method.items():
             if key == "name":
                 raise DKError("replicas.method.name cannot vary: replicas share one method", "sweep its hyperparameters instead, e.g. replicas.method.temperature=[1, 2, 4]")
             if not isinstance(values, list) or not values:
-                raise DKError(f"replicas.method.{key} must be a non-empty list of values, got {values!r}", f"write e.g. replicas.method.{key}=[1, 2, 4]")
+                raise DKError(f"replicas.method.{key} must be a non-empty list of values, got {short(values)}", f"write e.g. replicas.method.{key}=[1, 2, 4]")
         lengths = {f"replicas.{k}": len(v) for k, v in (("seeds", self.seeds), *((f"method.{k}", v) for k, v in self.method.items()), *((f"optim.{k}", v) for k, v in self.optim.items())) if v}
         if len(set(lengths.values())) > 1:
             raise DKError(f"replica lists differ in length ({', '.join(f'{k}: {n}' for k, n in lengths.items())})", "give every swept key one value per model (lists are zipped, not crossed)")
@@ -276,17 +275,17 @@ _HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method":
 # where it is written, how it reports, and how a step executes (``train_step``: eager, compiled or
 # graph-replayed steps differ in float rounding only, as runs on another device or with other
 # optimizer kernels do, which the hash does not see either).
-_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step", "threads")
+_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step", "threads", "tensorboard")
 
 
 @dataclass
 class RunConfig:
     """One training run: a teacher (``dk train``) or a student (``dk distill``)."""
 
-    run_dir: str = "runs/default"
-    seed: int = 0
+    run_dir: str = "runs/default"  # the run's directory: new, empty, or an earlier darkknowledge run (docs/reliability.md)
+    seed: int = 0  # seeds initialization, dropout and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    deterministic: bool = False
+    deterministic: bool = False  # torch deterministic algorithms only (--deterministic)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
     method: dict[str, Any] = field(default_factory=lambda: {"name": "hard_targets"})
@@ -296,7 +295,7 @@ class RunConfig:
     select_best_on: str | None = None  # early stopping: keep the epoch with fewest errors on this split ("valid")
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0 = off)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # how many of the newest checkpoints are kept
     log_every: int = 1  # steps between metric lines in metrics.jsonl
     progress: bool = True  # progress bar (only shown on a terminal)
     # Stop after this many steps exactly as if SIGTERM arrived then: checkpoint, raise Interrupted
@@ -309,20 +308,23 @@ class RunConfig:
     # CPU threads: auto (the cores other processes leave idle, at least 1) or a count. Not hashed.
     threads: int | str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
+    tensorboard: bool = False  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.run_dir, str) or not self.run_dir.strip():
+            raise DKError(f"run_dir={short(self.run_dir)} names no directory", "give the run a directory of its own, e.g. run_dir=runs/my_run (or --run-dir)")
         self.model = {"name": "mlp", **self.model}
         self.method = {"name": "hard_targets", **self.method}
         if not isinstance(self.model.get("name"), str):
-            raise DKError(f"config section model needs a name, got {self.model!r}", "add model.name, e.g. mlp (see `dk ls`)")
+            raise DKError(f"config section model needs a name, got {short(self.model)}", "add model.name, e.g. mlp (see `dk ls`)")
         if not isinstance(self.method.get("name"), str):
-            raise DKError(f"config section method needs a name, got {self.method!r}", "add method.name, e.g. soft_targets (see `dk ls`)")
+            raise DKError(f"config section method needs a name, got {short(self.method)}", "add method.name, e.g. soft_targets (see `dk ls`)")
         for key in ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise DKError(f"{key}={getattr(self, key)} must be ≥ 1", f"set {key} to a positive integer")
         if self.select_best_on not in (None, "valid"):
-            raise DKError(f"select_best_on={self.select_best_on!r} is not allowed", "use valid (never the test set) or null")
+            raise DKError(f"select_best_on={short(self.select_best_on)} is not allowed", "use valid (never the test set) or null")
         if self.select_best_on and self.data.validation_size == 0:
             raise DKError("select_best_on=valid needs a validation split", "set data.validation_size to a positive count")
         if self.seed < 0:
@@ -334,11 +336,11 @@ class RunConfig:
         if self.sync_every is not None and self.sync_every < 1:
             raise DKError(f"sync_every={self.sync_every} must be ≥ 1", "use a positive step count, or null for the device default (1 on CPU, 50 on CUDA)")
         if self.train_step not in TRAIN_STEPS:
-            raise DKError(f"train_step={self.train_step!r} is unknown", f"choose {', '.join(TRAIN_STEPS)}")
+            raise DKError(f"train_step={short(self.train_step)} is unknown", f"choose {', '.join(TRAIN_STEPS)}")
         if self.threads != "auto" and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
-            raise DKError(f"threads={self.threads!r} is invalid", "use threads=auto or a positive number of CPU threads")
+            raise DKError(f"threads={short(self.threads)} is invalid", "use threads=auto or a positive number of CPU threads")
         if self.precision not in PRECISIONS:
-            raise DKError(f"precision={self.precision!r} is unknown", f"choose {' or '.join(PRECISIONS)}")
+            raise DKError(f"precision={short(self.precision)} is unknown", f"choose {' or '.join(PRECISIONS)}")
         if self.replicas.optim and self.optim.name not in ("sgd", "paper_dropout"):
             raise DKError(f"replicas.optim.lr needs an update linear in the gradient (sgd, paper_dropout); optim.name={self.optim.name} is not", "run the step sizes one by one, or use optim.name=sgd")
         if self.replicas.optim and self.optim.weight_decay:
@@ -391,6 +393,40 @@ class _DataLoader(yaml.SafeLoader):
     """
 
 
+class YAMLRefused(Exception):
+    """YAML that parses but that a config may not hold (aliases, repeated keys); what and fix."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__(what)
+        self.what, self.fix = what, fix
+
+
+def _compose_node(self: yaml.SafeLoader, parent: Any, index: Any) -> Any:
+    if self.check_event(yaml.AliasEvent):  # an alias can expand a few bytes into gigabytes
+        event = self.peek_event()
+        raise YAMLRefused(f"uses a YAML alias (*{str(event.anchor)[:40]}) at line {event.start_mark.line + 1}", "write the value out: configs may not use anchors and aliases")
+    return yaml.SafeLoader.compose_node(self, parent, index)
+
+
+def _construct_mapping(self: yaml.SafeLoader, node: Any, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = self.construct_object(key_node, deep=True)
+        try:
+            repeated = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: SafeLoader's own error follows
+            break
+        if repeated:  # YAML would silently keep the last one
+            raise YAMLRefused(f"repeats the key {short(key, 40)} at line {key_node.start_mark.line + 1}", "give each key once")
+    return yaml.SafeLoader.construct_mapping(self, node, deep)
+
+
+_DataLoader.compose_node = _compose_node  # type: ignore[method-assign]
+_DataLoader.construct_mapping = _construct_mapping  # type: ignore[method-assign]
+MAX_CONFIG_BYTES = 1_000_000  # a config is a page of settings; a bigger file is a mistake (or an attack)
+
+
 _DataLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -400,20 +436,28 @@ _DataLoader.add_implicit_resolver(
 
 def load_yaml_data(text: str) -> Any:
     """Parse YAML text as plain data (never code: python/* tags are an error)."""
-    return yaml.load(text, Loader=_DataLoader)  # a SafeLoader subclass: safe
+    try:
+        return yaml.load(text, Loader=_DataLoader)  # a SafeLoader subclass: safe
+    except RecursionError:
+        raise YAMLRefused("nests lists or mappings too deeply to read", "write the settings flat (a config nests a few levels)") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``optim.lr=0.1`` → (["optim", "lr"], 0.1); the value is parsed as YAML data."""
     if "=" not in text:
-        raise DKError(f"override {text!r} has no '='", "write overrides as key=value, e.g. optim.lr=0.1")
+        raise DKError(f"override {short(text)} has no '='", "write overrides as key=value, e.g. optim.lr=0.1")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise DKError(f"override {text!r} has an empty key", "write overrides as key=value, e.g. optim.lr=0.1")
+        raise DKError(f"override {short(text)} has an empty key", "write overrides as key=value, e.g. optim.lr=0.1")
     try:
         value = load_yaml_data(raw) if raw != "" else ""
+    except YAMLRefused as exc:
+        raise DKError(f"override {short(text, 60)} {exc.what}", exc.fix) from None
     except yaml.YAMLError as exc:
-        raise DKError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})", "quote strings, e.g. key='text'") from None
+        tag = _refused_tag(exc)
+        if tag:
+            raise DKError(f"override {short(text, 60)} uses the YAML tag {tag}", "configs hold plain data only (numbers, strings, lists, mappings)") from None
+        raise DKError(f"override {short(text, 60)}: value is not valid YAML ({exc.__class__.__name__})", "quote strings, e.g. key='text'") from None
     return key.split("."), value
 
 
@@ -424,7 +468,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise DKError(f"override {text!r}: {part} is not a section", "override a leaf key instead")
+                raise DKError(f"override {short(text)}: {part} is not a section", "override a leaf key instead")
             node = child
         node[path[-1]] = value
     return data
@@ -432,21 +476,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise DKError(f"config file {path} is a directory", "give a YAML file, e.g. -c experiments/hinton2015/configs/teacher_1200.yaml")
     if not path.is_file():
         raise DKError(f"config file {path} does not exist", "check the path")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise DKError(f"config file {path} is {size:,} bytes, more than a config may be ({MAX_CONFIG_BYTES:,})", "a config holds settings, not data: point data options at files instead")
     try:
         data = load_yaml_data(path.read_text(encoding="utf-8"))
+    except YAMLRefused as exc:
+        raise DKError(f"config file {path} {exc.what}", exc.fix) from None
     except yaml.YAMLError as exc:
+        tag = _refused_tag(exc)
+        if tag:
+            raise DKError(f"config file {path} uses the YAML tag {tag}", "configs hold plain data only (numbers, strings, lists, mappings)") from None
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise DKError(f"config file {path} is not valid YAML{at}", "fix the syntax (configs are plain YAML data)") from None
     except UnicodeDecodeError:
         raise DKError(f"config file {path} is not UTF-8 text", "save it as UTF-8 YAML") from None
     if data is None:
-        return {}
+        raise DKError(f"config file {path} is empty", "write the settings to change (or leave -c out to train with the defaults)")
     if not isinstance(data, dict):
         raise DKError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}", "write key: value lines")
     return data
+
+
+def _refused_tag(exc: yaml.YAMLError) -> str | None:
+    """The tag of a YAML node no safe constructor knows (``!!python/object/apply:...``), if that
+    is what ``exc`` is about."""
+    m = re.search(r"constructor for the tag '([^']*)'", str(getattr(exc, "problem", "") or ""))
+    return short(m.group(1), 60).strip("'") if m else None
 
 
 def is_cell_config(data: dict[str, Any]) -> bool:
@@ -460,7 +521,7 @@ def scale_overrides(cell: dict[str, Any], scale: str | None) -> list[str]:
         return []
     scales = cell.get("scales") or {}
     if scale not in scales:
-        raise DKError(f"the config has no scale {scale!r} (it has: {', '.join(scales) or 'none'})", "choose one of its scales, or leave --scale out for the paper's setting")
+        raise DKError(f"the config has no scale {short(scale)} (it has: {', '.join(scales) or 'none'})", "choose one of its scales, or leave --scale out for the paper's setting")
     ov = scales[scale] or []
     return list(ov) if isinstance(ov, list) else [f"{k}={json.dumps(v)}" for k, v in ov.items()]
 

@@ -27,6 +27,13 @@ class DKError(ValueError):
         super().__init__(" ".join(message.split()))
 
 
+def short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: messages never echo an unbounded value (a
+    forged file or an expanded YAML alias could be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss component became NaN or Inf during training (the run stops, nothing is saved).
     ``replica``: in a batched run (``replicas``), the first replica that diverged."""

@@ -115,6 +115,66 @@ def _explicit_truncated_checkpoint(tmp):
     return ["train", "--run-dir", "interrupted", *TINY, "--resume", str(ckpt)]
 
 
+def _foreign_dir(tmp, name, files=("config.yaml", "metrics.jsonl")):
+    """A directory holding a user's own files (no darkknowledge marker, no checkpoint)."""
+    (tmp / name).mkdir(exist_ok=True)
+    for f in files:
+        (tmp / name / f).write_text("the user's own\n")
+    return ["train", "--run-dir", name, *TINY]
+
+
+_HELD = []  # open lock descriptors, kept alive for the duration of a test
+
+
+@pytest.fixture(autouse=True)
+def _release_held_locks():
+    yield
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def _run_dir_held_by_another_writer():
+    import fcntl
+
+    run = _stopped_run()
+    fd = os.open(run / ".darkknowledge-run", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: as another process would
+    _HELD.append(fd)
+    return ["train", "--run-dir", "interrupted", *TINY, "--resume", "auto"]
+
+
+def _forged_state(key, value):
+    """A stopped run whose checkpoint's state.json was edited (valid JSON, manifest updated)."""
+    import hashlib
+
+    run = _stopped_run()
+    ckpt = next((run / "checkpoints").iterdir())
+    state = json.loads((ckpt / "state.json").read_text())
+    state[key] = value
+    (ckpt / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["state.json"] = hashlib.sha256((ckpt / "state.json").read_bytes()).hexdigest()
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    return ["train", "--run-dir", "interrupted", *TINY, "--resume", str(ckpt)]
+
+
+def _flip_a_weight_bit(path):
+    """Flip the highest exponent bit of the last float32 weight of a model file."""
+    raw = bytearray(pathlib.Path(path).read_bytes())
+    raw[-1] ^= 0x40
+    pathlib.Path(path).write_bytes(bytes(raw))
+    return path
+
+
+def _teacher_file_claiming(tmp, hidden):
+    """A few hundred bytes that claim to be a model of the given widths."""
+    from safetensors.torch import save_file
+
+    meta = {"darkknowledge.model": json.dumps({"name": "mlp", "params": {"hidden": hidden}, "in_features": 784, "num_classes": 10})}
+    save_file({"layers.0.weight": torch.zeros(1)}, str(tmp / "big.safetensors"), metadata=meta)
+    return _distill([str(tmp / "big.safetensors")])
+
+
 def _yaml(tmp, text):
     (tmp / "c.yaml").write_text(text)
     return ["train", "-c", "c.yaml", "--run-dir", "run", *TINY]
@@ -164,6 +224,32 @@ CASES = [
     ("validation-too-large", lambda t, mp: ["train", "--run-dir", "run", *TINY, "data.validation_size=300"], "validation size 300 is out of range", False),
     ("select-on-test", lambda t, mp: ["train", "--run-dir", "run", *TINY, "select_best_on=test"], "never the test set", False),
     ("eval-wrong-model-for-data", lambda t, mp: ["eval", _teacher(t / "t.safetensors", num_classes=5)], "predicts 5 classes from 784 inputs; mnist has 10 classes", False),
+    ("empty-run-dir", lambda t, mp: ["train", *TINY, "run_dir="], "names no directory", False),
+    ("null-run-dir", lambda t, mp: ["train", *TINY, "run_dir=null"], "config key run_dir must be a string, got None", False),
+    ("users-own-run-dir", lambda t, mp: _foreign_dir(t, "mine"), "run directory mine holds files that are not a darkknowledge run (config.yaml, metrics.jsonl)", False),
+    ("current-directory-as-run-dir", lambda t, mp: (_foreign_dir(t, ".", ["config.yaml"]), ["train", "--run-dir", ".", *TINY])[1], "run directory . holds files that are not a darkknowledge run (config.yaml", False),
+    ("run-dir-is-a-file", lambda t, mp: ((t / "f").write_text("x"), ["train", "--run-dir", "f", *TINY])[1], "run_dir f is a file, not a directory", False),
+    ("run-dir-being-written", lambda t, mp: _run_dir_held_by_another_writer(), "run directory interrupted is being written by another process (pid ", False),
+    ("yaml-alias", lambda t, mp: _yaml(t, "a: &x [1]\nseed: *x\n"), "config file c.yaml uses a YAML alias (*x) at line 2", False),
+    ("yaml-alias-chain", lambda t, mp: _yaml(t, "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nseed: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"), "uses a YAML alias (*a) at line 2", False),
+    ("yaml-repeated-key", lambda t, mp: _yaml(t, "optim: {lr: 0.1}\nseed: 1\noptim: {epochs: 2}\n"), "config file c.yaml repeats the key 'optim' at line 3", False),
+    ("yaml-repeated-nested-key", lambda t, mp: _yaml(t, "optim:\n  lr: 0.1\n  lr: 0.2\n"), "repeats the key 'lr' at line 3", False),
+    ("yaml-empty-file", lambda t, mp: _yaml(t, ""), "config file c.yaml is empty", False),
+    ("yaml-only-comments", lambda t, mp: _yaml(t, "# nothing here yet\n"), "config file c.yaml is empty", False),
+    ("yaml-python-tag", lambda t, mp: _yaml(t, "seed: !!python/object/apply:os.system ['true']\n"), "uses the YAML tag tag:yaml.org,2002:python/object/apply:os.system", False),
+    ("override-python-tag", lambda t, mp: ["train", "--run-dir", "run", *TINY, "seed=!!python/name:os.system"], "uses the YAML tag tag:yaml.org,2002:python/name:os.system", False),
+    ("config-is-a-directory", lambda t, mp: ((t / "cdir").mkdir(), ["train", "-c", "cdir"])[1], "config file cdir is a directory", False),
+    ("config-too-large", lambda t, mp: _yaml(t, "seed: 1\n" + "# padding\n" * 120_000), "config file c.yaml is 1,200,008 bytes, more than a config may be (1,000,000)", False),
+    ("huge-width", lambda t, mp: ["train", "--run-dir", "run", *TINY, "model.hidden=[1000000000]"], "parameters: training it needs about", False),
+    ("too-many-layers", lambda t, mp: ["train", "--run-dir", "run", *TINY, f"model.hidden=[{','.join(['4'] * 2000)}]"], "model.hidden has 2,000 layers, more than 1000", False),
+    ("teacher-file-claiming-a-huge-model", lambda t, mp: _teacher_file_claiming(t, [10**9]), "big.safetensors describes a model that cannot be built", False),
+    ("forged-state-fingerprints", lambda t, mp: _forged_state("fingerprints", ["dataset", "x"]), "state.json: fingerprints must map names to strings", False),
+    ("forged-state-world-size", lambda t, mp: _forged_state("world_size", "two"), "state.json: world_size must be a positive integer, got 'two'", False),
+    ("forged-state-best", lambda t, mp: _forged_state("best", {"errors": "many", "epoch": 1}), "state.json: best must be {errors, epoch} with counts or null", False),
+    ("forged-state-counter", lambda t, mp: _forged_state("global_step", -5), "state.json: global_step must be a count (an integer >= 0), got -5", False),
+    ("forged-state-best-for-another-run-shape", lambda t, mp: _forged_state("best", {"errors": [1, 2], "epoch": [1, 1]}), "best.errors = [1, 2] does not fit a run of 1 model(s)", False),
+    ("teacher-with-a-flipped-bit", lambda t, mp: _distill([_flip_a_weight_bit(_teacher(t / "t.safetensors"))]), "t.safetensors is corrupt: its weights do not match the sha256 they were saved with", False),
+    ("eval-a-model-with-a-flipped-bit", lambda t, mp: ["eval", _flip_a_weight_bit(_teacher(t / "t.safetensors"))], "is corrupt: its weights do not match the sha256", False),
     ("eval-negative-limit", lambda t, mp: ["eval", _teacher(t / "t.safetensors"), "--limit", "-3"], "--limit -3 is negative", False),
 ]
 
@@ -195,6 +281,14 @@ def test_bad_input(tmp_path, monkeypatch, capsys, case, setup, needle, warns):
     assert _tree(tmp_path) == before  # nothing created, nothing changed
 
 
+@pytest.mark.parametrize("override", ["optim.name=" + "x" * 100_000, "seed=" + "[1, " * 20_000 + "1" + "]" * 20_000, "model.hidden=[" + "8," * 50_000 + "x]"])
+def test_an_error_never_echoes_an_unbounded_value(tmp_path, monkeypatch, capsys, override):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--run-dir", "run", *TINY, override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dk: error: ") and err.count("\n") == 1 and len(err) < 400, err[:400]
+
+
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 20
 
@@ -204,9 +298,9 @@ def test_yaml_python_tags_never_run(tmp_path, monkeypatch, capsys):
     marker = tmp_path / "pwned"
     (tmp_path / "c.yaml").write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
     assert main(["train", "-c", "c.yaml", "--run-dir", "run"]) == 2
-    assert "is not valid YAML" in capsys.readouterr().err
+    assert "uses the YAML tag tag:yaml.org,2002:python/object/apply:os.system" in capsys.readouterr().err
     assert main(["train", "--run-dir", "run", f"seed=!!python/object/apply:os.system ['touch {marker}']"]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    assert "uses the YAML tag" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 

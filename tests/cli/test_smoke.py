@@ -38,7 +38,7 @@ def test_train_distill_eval_ls_fetch(tmp_path, capsys):
 
     assert main(["ls"]) == 0
     listing = capsys.readouterr().out
-    assert "methods: " in listing and "soft_targets" in listing and "models: mlp" in listing and "mnist" in listing
+    assert "methods:\n" in listing and "  soft_targets: " in listing and "models:\n  mlp: " in listing and "  mnist: " in listing
 
     assert main(["data", "fetch", "mnist"]) == 0
     assert "mnist: " in capsys.readouterr().out

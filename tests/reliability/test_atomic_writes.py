@@ -42,7 +42,7 @@ def test_run_outputs_go_through_atomic_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "atomic_write_bytes", record)  # save_model imports it from here
     assert main(["train", "--run-dir", str(tmp_path / "r"), *ARGS]) == 0
     assert written == ["config.yaml", "model.safetensors", "summary.json"]
-    assert not list((tmp_path / "r").glob(".*"))  # no temp files left
+    assert [p.name for p in (tmp_path / "r").glob(".*")] == [".darkknowledge-run"]  # no temp files left, only the run's marker
 
 
 def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_is_exact(tmp_path, monkeypatch, capsys):

@@ -182,6 +182,8 @@ def test_run_outputs_are_safetensors_and_json(tmp_path):
             [json.loads(line) for line in raw.decode().splitlines()]
         elif path.suffix == ".json":
             json.loads(raw)
+        elif path.name == ".darkknowledge-run":  # the marker and lock: one line of text
+            assert raw.decode().startswith("pid ") and raw.count(b"\n") == 1
         else:
             assert path.name == "config.yaml", path
-    assert {p.suffix for p in files} == {".safetensors", ".json", ".jsonl", ".yaml"}
+    assert {p.suffix for p in files if p.name != ".darkknowledge-run"} == {".safetensors", ".json", ".jsonl", ".yaml"}

@@ -415,3 +415,29 @@ def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_
     ]
     assert training_time(rows, "smoke") == "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` is another scale's run (the shipped teacher), not counted"
     assert training_time(rows, "cpu").startswith("seed 0's 1 runs took 50 minutes")
+    # rows that carry the trained run's own date tie, whatever their order: the scale that
+    # recorded its speed trained it
+    tied = [
+        row("smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
+        row("cpu", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
+        row("cpu", "teacher_1200", "samples_per_s", 5500, 3000, "T", "2026-12-01T12:00Z"),
+    ]
+    assert training_time(tied, "cpu").startswith("seed 0's 1 runs took 50 minutes")
+    assert "`teacher_1200` is another scale's run" in training_time(tied, "smoke")
+
+
+def test_the_deployment_table_shows_the_latest_measurement_of_each_model(tmp_path):
+    from darkknowledge.reproduce.report import deployment_table
+
+    cols = "cell,scale,runtime,parameters,bytes,test_errors,ece,b1_p50_ms,b1_p95_ms,b64_p50_ms,b64_p95_ms,threads,machine,git_sha,date"
+    rows = [
+        "student_800_hard,cpu,pytorch,1276810,5110000,140,0.01,0.9,1.0,9.0,9.5,1,x86_64,abc,2026-12-01T00:00:00Z",  # replaced below
+        "student_800_hard,cpu,pytorch,1276810,5110000,129,0.0111,0.5,0.6,5.0,5.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
+        "student_800_hard,cpu,onnx,1276810,5108000,129,0.0111,0.4,0.5,4.0,4.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
+        "student_800_hard,cpu,onnx-int8,1276810,1290000,131,,0.2,0.3,1.0,1.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
+    ]
+    (tmp_path / "deployment.csv").write_text("\n".join([cols, *rows]) + "\n")
+    text = deployment_table(tmp_path / "deployment.csv")
+    assert "| `student_800_hard` | 1,276,810 | 5.11 MB / 5.11 MB / 1.29 MB | 129 / 131 | 0.0111 | 0.500 / 0.400 / 0.200 | 5.000 / 4.000 / 1.000 |" in text
+    assert "2026-12-02 (commit abcdef1234)" in text
+    assert deployment_table(tmp_path / "absent.csv") == ""

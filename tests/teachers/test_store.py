@@ -138,7 +138,7 @@ def test_a_directory_that_is_not_a_store_is_refused(tmp_path):
 def test_a_foreign_safetensors_file_is_not_a_store(tmp_path):
     path = tmp_path / "s.safetensors"
     path.write_bytes(st_save({"logits": torch.zeros(1, 30, 10)}))
-    with pytest.raises(DKError, match="is not a darkknowledge store"):
+    with pytest.raises(DKError, match="is a safetensors file that is not a teacher-output store"):
         load_store(path, _teacher(), _data())
 
 
@@ -172,9 +172,24 @@ def test_corrupt_explicit_store_is_an_error(tmp_path):
     (path / "manifest.json").write_bytes(b"\x00" * 100)
     with pytest.raises(DKError, match=r"store .*store is corrupt \(manifest.json is not a JSON object\)"):
         teacher_outputs(teacher, data, path)
-    (path / "s.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(DKError, match="is corrupt"):
+    (path / "s.safetensors").write_bytes(b"\x00" * 100)  # a file of the user's, not a store: not called corrupt
+    with pytest.raises(DKError, match="s.safetensors is a file that is not a teacher-output store; point teacher.store at a new or empty directory"):
         teacher_outputs(teacher, data, path / "s.safetensors")
+    assert (path / "s.safetensors").read_bytes() == b"\x00" * 100
+
+
+def test_store_locks_live_inside_the_store_and_a_refused_build_leaves_nothing(tmp_path):
+    teacher, data = _teacher(), _data()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    with pytest.raises(DKError, match="is not a teacher-output store"):
+        teacher_outputs(teacher, data, tmp_path / "mine")
+    with pytest.raises(DKError):
+        teacher_outputs(teacher, TensorDataset(torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 10, "empty/train"), tmp_path / "new")
+    teacher_outputs(teacher, data, tmp_path / "store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "store"]  # no .<name>.lock beside them
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    assert ".store.lock" in {p.name for p in (tmp_path / "store").iterdir()}
 
 
 def test_a_killed_precompute_leaves_ignored_temp_files(shard_computes):
@@ -187,7 +202,7 @@ def test_a_killed_precompute_leaves_ignored_temp_files(shard_computes):
     logits = teacher_outputs(teacher, data)
     assert shard_computes == [("toy/train", 0)]
     assert torch.equal(load_store(path, teacher, data), logits)
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "shard-00000.json", "shard-00000.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [".store.lock", "manifest.json", "shard-00000.json", "shard-00000.safetensors"]
 
 
 def test_non_finite_teacher_outputs_are_refused_before_training(tmp_path):
@@ -231,6 +246,8 @@ def test_store_files_hold_only_tensors_and_json_and_are_reproducible(tmp_path):
     for name, raw in _files(tmp_path / "a").items():
         if name.endswith(".json"):
             assert isinstance(json.loads(raw), dict)
+        elif name == ".store.lock":  # the builders' lock: empty
+            assert raw == b""
         else:
             tensors = load_file(tmp_path / "a" / name)
             assert set(tensors) == {"logits", "index", "row_sha256"}

@@ -68,7 +68,7 @@ def test_run_directory_contents_and_resolved_config(make_cfg):
     cfg = make_cfg("seed=3", "data.validation_size=50", "select_best_on=valid")
     summary = run(cfg)
     root = Path(cfg.run_dir)
-    assert sorted(p.name for p in root.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"]
+    assert sorted(p.name for p in root.iterdir()) == [".darkknowledge-run", "checkpoints", "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"]
     saved = load_config(root / "config.yaml")
     assert saved == cfg and saved.hash() == cfg.hash() == summary["config_hash"]
     assert set(summary["eval"]) == {"valid", "test"}
@@ -94,6 +94,7 @@ def test_a_fresh_start_discards_a_stale_log(make_cfg):
     """A run killed before its first checkpoint leaves metrics.jsonl; the next start must not append to it."""
     cfg = make_cfg("optim.epochs=1")
     Path(cfg.run_dir).mkdir(parents=True)
+    (Path(cfg.run_dir) / ".darkknowledge-run").write_text("pid 1 on host since then\n")  # written first by every run
     (Path(cfg.run_dir) / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "lo')
     run(cfg, resume="auto")
     losses = [r["loss"] for r in read_metrics(Path(cfg.run_dir) / "metrics.jsonl") if "loss" in r]

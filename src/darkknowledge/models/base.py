@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from torch import nn
 
 from darkknowledge.config import build_dataclass
+from darkknowledge.errors import DKError, short
 from darkknowledge.registry import Registry
 
 models: Registry[type] = Registry("model")
@@ -17,7 +19,40 @@ def build_model(name: str, params: dict[str, Any], in_features: int, num_classes
     """Build a registered model from its config (``params`` are the spec dataclass's fields)."""
     spec_cls = models.get(name)
     spec = build_dataclass(spec_cls, params, f"model ({name})")
+    count = getattr(spec, "parameter_count", None)
+    if count is not None:
+        check_fits_in_memory(f"model ({name}) {short(params, 60)} with {in_features} inputs and {num_classes} classes", count(in_features, num_classes))
     return spec.build(in_features=in_features, num_classes=num_classes)
+
+
+TRAINING_COPIES = 4  # weights, gradients, optimizer buffers, a checkpoint being written
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (MemAvailable; the physical pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no limit from here
+
+
+def check_fits_in_memory(what: str, parameters: int) -> None:
+    """Refuse a model whose float32 training state cannot fit in memory, before it is allocated
+    (a width of 10⁹ in a config or in a model file's metadata otherwise ends in an allocator
+    traceback, or in the machine swapping)."""
+    need, free = parameters * 4 * TRAINING_COPIES, available_memory()
+    if need > free:
+        raise DKError(
+            f"{what} has {parameters:,} parameters: training it needs about {need / 1e9:,.1f} GB, this machine has {free / 1e9:,.1f} GB available",
+            "use smaller layer widths (or a machine with more memory)",
+        )
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, short
 from darkknowledge.models.base import build_model, model_config
 
 MODEL_FILE = "model.safetensors"
@@ -31,9 +31,21 @@ def resolve_model_path(path: str | Path) -> Path:
     return p
 
 
+DIGEST_KEY = "darkknowledge.tensors_sha256"
+
+
 def model_bytes(model: nn.Module) -> bytes:
+    """The model file: its tensors, its config and the sha256 of its tensor bytes (checked by
+    :func:`load_model`, so one flipped bit in the weights is found, not distilled from)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return st_save(tensors, metadata={"darkknowledge.model": json.dumps(model_config(model), sort_keys=True)})
+    meta = {"darkknowledge.model": json.dumps(model_config(model), sort_keys=True)}
+    digest = hashlib.sha256(_tensor_bytes(st_save(tensors, metadata=meta))).hexdigest()  # the layout does not depend on the metadata
+    return st_save(tensors, metadata={**meta, DIGEST_KEY: digest})
+
+
+def _tensor_bytes(raw: bytes) -> bytes:
+    """A safetensors file's data section (everything after its header)."""
+    return raw[8 + int.from_bytes(raw[:8], "little") :]
 
 
 def save_model(model: nn.Module, path: str | Path) -> Path:
@@ -63,9 +75,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
         raise DKError(f"model checkpoint {p} is corrupt or not a darkknowledge model file ({exc.__class__.__name__}: {exc})", fix) from None
     if cfg is None:
         raise DKError(f"model checkpoint {p} has no darkknowledge model config", "save models with darkknowledge (dk train / dk distill)")
+    digest = meta.get(DIGEST_KEY)  # files written before digests existed have none
+    if digest is not None and hashlib.sha256(_tensor_bytes(raw)).hexdigest() != digest:
+        raise DKError(f"model checkpoint {p} is corrupt: its weights do not match the sha256 they were saved with", fix)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str) or not isinstance(cfg.get("params"), dict) or any(isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), int) or cfg.get(k) < 1 for k in ("in_features", "num_classes")):
-        raise DKError(f"model checkpoint {p} has a malformed model config {cfg!r}", fix)
-    model = build_model(cfg["name"], cfg["params"], cfg["in_features"], cfg["num_classes"])
+        raise DKError(f"model checkpoint {p} has a malformed model config {short(cfg)}", fix)
+    try:  # the config is checked (and bounded) before anything is allocated
+        model = build_model(cfg["name"], cfg["params"], cfg["in_features"], cfg["num_classes"])
+    except DKError as exc:
+        raise DKError(f"model checkpoint {p} describes a model that cannot be built: {exc}") from None
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, short
 from darkknowledge.models.base import models
+
+MAX_LAYERS = 1000
 
 
 @models.register("mlp")
@@ -22,6 +24,13 @@ class MLPSpec:
     The teacher of §3 is ``hidden=[1200, 1200], input_dropout=0.2, hidden_dropout=0.5,
     max_norm=sqrt(15), init_std=0.01`` (Hinton et al. 2012, App. A.1); the student is
     ``hidden=[800, 800]`` with everything else off.
+
+    Attributes:
+        hidden: units per hidden layer (the paper's teacher: [1200, 1200]; student: [800, 800]).
+        input_dropout: dropout probability on the inputs (the teacher: 0.2).
+        hidden_dropout: dropout probability on every hidden layer (the teacher: 0.5).
+        max_norm: bound on each hidden unit's incoming weight norm (the teacher: √15); null = none.
+        init_std: weights initialized N(0, init_std²), biases 0; null = PyTorch's default.
     """
 
     registered_name: ClassVar[str] = "mlp"
@@ -32,8 +41,10 @@ class MLPSpec:
     init_std: float | None = None
 
     def __post_init__(self) -> None:
+        if len(self.hidden) > MAX_LAYERS:
+            raise DKError(f"model.hidden has {len(self.hidden):,} layers, more than {MAX_LAYERS}", "give a list of layer widths, e.g. [800, 800]")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise DKError(f"model.hidden={self.hidden} is invalid", "give a list of positive layer widths, e.g. [800, 800]")
+            raise DKError(f"model.hidden={short(self.hidden)} is invalid", "give a list of positive layer widths, e.g. [800, 800]")
         for key in ("input_dropout", "hidden_dropout"):
             p = getattr(self, key)
             if not 0.0 <= p < 1.0:
@@ -42,6 +53,11 @@ class MLPSpec:
             raise DKError(f"model.max_norm={self.max_norm} is invalid", "use a positive number or null")
         if self.init_std is not None and not self.init_std > 0:
             raise DKError(f"model.init_std={self.init_std} is invalid", "use a positive number or null")
+
+    def parameter_count(self, in_features: int, num_classes: int) -> int:
+        """How many parameters ``build`` would allocate (checked before it does)."""
+        widths = [in_features, *[int(h) for h in self.hidden], num_classes]
+        return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
     def build(self, in_features: int, num_classes: int) -> MLP:
         return MLP(self, in_features, num_classes)

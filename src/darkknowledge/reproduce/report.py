@@ -5,6 +5,7 @@ Only the part of README.md between the two markers is rewritten; the prose aroun
 
 from __future__ import annotations
 
+import csv
 import statistics
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,9 @@ def training_time(rows: list[dict[str, str]], scale: str) -> str:
     owner: dict[str, str] = {}
     for r in sorted(rows, key=lambda r: r["date"]):  # a run belongs to the scale that recorded it first
         owner.setdefault(r["config_hash"], r["scale"])
+    for r in rows:  # or, surely, to the scale that trained it (a borrowed run records no speed)
+        if r["metric"] == "samples_per_s":
+            owner[r["config_hash"]] = r["scale"]
     current: dict[tuple[str, str, str], dict[str, str]] = {}
     for r in rows:
         if r["scale"] == scale and r["seed"] == "0":
@@ -162,6 +166,36 @@ def plot_sweep(grid: dict[int, dict[float, float]], path: Path, scale: str) -> b
     return True
 
 
+def deployment_table(path: Path) -> str:
+    """What each model costs to serve (``tools/deployment.py`` rows, the latest per model and
+    runtime): parameters, size on disk, test errors, ECE and CPU latency, PyTorch vs ONNX vs int8."""
+    if not path.exists():
+        return ""
+    with open(path, newline="") as f:
+        latest = {(r["cell"], r["scale"], r["runtime"]): r for r in csv.DictReader(f)}
+    out = []
+    for scale in ("full", "cpu", "smoke"):
+        cells = list(dict.fromkeys(c for c, s, _ in latest if s == scale))
+        if not cells:
+            continue
+        first = next(r for (c, s, _), r in latest.items() if s == scale)
+        out += [
+            f"### Deployment ({scale} scale): what each model costs to serve",
+            "",
+            "| model | parameters | size: safetensors / ONNX / ONNX int8 | test errors: fp32 / int8 | ECE | batch 1 p50 ms: PyTorch / ONNX / int8 | batch 64 p50 ms: PyTorch / ONNX / int8 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for cell in cells:
+            r = {rt: latest.get((cell, scale, rt)) for rt in ("pytorch", "onnx", "onnx-int8")}
+            if any(v is None for v in r.values()):
+                continue
+            size = " / ".join(f"{int(r[rt]['bytes']) / 1e6:.2f} MB" for rt in r)
+            lat = {b: " / ".join(f"{float(r[rt][f'{b}_p50_ms']):.3f}" for rt in r) for b in ("b1", "b64")}
+            out.append(f"| `{cell}` | {int(r['pytorch']['parameters']):,} | {size} | {r['onnx']['test_errors']} / {r['onnx-int8']['test_errors']} | {float(r['pytorch']['ece']):.4f} | {lat['b1']} | {lat['b64']} |")
+        out += ["", f"- measured by `tools/deployment.py` on {first['machine']}, {first['threads']} CPU thread, {first['date'][:10]} (commit {first['git_sha'][:10]}); ONNX files by `dk export` (logits within 1e-4 of PyTorch's), int8 by onnxruntime's dynamic quantization", ""]
+    return "\n".join(out)
+
+
 def write_report(exp_dir: Path) -> str:
     """Regenerate the README's generated section (and the sweep plot); return the table text."""
     claims = read_claims(exp_dir / "claims.yaml")
@@ -184,6 +218,9 @@ def write_report(exp_dir: Path) -> str:
         png = exp_dir / f"temperature_sweep_{scale}.png"
         if plot_sweep(grid, png, scale):
             parts += [f"![temperature sweep, {scale} scale]({png.name})", ""]
+    deployment = deployment_table(exp_dir / "deployment.csv")
+    if deployment:
+        parts += [deployment]
     generated = "\n".join(parts).rstrip() + "\n"
     readme = exp_dir / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.exists() else f"# {exp_dir.name}\n\n{START}\n{END}\n"

@@ -51,7 +51,7 @@ SCALES = ("smoke", "cpu", "full")
 # Overrides that change how a run executes or reports, not what it computes: rows of a command
 # given only these keep their scale's label. Any other override (data.train_size=..., bf16, ...)
 # labels its rows ``<scale>-custom``, which the README's smoke/full columns leave out.
-EXECUTION_ONLY = ("train_step", "sync_every", "threads", "progress", "log_every", "checkpoint_every", "checkpoint_every_steps")
+EXECUTION_ONLY = ("train_step", "sync_every", "threads", "progress", "log_every", "checkpoint_every", "checkpoint_every_steps", "tensorboard")
 
 
 @dataclass

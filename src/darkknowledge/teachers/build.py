@@ -28,6 +28,7 @@ from darkknowledge.losses import topk_targets
 from darkknowledge.teachers.ensemble import Teacher
 from darkknowledge.teachers.manifest import (
     DTYPES,
+    LOCK_NAME,
     MANIFEST,
     META_KEY,
     ROW_DIGEST,
@@ -156,6 +157,15 @@ def _partial_shard_size(out: Path, key: dict[str, Any]) -> int | None:
     return None
 
 
+def check_not_foreign(out: Path) -> None:
+    """Refuse a directory that holds files but no store file (someone else's directory)."""
+    if not out.is_dir():
+        return
+    names = [p.name for p in out.iterdir() if p.name != LOCK_NAME]
+    if names and not any(is_store_file(n) for n in names):
+        raise DKError(f"{out} is not a teacher-output store (it holds other files)", "choose an empty or new directory for the store")
+
+
 def _check_target(out: Path, key: dict[str, Any], overwrite: bool) -> str:
     """``done``, ``build`` or ``rebuild`` (a complete store of other content is replaced); DKError when refused."""
     if out.exists() and not out.is_dir():
@@ -164,9 +174,8 @@ def _check_target(out: Path, key: dict[str, Any], overwrite: bool) -> str:
         return "rebuild"
     if not out.is_dir():
         return "build"
-    names = [p.name for p in out.iterdir()]
-    if not overwrite and names and not any(is_store_file(n) for n in names):
-        raise DKError(f"{out} is not a teacher-output store (it holds other files)", "choose an empty or new directory for the store")
+    if not overwrite:
+        check_not_foreign(out)
     manifest = read_json(out / MANIFEST)
     if manifest is None or manifest.get("complete") is not True:
         return "build"
@@ -198,7 +207,7 @@ def _finish(out: Path, key: dict[str, Any], shard_size: int, sources: list[str])
         entries.append({"file": shard_name(i), "start": start, "stop": stop, "sha256": digest})
     manifest = {**key, "complete": True, "shard_size": shard_size, "shards": entries, "teacher_sources": sources, "row_digest": ROW_DIGEST}
     atomic_write_bytes(out / MANIFEST, dump_json(manifest))
-    keep = {e["file"] for e in entries} | {sidecar_name(i) for i in range(len(entries))} | {MANIFEST}
+    keep = {e["file"] for e in entries} | {sidecar_name(i) for i in range(len(entries))} | {MANIFEST, LOCK_NAME}
     for entry in out.iterdir():
         if entry.name not in keep and is_store_file(entry.name):
             with contextlib.suppress(OSError):
@@ -265,24 +274,39 @@ def build_store(
 
 @contextlib.contextmanager
 def store_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<parent>/.<name>.lock`` (POSIX ``flock``) while building ``out``.
+    """Hold an exclusive lock on ``<out>/.store.lock`` (POSIX ``flock``) while building ``out``.
 
     Students of a sweep started together then build a shared store once: the first builds, the
     others wait and find it complete. Not taken by the ranks of one ``torchrun`` build, which
-    coordinate through barriers; run one build job per store at a time.
+    coordinate through barriers; run one build job per store at a time. The lock file lives inside
+    the store it locks (nothing is left next to it); a store directory this call created and
+    that holds nothing but the lock when the build fails (or is refused) is removed again.
     """
     try:
         import fcntl
     except ImportError:  # no flock on this platform: builders are not serialized
         yield
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    if out.exists() and not out.is_dir():  # a single-file store being replaced: nothing to lock in
+        yield
+        return
+    check_not_foreign(out)  # never a lock file in someone else's directory
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    ok = False
+    try:
+        with open(out / LOCK_NAME, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+                ok = True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        if created and not ok and [p.name for p in out.iterdir()] == [LOCK_NAME]:
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
 
 
 @contextlib.contextmanager

@@ -134,9 +134,12 @@ def sidecar_name(i: int) -> str:
     return f"shard-{i:05d}.json"
 
 
+LOCK_NAME = ".store.lock"  # the builders' lock, inside the store it locks
+
+
 def is_store_file(name: str) -> bool:
-    """A file a store directory may hold (its own temporaries included)."""
-    if name == MANIFEST or _SHARD_FILE.match(name):
+    """A file a store directory may hold (its own temporaries and lock included)."""
+    if name in (MANIFEST, LOCK_NAME) or _SHARD_FILE.match(name):
         return True
     return name.startswith((".shard-", f".{MANIFEST}.")) and name.endswith(".tmp")
 

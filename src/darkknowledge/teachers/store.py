@@ -375,10 +375,10 @@ def _load_single_file(path: Path, teacher: Teacher, dataset: TensorDataset, opti
         meta = json.loads((header.get("__metadata__") or {}).get(META_KEY, "{}"))
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a mapping")
-    except (SafetensorError, ValueError, AttributeError) as exc:
-        raise DKError(f"teacher-output store {path} is corrupt ({exc})", "delete it; it is rebuilt from the teacher on the next run") from None
+    except (SafetensorError, ValueError, AttributeError):
+        raise DKError(f"teacher.store {path} is a file that is not a teacher-output store", "point teacher.store at a new or empty directory (darkknowledge does not touch this file)") from None
     if meta.get("format") != LEGACY_FORMAT or "logits" not in tensors or "index" not in tensors:
-        raise DKError(f"teacher-output store {path} is not a darkknowledge store", "delete it or point teacher.store elsewhere")
+        raise DKError(f"teacher.store {path} is a safetensors file that is not a teacher-output store", "point teacher.store at a new or empty directory (darkknowledge does not touch this file)")
     if options is not None and (options.kind, options.dtype) != ("dense", "float32"):
         raise DKError(
             f"teacher-output store {path} is a single-file store (format 2) of dense float32 logits but the run asks for {options.describe(len(teacher))}",

@@ -1,5 +1,6 @@
 """Training: the one loop, optimizers and schedules, evaluation, checkpoints."""
 
+from darkknowledge.config import OptimConfig
 from darkknowledge.train.batches import IterableBatches
 from darkknowledge.train.evaluate import (
     classification_metrics,
@@ -16,6 +17,7 @@ from darkknowledge.train.signals import Interrupted
 __all__ = [
     "FitInputs",
     "Interrupted",
+    "OptimConfig",
     "IterableBatches",
     "classification_metrics",
     "evaluate",

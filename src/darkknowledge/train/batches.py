@@ -135,6 +135,24 @@ class ReplicaBatches:
             g.set_state(s.clone())
 
 
+def split_batch(item: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, labels)`` of one user batch: ``x``, ``(x, y)``, ``(x, None)`` (unlabelled) or
+    ``[x]`` (what ``DataLoader(TensorDataset(X))`` yields); a :class:`DKError` for anything else."""
+    if isinstance(item, torch.Tensor):
+        x, y = item, None
+    elif isinstance(item, (tuple, list)) and len(item) in (1, 2):
+        x, y = item[0], (item[1] if len(item) == 2 else None)
+    else:
+        what = f"a {type(item).__name__} of {len(item)} items" if isinstance(item, (tuple, list)) else type(item).__name__
+        raise DKError(f"a batch must be x, (x,) or (x, y) (inputs and labels), got {what}", "yield (inputs, labels), or inputs alone for unlabelled data, e.g. DataLoader(TensorDataset(X, Y))")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise DKError(f"batch inputs must be a floating-point tensor, got {x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}", "convert inputs to float32")
+    if y is not None and (not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dim() != 1 or len(y) != len(x)):
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise DKError(f"batch labels must be an integer tensor of shape ({len(x)},), got {got}", "give class ids (torch.long), one per input, or None for unlabelled data")
+    return x, y
+
+
 class IterableBatches:
     """Any re-iterable source of ``(inputs, labels)`` batches; ``make()`` starts a new epoch.
 
@@ -186,14 +204,7 @@ class IterableBatches:
         except StopIteration:
             raise DKError(f"the batch source ended after {self._next} batches but promised {self.steps_per_epoch} per epoch", "make every epoch yield steps_per_epoch batches") from None
         self._next += 1
-        if isinstance(item, torch.Tensor):
-            x, y = item, None
-        elif isinstance(item, (tuple, list)) and len(item) == 2:
-            x, y = item
-        else:
-            raise DKError(f"a batch must be inputs or (inputs, labels), got {type(item).__name__}", "yield (x, y) tuples of tensors")
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise DKError(f"batch inputs must be a floating-point tensor, got {x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}", "convert inputs to float32")
+        x, y = split_batch(item)
         if self.device is not None:
             x = x.to(self.device, non_blocking=True)
             y = None if y is None else y.to(self.device, non_blocking=True)

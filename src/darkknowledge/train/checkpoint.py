@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from darkknowledge.errors import DKError, writing
+from darkknowledge.errors import DKError, short, writing
 
 PREFIX = "step-"
 FORMAT = 2  # 2: an epoch-end checkpoint has step_in_epoch=0 and no data order
@@ -160,8 +160,44 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
         raise DKError(f"checkpoint file {path / 'state.json'} lacks {', '.join(missing)}", "it was not written by this version of darkknowledge; start a new run")
     if state["format"] != FORMAT:
-        raise DKError(f"checkpoint {path} has format {state['format']}, this darkknowledge reads format {FORMAT}", "start a new run (or resume with the darkknowledge version that wrote it)")
+        raise DKError(f"checkpoint {path} has format {short(state['format'])}, this darkknowledge reads format {FORMAT}", "start a new run (or resume with the darkknowledge version that wrote it)")
+    bad = _invalid_state_field(state)
+    if bad is not None:
+        raise DKError(f"checkpoint file {path / 'state.json'}: {bad}", "it was edited or not written by darkknowledge; resume from another checkpoint or start a new run")
     return out
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _count_or_none(v: Any) -> bool:
+    return v is None or _count(v) or (isinstance(v, list) and all(x is None or _count(x) for x in v))
+
+
+def _invalid_state_field(state: dict[str, Any]) -> str | None:
+    """What is wrong with ``state.json``'s fields (types and ranges), or None: every field is
+    checked before anything reads it, so a forged file is refused whole, never half-used."""
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        if not _count(state[key]):
+            return f"{key} must be a count (an integer >= 0), got {short(state[key])}"
+    opt = state["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or not all(isinstance(g, dict) for g in opt["param_groups"]) or not isinstance(opt.get("state"), dict):
+        return f"optimizer must be a mapping with param_groups (a list of mappings) and state (a mapping), got {short(opt)}"
+    if not isinstance(state["config_hash"], str):
+        return f"config_hash must be a string, got {short(state['config_hash'])}"
+    fp = state["fingerprints"]
+    if not isinstance(fp, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fp.items()):
+        return f"fingerprints must map names to strings, got {short(fp)}"
+    if "world_size" in state and not (_count(state["world_size"]) and state["world_size"] >= 1):
+        return f"world_size must be a positive integer, got {short(state['world_size'])}"
+    best = state.get("best")
+    if best is not None and (not isinstance(best, dict) or set(best) - {"errors", "epoch"} or not all(_count_or_none(best.get(k)) for k in ("errors", "epoch"))):
+        return f"best must be {{errors, epoch}} with counts or null, got {short(best)}"
+    secs = state.get("train_seconds")
+    if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 <= secs < float("inf")):
+        return f"train_seconds must be a number of seconds >= 0, got {short(secs)}"
+    return None
 
 
 def latest_checkpoint(root: str | Path) -> dict[str, Any] | None:

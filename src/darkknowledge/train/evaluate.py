@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkknowledge.data import TensorDataset
+from darkknowledge.train.batches import split_batch
 
 
 @torch.inference_mode()
@@ -80,12 +81,20 @@ def evaluate_batches(model: nn.Module, batches: Iterable, teacher: Callable[[tor
     model.eval()
     device = next(model.parameters()).device
     logits, labels, t_logits = [], [], []
-    for x, y in batches:
+    for item in batches:
+        x, y = split_batch(item)
         x = x.to(device)
         logits.append(model(x).float())
-        labels.append(y.to(device))
+        labels.append(None if y is None else y.to(device))
         if teacher is not None:
             t = teacher(x).float()
             t_logits.append(t.unsqueeze(0) if t.dim() == 2 else t)
     model.train(was_training)
-    return classification_metrics(torch.cat(logits), torch.cat(labels), torch.cat(t_logits, dim=1) if t_logits else None)
+    z, t_all = torch.cat(logits), (torch.cat(t_logits, dim=1) if t_logits else None)
+    if any(y is None for y in labels):  # unlabelled: what can be measured without labels
+        out: dict[str, float] = {"n": len(z)}
+        if t_all is not None:
+            t_probs = t_all.softmax(dim=-1).mean(dim=0)
+            out["agreement"] = float((t_probs.argmax(dim=1) == z.argmax(dim=1)).float().mean())
+        return out
+    return classification_metrics(z, torch.cat(labels), t_all)

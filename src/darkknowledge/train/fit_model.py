@@ -7,12 +7,14 @@
 
 Underneath is :func:`darkknowledge.train.loop.fit`, the very loop ``dk train`` runs: same
 optimizers and schedules, finite checks, gradient accumulation, compile/bf16 switches, and with a
-``run_dir`` the same metrics log, checkpoints and exact resume. The teacher (any module or
-callable returning logits) is frozen and run live on each batch; it is never trained.
+``run_dir`` the same metrics log, checkpoints and exact resume. The teacher (a module, a list of
+modules for an ensemble, or any callable returning logits) is frozen and run live on each batch
+for the distillation, never trained, and given back as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -22,26 +24,40 @@ import torch
 from torch import nn
 
 from darkknowledge.config import OptimConfig, RunConfig, build_dataclass
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, short, writing
 from darkknowledge.methods import Method, build_method, method_config
-from darkknowledge.teachers import freeze
+from darkknowledge.teachers.freeze import frozen_during, modules_of
 from darkknowledge.train.batches import IterableBatches
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints
 from darkknowledge.train.loop import FitInputs, fit
 from darkknowledge.train.run import resolve_device
+from darkknowledge.train.rundir import MARKER, check_owned, hold
 
 
-def _as_teacher(teacher: nn.Module | Callable | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _as_teacher(teacher: nn.Module | Callable | list | tuple | None) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, list[nn.Module]]:
+    """The teacher as a function of a batch (under ``torch.inference_mode``), and the modules to
+    keep frozen while it serves: a module, a list of modules (an ensemble: its members' logits
+    stacked), or any callable (the modules it computes with are found, see ``modules_of``)."""
     if teacher is None:
-        return None
-    if isinstance(teacher, nn.Module):
-        freeze(teacher)
+        return None, []
+    if isinstance(teacher, (list, tuple)):
+        members = list(teacher)
+        if not members or not all(callable(m) for m in members):
+            raise DKError(f"teacher=[...] must be a non-empty list of modules (an ensemble), got {short(members)}", "pass teacher=[net_a, net_b, ...]")
+
+        def ensemble(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return torch.stack([m(x) for m in members])
+
+        return ensemble, [m for member in members for m in modules_of(member)]
+    if not callable(teacher):
+        raise DKError(f"teacher must be a module, a list of modules or a callable returning logits, got {type(teacher).__name__}", "pass teacher=my_net")
 
     def targets(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return teacher(x)
 
-    return targets
+    return targets, modules_of(teacher)
 
 
 def fit_model(
@@ -51,7 +67,8 @@ def fit_model(
     optim: OptimConfig | Mapping[str, Any] | None = None,
     *,
     method_params: Mapping[str, Any] | None = None,
-    teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher: nn.Module | list[nn.Module] | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    combine: str = "arithmetic",
     eval_batches: Mapping[str, Iterable] | None = None,
     steps_per_epoch: int | None = None,
     device: str = "auto",
@@ -69,9 +86,14 @@ def fit_model(
             methods), e.g. a list or a DataLoader, or a zero-argument function returning one
             epoch's batches (then give ``steps_per_epoch``). Iterated once per epoch.
         method: a method name (``dk ls``) with ``method_params``, or a method instance.
-        optim: ``OptimConfig`` or its fields as a mapping, e.g. ``{"name": "adam", "lr": 1e-3, "epochs": 3}``.
-        teacher: a module or callable returning logits (B, classes) or (members, B, classes);
-            frozen, run under ``torch.inference_mode`` on every batch.
+        optim: ``OptimConfig`` or its fields as a mapping, e.g. ``{"name": "adam", "lr": 1e-3, "epochs": 3}``
+            (no ``batch_size``: the batches are yours; an ``OptimConfig``'s is not used).
+        teacher: a module, a list of modules (an ensemble), or a callable returning logits
+            (B, classes) or (members, B, classes); run under ``torch.inference_mode`` on every
+            batch. Its modules (a callable's: those its closure holds) are frozen (eval mode, no
+            gradients) for the distillation and given back exactly as they were afterwards.
+        combine: how an ensemble's members make one target: ``arithmetic`` (the mean of their
+            probabilities, the paper's choice) or ``geometric`` (of their log-probabilities).
         eval_batches: ``{name: batches}`` evaluated at epoch ends (errors, accuracy, NLL, ECE,
             agreement with the teacher); ``select_best_on="valid"`` needs a ``valid`` entry.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``. ``seed`` seeds dropout.
@@ -90,13 +112,15 @@ def fit_model(
     if method.needs_teacher and teacher is None:
         raise DKError(f"method {method_config(method)['name']!r} needs a teacher", "pass teacher=<module or callable returning logits>")
     optim_cfg = optim if isinstance(optim, OptimConfig) else build_dataclass(OptimConfig, dict(optim or {}), "optim")
+    if not isinstance(optim, OptimConfig) and "batch_size" in (optim or {}):  # a config object always has one
+        raise DKError(f"optim batch_size={optim_cfg.batch_size} has no effect here: fit_model trains on your batches as they come", "leave batch_size out and set it where the batches are made (e.g. DataLoader(..., batch_size=...))")
     for key in ("data", "teacher", "model", "method", "replicas", "optim", "seed", "device", "run_dir"):
         if key in settings:
             raise DKError(f"fit_model does not take {key} as a setting", "pass it as fit_model's own argument (or use dk train for datasets)")
     cfg = build_dataclass(
         RunConfig,
         {
-            "run_dir": str(run_dir) if run_dir is not None else "",
+            "run_dir": str(run_dir) if run_dir is not None else "(nothing written)",
             "seed": seed,
             "device": device,
             "model": {"name": type(model).__name__},
@@ -104,6 +128,7 @@ def fit_model(
             "optim": dataclasses.asdict(optim_cfg),
             # RunConfig wants a validation split for select_best_on; here it is eval_batches["valid"]
             "data": {"validation_size": 1} if settings.get("select_best_on") else {},
+            "teacher": {"combine": combine},
             **settings,
         },
         "",
@@ -115,10 +140,13 @@ def fit_model(
     if cfg.select_best_on and cfg.select_best_on not in evals:
         raise DKError(f"select_best_on={cfg.select_best_on} but eval_batches has no {cfg.select_best_on!r} entry", f"pass eval_batches={{'{cfg.select_best_on}': ...}}")
     model.to(dev)
-    inputs = FitInputs(model, method, None, dev, teacher=_as_teacher(teacher), eval_sets=evals, batches=source)
+    teacher_fn, teacher_modules = _as_teacher(teacher)
+    inputs = FitInputs(model, method, None, dev, teacher=teacher_fn, eval_sets=evals, batches=source)
 
     ckpt = None
     root = Path(run_dir) if run_dir is not None else None
+    if root is not None:
+        check_owned(root)  # a directory that is not a darkknowledge run is never written
     if root is not None and resume == "auto":
         ckpt = latest_checkpoint(root / "checkpoints")
         if ckpt is not None and ckpt["state"].get("config_hash") != cfg.hash():
@@ -128,4 +156,10 @@ def fit_model(
     elif resume not in ("never", "auto"):
         raise DKError(f"resume={resume!r} is invalid for fit_model", "use never or auto")
     torch.manual_seed(cfg.seed)
-    return fit(cfg, inputs, root, resume=ckpt)
+    with contextlib.ExitStack() as held:
+        if root is not None:
+            with writing(root / MARKER):
+                root.mkdir(parents=True, exist_ok=True)
+            held.enter_context(hold(root))  # one writer per run directory
+        held.enter_context(frozen_during(teacher_modules))  # given back as they were afterwards
+        return fit(cfg, inputs, root, resume=ckpt)

@@ -37,7 +37,7 @@ from torch import nn
 
 from darkknowledge.config import RunConfig
 from darkknowledge.data import TensorDataset
-from darkknowledge.errors import DKError, NonFiniteLossError
+from darkknowledge.errors import DKError, NonFiniteLossError, short
 from darkknowledge.methods import Method
 from darkknowledge.train.batches import IndexedBatches, IterableBatches, ReplicaBatches
 from darkknowledge.train.checkpoint import (
@@ -117,6 +117,10 @@ def check_resumable(cfg: RunConfig, ckpt: dict[str, Any], inputs: FitInputs) -> 
             f"checkpoint {where} was written by {saved_world} process(es), this run has {world}",
             f"resume with torchrun --nproc_per_node={saved_world}" if saved_world > 1 else "resume without torchrun (one process)",
         )
+    k_models = len(inputs.replica_methods) if inputs.replica_methods is not None else None
+    for key, value in (state.get("best") or {}).items():
+        if value is not None and (isinstance(value, list) != (k_models is not None) or (k_models is not None and len(value) != k_models)):
+            raise bad(f"state.json best.{key} = {short(value)} does not fit a run of {k_models or 1} model(s)")
     expected = model.state_dict()
     for name, holder in (("model.safetensors", weights), ("best weights", {k[5:]: v for k, v in tensors.items() if k.startswith("best/")})):
         if name == "best weights" and not (isinstance(state.get("best"), dict) and state["best"].get("errors") is not None):
@@ -246,7 +250,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     sync_every = cfg.sync_every or (50 if device.type == "cuda" else 1)
     combine = cfg.teacher.combine
     lr_scale = [lr / cfg.optim.lr for lr in cfg.replicas.optim["lr"]] if "lr" in cfg.replicas.optim else None
-    log = MetricsLog(run_dir / "metrics.jsonl") if main and run_dir is not None else NullLog()
+    log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=cfg.tensorboard) if main and run_dir is not None else NullLog()
 
     # ``order`` is the current epoch's data order (None for an iterable source or between epochs).
     epoch, step_in_epoch, global_step, order, in_epoch = 0, 0, 0, None, False
@@ -420,6 +424,14 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     results: dict[str, Any] = {}
 
     def evaluate_all() -> None:
+        # Evaluation never moves the training randomness: iterating a user's eval DataLoader draws
+        # its base seed from the global generator that dropout uses, so how often a run evaluates
+        # would otherwise change the trained weights.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _evaluate_all()
+        model.train()
+
+    def _evaluate_all() -> None:
         for name, data in inputs.eval_sets.items():
             t_logits = inputs.eval_teacher_logits.get(name)
             if replicated:
@@ -432,12 +444,13 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
             else:
                 results[name] = evaluate_batches(model, data, inputs.teacher if needs_teacher else None)
             log.write({"step": global_step, "epoch": epoch, "split": name, **results[name]})
-        model.train()
 
     def select_best() -> None:
         sel = cfg.select_best_on
         if not sel or sel not in results:
             return
+        if not replicated and "errors" not in results[sel]:
+            raise DKError(f"select_best_on={sel} needs labelled {sel} batches, but they are unlabelled", f"give the {sel} batches labels, or leave select_best_on out")
         weights = model.state_dict()
         if not replicated:
             if best["errors"] is None or results[sel]["errors"] < best["errors"]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from darkknowledge.data import atomic_write_bytes
-from darkknowledge.errors import writing
+from darkknowledge.errors import DKError, writing
 
 
 def _records(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
@@ -30,11 +30,19 @@ def _records(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
 
 
 class MetricsLog:
-    """Append-only JSONL log, flushed per line; resumable (lines past a checkpoint are dropped)."""
+    """Append-only JSONL log, flushed per line; resumable (lines past a checkpoint are dropped).
 
-    def __init__(self, path: str | Path) -> None:
+    With ``tensorboard=True`` every line is mirrored as TensorBoard scalars under
+    ``<run_dir>/tensorboard`` (training terms as ``train/<name>``, evaluations as
+    ``<split>/<name>``, a batched run's K values as ``<tag>/<k>``); a resumed run purges the
+    events logged after its checkpoint, as the JSONL log drops those lines.
+    """
+
+    def __init__(self, path: str | Path, tensorboard: bool = False) -> None:
         self.path = Path(path)
         self._f = None
+        self._tb: Any = None
+        self._tb_on, self._purge = tensorboard, None
 
     def reset(self) -> None:
         """Start an empty log (a fresh run in a directory left by a run killed before its first checkpoint)."""
@@ -65,6 +73,7 @@ class MetricsLog:
             kept.append(line)
         with writing(self.path):
             atomic_write_bytes(self.path, "".join(k + "\n" for k in kept).encode())
+        self._purge = step + 1
 
     def write(self, record: dict[str, Any]) -> None:
         with writing(self.path):
@@ -73,14 +82,43 @@ class MetricsLog:
                 self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across steps
             self._f.write(json.dumps(record) + "\n")
             self._f.flush()
+        if self._tb_on:
+            self._mirror(record)
+
+    def _mirror(self, record: dict[str, Any]) -> None:
+        if self._tb is None:
+            self._tb = tensorboard_writer(self.path.parent / "tensorboard", self._purge)
+        step = int(record.get("step", 0))
+        group = record.get("split", "train")
+        for key, value in record.items():
+            if key in ("step", "epoch", "split", "n"):
+                continue
+            if isinstance(value, list):
+                for k, v in enumerate(value):
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb.add_scalar(f"{group}/{key}/{k}", v, step)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tb.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
         if self._f is not None:
             try:
                 self._f.close()
             except OSError:
                 pass  # a failed flush of a line already reported by write()
             self._f = None
+
+
+def tensorboard_writer(logdir: Path, purge_step: int | None = None) -> Any:
+    """A TensorBoard ``SummaryWriter`` (a :class:`DKError` naming the fix when tensorboard is absent)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DKError("tensorboard=true needs the tensorboard package", 'install it (pip install -e ".[tensorboard]"), or leave tensorboard off: metrics.jsonl has every line') from None
+    return SummaryWriter(str(logdir), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, 
 from darkknowledge.train.distributed import Distributed, from_environment, rank_seed, shutdown
 from darkknowledge.train.evaluate import evaluate
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
+from darkknowledge.train.rundir import MARKER, check_owned, hold
 from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
 from darkknowledge.train.threads import apply_threads
 
@@ -161,8 +162,8 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
     group = from_environment(cfg.device)  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
         try:
-            with stop_on_signals() as stop:
-                summary = _run(cfg, kind, resume, stop, group)
+            with stop_on_signals() as stop, contextlib.ExitStack() as held:
+                summary = _run(cfg, kind, resume, stop, held, group)
         except Interrupted:
             _settle(group)  # every rank stops at the same step (the ranks agree on a stop)
             raise
@@ -200,9 +201,13 @@ def _build_method(cfg: RunConfig):
     return build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
 
 
-def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, group: Distributed | None = None) -> dict[str, Any]:
+def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contextlib.ExitStack, group: Distributed | None = None) -> dict[str, Any]:
+    """``held``: what the run holds until ``run`` returns (the run directory's one-writer lock)."""
     started = time.perf_counter()
     main = group is None or group.main
+    run_dir = Path(cfg.run_dir)
+    if main:
+        check_owned(run_dir)  # a directory that is not a darkknowledge run is never written
     method = _build_method(cfg)
     replica_cfgs = cfg.replica_configs()
     replica_methods = [_build_method(rc) for rc in replica_cfgs] or None
@@ -269,7 +274,6 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, group: Distr
         fingerprints["teacher"] = teacher.fingerprint
 
     replica_seeds = [rc.seed for rc in replica_cfgs] or None
-    run_dir = Path(cfg.run_dir)
     ckpt = _check_resume(run_dir, resume, cfg)
     if ckpt is not None:
         _check_same_run(cfg, ckpt, fingerprints)
@@ -288,15 +292,21 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, group: Distr
         eval_teacher = {name: compute_teacher_logits(teacher, ds) for name, ds in eval_sets.items()}
     _stop_if_requested(stop)
 
-    created = not run_dir.exists()
+    created, locked = not run_dir.exists(), False
     try:
         if main:
             with writing(run_dir / "config.yaml"):
                 run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(hold(run_dir))  # the marker first, then the run's files
+                locked = True
+                now = _check_resume(run_dir, resume, cfg)
+                if (now or {}).get("path") != (ckpt or {}).get("path"):
+                    raise DKError(f"run directory {run_dir} changed while this run was being prepared (another process wrote to it)", "check what wrote it, then run again")
                 atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
     except DKError:
-        if created:  # leave no empty run directory behind
+        if created and locked:  # leave no run directory behind
             with contextlib.suppress(OSError):
+                (run_dir / MARKER).unlink()
                 run_dir.rmdir()
         raise
     model = model.to(device)
