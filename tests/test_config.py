@@ -180,7 +180,8 @@ def test_missing_and_binary_config_files(tmp_path):
     with pytest.raises(DKError, match="not UTF-8"):
         read_yaml(tmp_path / "b.yaml")
     (tmp_path / "empty.yaml").write_text("")
-    assert load_config(tmp_path / "empty.yaml") == RunConfig()
+    with pytest.raises(DKError, match="empty.yaml is empty"):  # not a silent run with the defaults
+        load_config(tmp_path / "empty.yaml")
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):

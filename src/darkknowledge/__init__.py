@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {
-    "fit": "darkknowledge.api",
-    "distill": "darkknowledge.api",
-    "evaluate": "darkknowledge.api",
-    "fit_model": "darkknowledge.train.fit_model",
-    "OptimConfig": "darkknowledge.config",
-}
-__all__ = list(_LAZY)
+__all__ = ["fit", "distill", "evaluate", "fit_model", "OptimConfig"]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'darkknowledge' has no attribute {name!r}")
-    import importlib
+    if name in ("fit", "distill", "evaluate"):
+        from darkknowledge import api
 
-    return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(api, name)
+    if name == "fit_model":
+        from darkknowledge.train.fit_model import fit_model
+
+        return fit_model
+    if name == "OptimConfig":
+        from darkknowledge.config import OptimConfig
+
+        return OptimConfig
+    raise AttributeError(f"module 'darkknowledge' has no attribute {name!r}")

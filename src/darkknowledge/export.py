@@ -96,7 +96,8 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, quantize: str
     if quantize is not None and quantize not in QUANTIZE:
         raise DKError(f"--quantize {quantize} is unknown", f"choose {', '.join(QUANTIZE)}")
     src = Path(run_dir)
-    model = load_model(src).eval()
+    model = load_model(src)
+    model.eval()
     if not isinstance(model, MLP):
         raise DKError(f"{src}: dk export writes registered MLPs; this model is a {type(model).__name__}", "export other modules with torch.onnx.export")
     out = Path(out_dir) if out_dir is not None else (src if src.is_dir() else src.parent) / "export"

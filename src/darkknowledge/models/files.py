@@ -31,16 +31,17 @@ def resolve_model_path(path: str | Path) -> Path:
     return p
 
 
-DIGEST_KEY = "darkknowledge.tensors_sha256"
+DIGEST_KEY = "tensors_sha256"  # in the model config JSON of the file's metadata
 
 
 def model_bytes(model: nn.Module) -> bytes:
     """The model file: its tensors, its config and the sha256 of its tensor bytes (checked by
     :func:`load_model`, so one flipped bit in the weights is found, not distilled from)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"darkknowledge.model": json.dumps(model_config(model), sort_keys=True)}
-    digest = hashlib.sha256(_tensor_bytes(st_save(tensors, metadata=meta))).hexdigest()  # the layout does not depend on the metadata
-    return st_save(tensors, metadata={**meta, DIGEST_KEY: digest})
+    config = model_config(model)
+    digest = hashlib.sha256(_tensor_bytes(st_save(tensors, metadata={"darkknowledge.model": "{}"}))).hexdigest()  # the layout does not depend on the metadata
+    # one metadata key (safetensors writes several in no fixed order): the file's bytes stay deterministic
+    return st_save(tensors, metadata={"darkknowledge.model": json.dumps({**config, DIGEST_KEY: digest}, sort_keys=True)})
 
 
 def _tensor_bytes(raw: bytes) -> bytes:
@@ -75,7 +76,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
         raise DKError(f"model checkpoint {p} is corrupt or not a darkknowledge model file ({exc.__class__.__name__}: {exc})", fix) from None
     if cfg is None:
         raise DKError(f"model checkpoint {p} has no darkknowledge model config", "save models with darkknowledge (dk train / dk distill)")
-    digest = meta.get(DIGEST_KEY)  # files written before digests existed have none
+    digest = cfg.get(DIGEST_KEY) if isinstance(cfg, dict) else None  # files written before digests existed have none
     if digest is not None and hashlib.sha256(_tensor_bytes(raw)).hexdigest() != digest:
         raise DKError(f"model checkpoint {p} is corrupt: its weights do not match the sha256 they were saved with", fix)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str) or not isinstance(cfg.get("params"), dict) or any(isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), int) or cfg.get(k) < 1 for k in ("in_features", "num_classes")):

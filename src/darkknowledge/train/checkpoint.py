@@ -182,8 +182,8 @@ def _invalid_state_field(state: dict[str, Any]) -> str | None:
         if not _count(state[key]):
             return f"{key} must be a count (an integer >= 0), got {short(state[key])}"
     opt = state["optimizer"]
-    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or not all(isinstance(g, dict) for g in opt["param_groups"]) or not isinstance(opt.get("state"), dict):
-        return f"optimizer must be a mapping with param_groups (a list of mappings) and state (a mapping), got {short(opt)}"
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups", []), list) or not all(isinstance(g, dict) for g in opt.get("param_groups", [])) or not isinstance(opt.get("state", {}), dict):
+        return f"optimizer must be a mapping (param_groups: a list of mappings, state: a mapping), got {short(opt)}"
     if not isinstance(state["config_hash"], str):
         return f"config_hash must be a string, got {short(state['config_hash'])}"
     fp = state["fingerprints"]
