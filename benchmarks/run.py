@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py --mode reduced|full|cpu|smoke [--device cpu|cuda]
         [--out benchmarks/results] [--torchdistill-python /tmp/tdvenv/bin/python]
-        [--only teacher,distill,...,cpu_scale,contention] [--full-teacher]
+        [--only teacher,distill,...,cpu_scale,contention,ensemble] [--full-teacher]
 
 Prints a table and writes ``<out>/<device>-<UTC date-time>-<mode>.{json,csv}`` plus
 ``<out>/scaling-<device>.png``. What each benchmark measures is in ``benchmarks/README.md``.
@@ -68,6 +68,7 @@ BENCHMARKS = (
     "recipe",
     "cpu_scale",
     "contention",
+    "ensemble",
 )
 NEVER = 10**9  # eval_every / checkpoint_every: only the final (always) evaluation and checkpoint
 MNIST_TRAIN = 60000
@@ -111,6 +112,12 @@ class Mode:
     # the cpu scale's teacher and student steps (None: not in this mode)
     cpu_scale: Measure | None = None
     contention: Measure | None = None  # the teacher step beside a competing process (CPU only)
+    # 10 ensemble members (Fashion-MNIST, 784-500-500-10) trained batched vs one after another,
+    # each run `ensemble_epochs` epochs over `ensemble.train_size` images, `ensemble.repeats`
+    # times; then a student's epoch distilled from the 10 members vs from 1 (stored outputs),
+    # timed over `ensemble.long - ensemble.short` epochs. None: not in this mode.
+    ensemble: Measure | None = None
+    ensemble_epochs: int = 1
     default_only: tuple[str, ...] = BENCHMARKS[:6]  # what runs without --only
 
 
@@ -128,6 +135,8 @@ MODES = {
         recipe_epochs=0,
         notes="reduced: MNIST subsets, 200 timed steps per measurement, median of 3",
         contention=Measure(2000, 1, 3, 3),
+        ensemble=Measure(10000, 1, 3, 2),  # only with --only ensemble
+        ensemble_epochs=1,
         default_only=(*BENCHMARKS[:6], "contention"),
     ),
     # Checks that the harness runs end to end (about a minute); its numbers mean nothing.
@@ -144,6 +153,8 @@ MODES = {
         notes="smoke: a check that the harness runs; the numbers mean nothing",
         cpu_scale=Measure(500, 1, 2, 1),
         contention=Measure(300, 1, 2, 1),
+        ensemble=Measure(500, 1, 2, 1),
+        ensemble_epochs=1,
         default_only=BENCHMARKS,
     ),
     # An H200: whole epochs of the 60,000 images; the teacher recipe timed over 10 epochs.
@@ -160,6 +171,8 @@ MODES = {
         notes="full: whole MNIST epochs, median of 3",
         cpu_scale=Measure(60000, 1, 3, 3),
         contention=Measure(3000, 1, 3, 3),  # only with --only contention --device cpu
+        ensemble=Measure(60000, 1, 3, 3),  # only with --only ensemble
+        ensemble_epochs=2,
     ),
     # The cpu scale of the paper's table on a 2-core CPU (about 10 minutes): the teacher and
     # student steps of experiments/hinton2015's cpu scale over whole 60,000-image epochs (one
@@ -179,6 +192,10 @@ MODES = {
         "(2 timed epochs after 1 warm-up epoch), median of 3; contention over 3,000 images",
         cpu_scale=Measure(60000, 1, 3, 3),
         contention=Measure(3000, 1, 3, 3),  # contended at ~273 samples/s: ~45 s a repeat
+        # only with --only ensemble (about 3-5 minutes on 2 idle cores): members trained for 2
+        # epochs over 20,000 images; the student timed over 2 epochs after 1; median of 3
+        ensemble=Measure(20000, 1, 3, 3),
+        ensemble_epochs=2,
         default_only=("cpu_scale", "contention"),
     ),
 }
@@ -1244,6 +1261,283 @@ def bench_contention(
     return rows
 
 
+# ---------------------------------------------------------------- 9. ensemble
+
+ENSEMBLE_MEMBERS = 10
+
+
+def ensemble_member_base() -> dict[str, Any]:
+    """An ordinary ``dk train`` config of one ensemble member: Fashion-MNIST, 784-500-500-10."""
+    return {
+        "data": {"dataset": "fashion_mnist"},
+        "model": {"name": "mlp", "hidden": [500, 500]},
+        "method": {"name": "hard_targets"},
+        "optim": {"name": "sgd", "lr": 0.05, "batch_size": 100},
+        "log_every": 100,  # as the experiment configs; the default (1) adds a metrics line a step
+    }
+
+
+def ensemble_student_base(members: list[Path], store: Path) -> dict[str, Any]:
+    """The student of the same architecture, soft targets from ``members`` (stored outputs)."""
+    base = ensemble_member_base()
+    base["method"] = {"name": "soft_targets", "temperature": 5, "hard_weight": 0.5}
+    base["teacher"] = {
+        "checkpoints": [str(p) for p in members],
+        "outputs": "precompute",
+        "store": str(store),
+    }
+    return base
+
+
+def whole_runs(
+    dk: DK,
+    base: dict[str, Any],
+    m: Measure,
+    epochs: int,
+    runs: list[list[str]],
+    members: int,
+    loop_seconds: list[float],
+    inspect: Callable[[int, Path, dict[str, Any]], None],
+) -> Callable[[], tuple[float, int]]:
+    """A measurement: the summed seconds of whole ``run()`` calls (one per entry of ``runs``, in
+    turn), and the member-samples they trained (``members`` × epochs × images). The summed
+    ``train_seconds`` (training loops only) of the same calls are appended to ``loop_seconds``."""
+
+    def measure() -> tuple[float, int]:
+        call = loop = 0.0
+        size = m.train_size
+        for i, more in enumerate(runs):
+            overrides = common_overrides(dk.device, m.train_size, epochs, [*dk.extra, *more])
+            summary = dk.run(base, overrides, "train", lambda d, s, i=i: inspect(i, d, s))
+            call += summary["_call_seconds"]
+            loop += fit_seconds(summary)
+            size = (summary.get("transfer_set") or {}).get("size", size)
+        loop_seconds.append(loop)
+        return call, members * epochs * size
+
+    return measure
+
+
+def paired_seconds_ratio(a: list[float], b: list[float]) -> float | None:
+    """Median over repeats of b / a (the rate of a over the rate of b for the same work)."""
+    pairs = [y / x for x, y in zip(a, b, strict=False) if x > 0 and y > 0]
+    return statistics.median(pairs) if pairs and len(a) == len(b) else None
+
+
+def bench_ensemble(dk: DK, mode: Mode, device: torch.device, scratch: Path) -> list[Row]:
+    """(a) 10 ensemble members trained as one batched run vs 10 runs one after another; (b) a
+    student's epoch distilled from the 10 members vs from member 0 alone, from stored outputs."""
+    train_name, distill_name = "ensemble: 10 members trained", "ensemble: distillation epoch"
+    n = ENSEMBLE_MEMBERS
+    m = mode.ensemble
+    if m is None:
+        return [Row(name, "all", note="not in this mode") for name in (train_name, distill_name)]
+    epochs = mode.ensemble_epochs
+    base = ensemble_member_base()
+    seeds = list(range(n))
+    member_dir = scratch / "ensemble-members"
+    member_files = [member_dir / str(k) / "model.safetensors" for k in seeds]
+    threads: dict[str, list[int]] = {"batched": [], "sequential": []}
+    trained: list[int] = []
+
+    def keep_member(k: int, source: Path) -> None:
+        """Keep member k's model file (the first that a run writes) for the distillation part."""
+        if not member_files[k].exists() and source.is_file():
+            member_files[k].parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, member_files[k])
+
+    def inspect_batched(_i: int, run_dir: Path, summary: dict[str, Any]) -> None:
+        threads["batched"].append(torch.get_num_threads())
+        trained.append(trained_models(run_dir, summary))
+        for k in seeds:
+            keep_member(k, run_dir / "replicas" / str(k) / "model.safetensors")
+
+    def inspect_sequential(i: int, run_dir: Path, _summary: dict[str, Any]) -> None:
+        threads["sequential"].append(torch.get_num_threads())
+        keep_member(i, run_dir / "model.safetensors")
+
+    size = f"{epochs} epoch{'s' if epochs > 1 else ''} over {m.train_size:,} Fashion-MNIST images"
+    o = load_config(None, [], base=copy.deepcopy(base)).optim
+    recipe = (
+        f"784-500-500-10 MLP, hard_targets, {o.name} lr {o.lr:g} (momentum {o.momentum:g}, "
+        f"{o.schedule}), batch {o.batch_size}, log_every {base['log_every']}, {size}"
+    )
+    what = (
+        "wall = whole run() calls in this process (data loading, init, training loop, final "
+        f"eval of 100 test images, model files); samples/s = member-samples ({n} × epochs × images)"
+    )
+    loops: dict[str, list[float]] = {"batched": [], "sequential": []}
+    replicas = replica_overrides(n)
+    sequential = Series(
+        train_name,
+        f"sequential: {n} runs one after another, seed=0..{n - 1}",
+        whole_runs(
+            dk,
+            base,
+            m,
+            epochs,
+            [[f"seed={k}"] for k in seeds],
+            n,
+            loops["sequential"],
+            inspect_sequential,
+        ),
+        f"{recipe}; {what}",
+    )
+    series = [sequential]
+    batched = None
+    if replicas is not None:
+        batched = Series(
+            train_name,
+            f"batched: one run, {' '.join(replicas)}",
+            whole_runs(dk, base, m, epochs, [replicas], n, loops["batched"], inspect_batched),
+            f"{recipe}; {what}",
+        )
+        series.insert(0, batched)
+    # One untimed small run of each kind first, so that neither timed variant pays the process's
+    # one-off costs (reading the dataset files into the page cache, first kernels, CUDA context).
+    warm = common_overrides(dk.device, min(m.train_size, 1000), 1, dk.extra)
+    for more in ([], replicas or []):
+        try:
+            dk.run(base, [*warm, *more])
+        except Exception:  # the timed runs report any error on their rows
+            pass
+    interleave(series, m.repeats)
+    if batched is not None and not batched.error and any(t != n for t in trained):
+        batched.error = (
+            f"not available: {' '.join(replicas)} was accepted but the run trained "
+            f"{min(trained)} model(s)"
+        )
+    rows = []
+    for key, s in (("batched", batched), ("sequential", sequential)):
+        if s is None:
+            why = (
+                "no `replicas` config"
+                if not has_field("replicas")
+                else "a `replicas` config of an unknown shape"
+            )
+            rows.append(
+                Row(
+                    train_name,
+                    "batched: one run",
+                    note=f"not available: this darkknowledge has {why}",
+                )
+            )
+            continue
+        row = s.row()
+        row.extra.update(
+            {"models": n, "epochs": epochs, "threads": threads[key], "train_loop_s": loops[key]}
+        )
+        if row.samples_per_s is not None:
+            loop = statistics.median(loops[key])
+            row.extra["train_loop_samples_per_s"] = s.samples / loop if loop > 0 else None
+            row.note += f"; training loops alone {loop:.3g} s; {threads_note(threads[key])}"
+        rows.append(row)
+    ratio_row = Row(train_name, "batched ÷ sequential (member-samples/s)")
+    if batched is not None and (r := paired_ratio(batched, sequential)) is not None:
+        ratio_row.ratio, ratio_row.ratio_label = r, "× sequential"
+        loop_r = paired_seconds_ratio(loops["batched"], loops["sequential"])
+        ratio_row.extra["train_loop_ratio"] = loop_r
+        ratio_row.note = (
+            "median over repeats of the batched run's samples/s ÷ the 10 sequential runs' "
+            "(whole run() calls; > 1: batching is faster)"
+            + (f"; training loops alone {loop_r:.2f} ×" if loop_r is not None else "")
+        )
+    else:
+        ratio_row.note = "not measured: " + (
+            (batched.error if batched is not None else None) or sequential.error or "no batched run"
+        )
+    rows.append(ratio_row)
+    return rows + ensemble_distill(dk, m, device, scratch, member_files, distill_name)
+
+
+def ensemble_distill(
+    dk: DK, m: Measure, device: torch.device, scratch: Path, members: list[Path], name: str
+) -> list[Row]:
+    """A student's epoch from stored outputs of all members vs member 0, and the stores' builds."""
+    counts = (len(members), 1)
+    labels = {k: f"{k} member{'s' if k > 1 else ''}" for k in counts}
+    if not all(p.is_file() for p in members):
+        why = "not measured: the member models were not trained (see the rows above)"
+        return [Row(name, f"student from {labels[k]}, stored outputs", note=why) for k in counts]
+    builds: dict[int, list[float]] = {k: [] for k in counts}
+    bases: dict[int, dict[str, Any]] = {}
+    build_error = None
+    try:
+        for r in range(m.repeats):  # each build into a fresh directory: a store is reused if there
+            for k in counts:
+                store = scratch / "ensemble-store" / f"{k}-{r}" / "outputs.safetensors"
+                bases[k] = ensemble_student_base(members[:k], store)
+                builds[k].append(build_store(dk, bases[k], m.train_size, device))
+                if r:
+                    shutil.rmtree(scratch / "ensemble-store" / f"{k}-{r - 1}", ignore_errors=True)
+    except Exception as exc:  # the per-epoch rows can still be measured (each run builds its store)
+        build_error = error_text(exc)
+        bases = {
+            k: ensemble_student_base(
+                members[:k], scratch / "ensemble-store" / f"{k}-run" / "outputs.safetensors"
+            )
+            for k in counts
+        }
+    cfg = load_config(None, [], base=copy.deepcopy(bases[1]))
+    o, method = cfg.optim, cfg.method
+    student = (
+        f"784-500-500-10 student, soft_targets T={method['temperature']:g} + "
+        f"{method['hard_weight']:g} × hard, {o.name} lr {o.lr:g} (momentum {o.momentum:g}, "
+        f"{o.schedule}), batch {o.batch_size}, Fashion-MNIST {m.train_size:,} images"
+    )
+    series = {
+        k: Series(
+            name,
+            f"student from {labels[k]}, stored outputs",
+            dk.epochs(bases[k], m, "distill"),
+            f"{student}; teacher.outputs=precompute from {labels[k]} ({cfg.teacher.combine} "
+            "mean); "
+            f"{m.long - m.short} epoch{'s' if m.long - m.short > 1 else ''} timed ({m.long} minus "
+            f"{m.short}); the store built "
+            "beforehand, not in the rate",
+        )
+        for k in counts
+    }
+    interleave(list(series.values()), m.repeats)
+    rows = []
+    for k, s in series.items():
+        row = s.row()
+        if row.wall_s is not None:
+            per_epoch = row.wall_s / (m.long - m.short)
+            row.extra["epoch_s"] = per_epoch
+            row.note += f"; {per_epoch:.3g} s per epoch"
+        if k != 1:
+            row.ratio, row.ratio_label = paired_ratio(s, series[1]), "× 1 member's samples/s"
+        rows.append(row)
+    for k in counts:
+        if build_error or not builds[k]:
+            rows.append(
+                Row(
+                    name,
+                    f"teacher-output store build, {labels[k]} (one-off)",
+                    note=build_error or "not measured",
+                )
+            )
+            continue
+        wall = statistics.median(builds[k])
+        row = Row(
+            name,
+            f"teacher-output store build, {labels[k]} (one-off)",
+            m.train_size / wall,
+            wall,
+            m.train_size,
+            note=f"the teacher's forward ({labels[k]}) over the {m.train_size:,} images + save + "
+            f"load, into a new directory each repeat (median of {len(builds[k])}); not in the "
+            "per-epoch rate",
+            extra={"repeats_s": builds[k], "members": k},
+        )
+        if k != 1 and builds[1]:
+            row.ratio = wall / statistics.median(builds[1])
+            row.ratio_label = "× 1 member's build time"
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------- environment and output
 
 
@@ -1422,7 +1716,8 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default=None,
         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: the mode's own set; "
-        "cpu mode: cpu_scale,contention; reduced: all but cpu_scale; full: the first six)",
+        "cpu mode: cpu_scale,contention; reduced: the first six and contention; full: the "
+        "first six; smoke: all)",
     )
     p.add_argument(
         "--full-teacher", action="store_true", help="really run the 3000-epoch teacher recipe"
@@ -1524,6 +1819,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += section(
                 "contention", lambda: bench_contention(dk, mode, device, scratch, threads)
             )
+        if "ensemble" in only:
+            rows += section("ensemble", lambda: bench_ensemble(dk, mode, device, scratch))
 
     others = cpu_share.others()
     cpus = os.cpu_count() or 1

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fit", "distill", "evaluate", "fit_model", "OptimConfig"]
+__all__ = ["fit", "distill", "evaluate", "load_teacher", "fit_model", "OptimConfig"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("fit", "distill", "evaluate"):
+    if name in ("fit", "distill", "evaluate", "load_teacher"):
         from darkknowledge import api
 
         return getattr(api, name)

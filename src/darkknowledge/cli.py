@@ -112,30 +112,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from darkknowledge.data import datasets
     from darkknowledge.models import load_model
-    from darkknowledge.teachers import Teacher, compute_teacher_logits
-    from darkknowledge.train import evaluate, resolve_device
+    from darkknowledge.teachers import Teacher, compute_teacher_logits, member_files
+    from darkknowledge.train import (
+        classification_metrics,
+        ensemble_metrics,
+        predict_logits,
+        resolve_device,
+    )
 
     if args.limit < 0:
         raise DKError(f"--limit {args.limit} is negative", "use 0 (all) or a positive count")
     device = resolve_device(args.device)
-    model = load_model(args.model, map_location=device)
+    files = member_files(args.model)  # an ensemble's run directory: all its members
+    models = [load_model(f, map_location=device) for f in files]
     ds = datasets.get(args.dataset)(args.split)
-    if ds.num_classes != model.num_classes or ds.images[0].numel() != model.in_features:
-        raise DKError(f"model {args.model} predicts {model.num_classes} classes from {model.in_features} inputs; {args.dataset} has {ds.num_classes} classes, {ds.images[0].numel()} inputs", "evaluate on the dataset the model was trained for")
+    for f, model in zip(files, models, strict=True):
+        if ds.num_classes != model.num_classes or ds.images[0].numel() != model.in_features:
+            raise DKError(f"model {f} predicts {model.num_classes} classes from {model.in_features} inputs; {args.dataset} has {ds.num_classes} classes, {ds.images[0].numel()} inputs", "evaluate on the dataset the model was trained for")
     if args.limit:
         ds = ds.subset(torch.arange(min(args.limit, len(ds))))
     ds = ds.to(device)
     t_logits = None
     if args.teacher:
         teacher = Teacher.from_checkpoints(args.teacher, device)
-        if teacher.num_classes != model.num_classes or teacher.in_features != model.in_features:
-            raise DKError(f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs, the model {model.num_classes} from {model.in_features}", "compare with a teacher trained on the same task")
+        if teacher.num_classes != models[0].num_classes or teacher.in_features != models[0].in_features:
+            raise DKError(f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs, the model {models[0].num_classes} from {models[0].in_features}", "compare with a teacher trained on the same task")
         t_logits = compute_teacher_logits(teacher, ds)
-    m = evaluate(model, ds, t_logits)
+    split = f"{args.dataset}/{args.split}"
+    logits = torch.stack([predict_logits(m, ds) for m in models])
+    if len(models) == 1:
+        m = classification_metrics(logits[0], ds.labels, t_logits)
+        if args.json:
+            print(json.dumps(m))
+        else:
+            _report({"eval": {split: m}, "wall_seconds": 0.0, "device": str(device)})
+        return 0
+    members = [classification_metrics(z, ds.labels, t_logits) for z in logits]
+    combined = ensemble_metrics(logits, ds.labels)
     if args.json:
-        print(json.dumps(m))
-    else:
-        _report({"eval": {f"{args.dataset}/{args.split}": m}, "wall_seconds": 0.0, "device": str(device)})
+        print(json.dumps({"members": members, **combined}))
+        return 0
+    for k, m in enumerate(members):
+        _report_eval({f"member {k} ({files[k]})": m})
+    mean_errors = sum(m["errors"] for m in members) / len(members)
+    print(f"members: mean {mean_errors:.1f} errors / {ds.labels.numel()}")
+    for name, m in combined.items():
+        _report_eval({f"ensemble of {len(members)}, {name} mean": m})
     return 0
 
 
@@ -279,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="append", help="teacher model file or run dir; repeat for an ensemble")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("eval", help="evaluate a model file at temperature 1")
-    p.add_argument("model", help="model.safetensors or a run directory")
+    p = sub.add_parser("eval", help="evaluate a model (or an ensemble's members and combinations) at temperature 1")
+    p.add_argument("model", help="model.safetensors, a run directory, or an ensemble's run directory (every member, the arithmetic and the geometric ensemble)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only")

@@ -198,7 +198,7 @@ class OptimConfig:
 class TeacherConfig:
     """Teacher checkpoints (one = single teacher, several = ensemble) and how targets are made."""
 
-    checkpoints: list[str] = field(default_factory=list)  # teacher model files or run directories (several: an ensemble)
+    checkpoints: list[str] = field(default_factory=list)  # teacher model files or run directories (several, or an ensemble run directory: an ensemble)
     combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
     outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
     store: str | None = None  # teacher-output store directory; default: a fingerprint-named cache directory
@@ -266,11 +266,29 @@ class ReplicasConfig:
         return max([len(self.seeds), *(len(v) for v in self.method.values()), *(len(v) for v in self.optim.values())], default=0)
 
 
+@dataclass
+class EnsembleConfig:
+    """An ensemble: ``members`` models of one architecture that differ only by seed (their
+    initialization, dropout and data order), trained as one batched run. Member ``k`` is exactly
+    the ordinary run with ``seed + k``; the run directory serves as one teacher (``dk distill
+    --teacher RUN_DIR``, ``dk eval RUN_DIR``) and each member stays loadable from
+    ``RUN_DIR/replicas/<k>`` (docs/guide.md, "Ensembles")."""
+
+    members: int = 0  # 0 = an ordinary run; N ≥ 2 = an ensemble of N models (seeds seed .. seed+N-1)
+
+    def __post_init__(self) -> None:
+        if self.members == 1 or self.members < 0:
+            raise DKError(f"ensemble.members={self.members} is not an ensemble", "use 2 or more members, or 0 for an ordinary run")
+
+    def seeds(self, seed: int) -> list[int]:
+        return [seed + k for k in range(self.members)]
+
+
 TRAIN_STEPS = ("eager", "compile", "cuda_graph")
 PRECISIONS = ("fp32", "bf16")
 # Fields added after checkpoints and results rows were keyed by the config hash: they enter the
 # hash only when set to something other than their default, so existing hashes stay valid.
-_HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method": {}, "optim": {}}}
+_HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method": {}, "optim": {}}, "ensemble": {"members": 0}}
 # What may change between runs of one config, or on resume, without changing what is computed:
 # where it is written, how it reports, and how a step executes (``train_step``: eager, compiled or
 # graph-replayed steps differ in float rounding only, as runs on another device or with other
@@ -310,8 +328,10 @@ class RunConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
     tensorboard: bool = False  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)  # ensemble.members=N: N seeds as one run
 
     def __post_init__(self) -> None:
+        self._expand_ensemble()
         if not isinstance(self.run_dir, str) or not self.run_dir.strip():
             raise DKError(f"run_dir={short(self.run_dir)} names no directory", "give the run a directory of its own, e.g. run_dir=runs/my_run (or --run-dir)")
         self.model = {"name": "mlp", **self.model}
@@ -346,6 +366,17 @@ class RunConfig:
         if self.replicas.optim and self.optim.weight_decay:
             raise DKError(f"replicas.optim.lr cannot be combined with optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the step size)", "set optim.weight_decay=0, or run the step sizes one by one")
 
+    def _expand_ensemble(self) -> None:
+        """``ensemble.members=N`` is ``replicas.seeds=[seed, ..., seed+N-1]`` (one mechanism: the
+        replicas). A config read back from a run directory holds both, and they must agree."""
+        if not self.ensemble.members:
+            return
+        seeds = self.ensemble.seeds(self.seed)
+        r = self.replicas
+        if r.method or r.optim or (r.seeds and r.seeds != seeds):
+            raise DKError(f"ensemble.members={self.ensemble.members} and replicas are both set (replicas.seeds={short(r.seeds)}, method {short(r.method)}, optim {short(r.optim)})", "an ensemble's members differ by seed only: drop the replicas section (members get seeds seed .. seed+N-1)")
+        self.replicas = ReplicasConfig(seeds=seeds)
+
     def hash(self) -> str:
         """sha256 of the resolved config minus what changes no computed result (run_dir, progress,
         stop_after_steps, sync_every, train_step); later fields enter only when not at their default."""
@@ -370,7 +401,7 @@ class RunConfig:
         """
         out = []
         for k in range(self.replicas.count):
-            r = dataclasses.replace(self, replicas=ReplicasConfig(), run_dir=str(Path(self.run_dir) / "replicas" / str(k)))
+            r = dataclasses.replace(self, replicas=ReplicasConfig(), ensemble=EnsembleConfig(), run_dir=str(Path(self.run_dir) / "replicas" / str(k)))
             r.data, r.optim, r.teacher = dataclasses.replace(self.data), dataclasses.replace(self.optim), dataclasses.replace(self.teacher)
             if self.replicas.seeds:
                 r.seed = self.replicas.seeds[k]

@@ -102,12 +102,12 @@ def parameters(cls: type) -> list[tuple[str, str, str]]:
 
 
 def config_sections() -> list[tuple[str, type]]:
-    return [("", config_module.RunConfig), ("data.", config_module.DataConfig), ("optim.", config_module.OptimConfig), ("teacher.", config_module.TeacherConfig), ("replicas.", config_module.ReplicasConfig)]
+    return [("", config_module.RunConfig), ("data.", config_module.DataConfig), ("optim.", config_module.OptimConfig), ("teacher.", config_module.TeacherConfig), ("replicas.", config_module.ReplicasConfig), ("ensemble.", config_module.EnsembleConfig)]
 
 
 def config_reference() -> str:
     """The run-config reference as Markdown: every key, its type, default and meaning."""
-    nested = {"data", "optim", "teacher", "replicas"}
+    nested = {"data", "optim", "teacher", "replicas", "ensemble"}
     parts = [
         "# Run-config reference",
         "",

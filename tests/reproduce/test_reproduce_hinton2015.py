@@ -36,9 +36,16 @@ TINY = [
 def test_every_cell_of_the_issue_has_a_config():
     expected = {
         "teacher_1200", "student_800_hard", "student_800_soft_T20", "student_800_logit_matching",
-        "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct",
+        "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct", "ensemble_distill",
     }
     assert set(CELLS) == expected
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu"])
+def test_the_ensemble_cell_runs_only_when_named_at_smoke_and_cpu(scale):
+    assert "ensemble_distill" not in _order(CELLS, None, scale)  # the main job and the MNIST table
+    assert "ensemble_distill" in _order(CELLS, None, "full")
+    assert _order(CELLS, ["ensemble_distill"], scale) == ["ensemble_distill"]
 
 
 @pytest.mark.parametrize("scale", ["smoke", "cpu", "full"])

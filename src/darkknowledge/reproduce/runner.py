@@ -42,6 +42,7 @@ from darkknowledge.config import (
 from darkknowledge.errors import DKError, NonFiniteLossError
 from darkknowledge.models import load_model
 from darkknowledge.provenance import source_sha
+from darkknowledge.reproduce.ensemble import cell_ensemble
 from darkknowledge.reproduce.report import write_report
 from darkknowledge.reproduce.results import append_results
 from darkknowledge.train import predict_logits, prepare_data, run
@@ -66,6 +67,9 @@ class Cell:
     offset: dict[str, Any] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
     shipped: dict[str, Any] = field(default_factory=dict)  # {path, scales}: a trained run in the repository
+    ensemble: dict[str, Any] = field(default_factory=dict)  # an ensemble cell: members, datasets, temperatures, ...
+    # scales at which the cell runs only when named (--only): kept out of that scale's whole table
+    on_request: list[str] = field(default_factory=list)
 
 
 def find_experiment(name: str, root: str | Path | None) -> Path:
@@ -85,7 +89,8 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
             id=raw["cell"], kind=raw["kind"], run=raw.get("run") or {}, scales=scales,
             teacher=raw.get("teacher"), reference=raw.get("reference"),
             sweep=raw.get("sweep") or {}, offset=raw.get("offset") or {}, select=raw.get("select") or {},
-            shipped=raw.get("shipped") or {},
+            shipped=raw.get("shipped") or {}, ensemble=raw.get("ensemble") or {},
+            on_request=list(raw.get("on_request") or []),
         )
         if cell.kind not in KINDS:
             raise DKError(f"{path}: unknown cell kind {cell.kind!r}", f"use one of {', '.join(KINDS)}")
@@ -547,6 +552,7 @@ KINDS: dict[str, Callable[[Context, Cell], None]] = {
     "sweep": cell_sweep,
     "offset": cell_offset,
     "regularizer": cell_regularizer,
+    "ensemble": cell_ensemble,
 }
 
 
@@ -556,8 +562,10 @@ def _say(ctx: Context, what: str, s: dict[str, Any]) -> None:
     print(f"[{ctx.scale} seed {ctx.seed}] {what}: {t['errors']} test errors / {t['n']}, {s['wall_seconds']:.1f}s on {s['device']}{tag}", flush=True)
 
 
-def _order(cells: dict[str, Cell], only: list[str] | None) -> list[str]:
-    wanted = list(cells) if not only else only
+def _order(cells: dict[str, Cell], only: list[str] | None, scale: str | None = None) -> list[str]:
+    """The cells to run, each after the cells it needs; without ``only``, every cell but those
+    that run at ``scale`` only when named (``on_request``)."""
+    wanted = [c for c in cells if scale not in cells[c].on_request] if not only else only
     unknown = [c for c in wanted if c not in cells]
     if unknown:
         raise DKError(f"unknown cell(s) {', '.join(unknown)}", f"choose from {', '.join(cells)}")
@@ -595,7 +603,7 @@ def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smok
         raise DKError(f"--seeds {seeds} must be ≥ 1", "give a positive number of seeds")
     exp_dir = find_experiment(experiment, root)
     cells = load_cells(exp_dir)
-    order = _order(cells, only)
+    order = _order(cells, only, scale)
     runs = Path(runs_root) if runs_root else Path("runs") / experiment
     started = time.perf_counter()
     selected: dict[str, list[str]] = {}

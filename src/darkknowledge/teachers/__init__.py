@@ -6,7 +6,7 @@ from darkknowledge.teachers.build import (
     process_group_from_env,
     store_lock,
 )
-from darkknowledge.teachers.ensemble import Teacher
+from darkknowledge.teachers.ensemble import Teacher, expand_members, load_members, member_files
 from darkknowledge.teachers.freeze import freeze, is_frozen
 from darkknowledge.teachers.manifest import StoreOptions
 from darkknowledge.teachers.store import (
@@ -24,6 +24,9 @@ __all__ = [
     "BuildResult",
     "StoreOptions",
     "Teacher",
+    "expand_members",
+    "load_members",
+    "member_files",
     "build_store",
     "compute_teacher_logits",
     "default_store_path",

@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from darkknowledge.config import read_yaml
 from darkknowledge.errors import DKError
-from darkknowledge.models import load_model, model_fingerprint
+from darkknowledge.models import MODEL_FILE, load_model, model_fingerprint
 from darkknowledge.teachers.freeze import freeze
+
+
+def member_files(path: str | Path) -> list[Path]:
+    """The model files a teacher path stands for: a model file, a run directory holding one
+    model, or the run directory of an ensemble (``ensemble.members=N``, or any batched run whose
+    models differ only by seed): its members ``replicas/<k>/model.safetensors`` in order."""
+    p = Path(path)
+    if not p.is_dir() or (p / MODEL_FILE).is_file() or not (p / "replicas").is_dir():
+        return [p]
+    try:
+        summary = json.loads((p / "summary.json").read_bytes())
+    except (OSError, ValueError):
+        summary = None
+    replicas = summary.get("replicas") if isinstance(summary, dict) else None
+    if not isinstance(replicas, list) or not replicas:
+        raise DKError(f"the ensemble in {p} has not finished (no summary.json with its members)", f"finish it first: dk train -c {p / 'config.yaml'} --run-dir {p} --resume auto")
+    try:
+        swept = {k: v for k, v in (read_yaml(p / "config.yaml").get("replicas") or {}).items() if k != "seeds" and v}
+    except DKError:
+        swept = {}
+    if swept:
+        raise DKError(f"{p} holds {len(replicas)} models of a sweep ({', '.join(f'replicas.{k}' for k in swept)}), not an ensemble of seeds", f"give one of its models, e.g. {p / 'replicas' / '0'}, or list the ones to combine")
+    files = [p / "replicas" / str(k) / MODEL_FILE for k in range(len(replicas))]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DKError(f"the ensemble in {p} lacks member file(s) {', '.join(missing[:3])}", "train the ensemble again in a new run directory")
+    return files
+
+
+def expand_members(paths: Sequence[str | Path]) -> list[Path]:
+    """Every model file the teacher paths stand for (an ensemble run directory: all its members)."""
+    return [f for path in paths for f in member_files(path)]
+
+
+def load_members(paths: str | Path | Sequence[str | Path], device: torch.device | str = "cpu") -> list[nn.Module]:
+    """The models of one teacher path or several (each a model file, a run directory, or an
+    ensemble's run directory), loaded onto ``device``: the Python API's way to a saved teacher."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return [load_model(f, map_location=device) for f in expand_members(paths)]
 
 
 class Teacher:
@@ -44,7 +85,9 @@ class Teacher:
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], device: torch.device | str = "cpu") -> Teacher:
-        return cls([load_model(p, map_location=device) for p in paths], [str(p) for p in paths])
+        """Model files or run directories; an ensemble's run directory brings all its members."""
+        files = expand_members(paths)
+        return cls([load_model(p, map_location=device) for p in files], [str(p) for p in files])
 
     def to(self, device: torch.device | str) -> Teacher:
         self.members = [m.to(device) for m in self.members]

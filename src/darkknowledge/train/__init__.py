@@ -4,6 +4,8 @@ from darkknowledge.config import OptimConfig
 from darkknowledge.train.batches import IterableBatches
 from darkknowledge.train.evaluate import (
     classification_metrics,
+    combined_logits,
+    ensemble_metrics,
     evaluate,
     evaluate_batches,
     evaluate_replicas,
@@ -20,6 +22,8 @@ __all__ = [
     "OptimConfig",
     "IterableBatches",
     "classification_metrics",
+    "combined_logits",
+    "ensemble_metrics",
     "evaluate",
     "evaluate_batches",
     "evaluate_replicas",

@@ -6,6 +6,7 @@ plain softmax, whatever temperature it was trained at.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -62,6 +63,24 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, teacher_l
         t_probs = t.softmax(dim=-1).mean(dim=0) if t.dim() == 3 else t.softmax(dim=-1)
         out["agreement"] = float((t_probs.argmax(dim=1) == pred).float().mean())
     return out
+
+
+COMBINATIONS = ("arithmetic", "geometric")
+
+
+def combined_logits(member_logits: torch.Tensor, combine: str = "arithmetic") -> torch.Tensor:
+    """An ensemble's prediction at temperature 1 as logits (N, C) from its members' (M, N, C):
+    ``arithmetic``, the log of the mean of the members' distributions (the paper's); ``geometric``,
+    the mean of their logits (the renormalized geometric mean of their distributions)."""
+    z = member_logits.float()
+    if combine == "geometric":
+        return z.mean(dim=0)
+    return torch.logsumexp(z.log_softmax(dim=-1), dim=0) - math.log(z.shape[0])
+
+
+def ensemble_metrics(member_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, float]]:
+    """:func:`classification_metrics` of every combination of an ensemble's members (M, N, C)."""
+    return {c: classification_metrics(combined_logits(member_logits, c), labels) for c in COMBINATIONS}
 
 
 def evaluate(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> dict[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 from darkknowledge.config import OptimConfig, RunConfig, build_dataclass
 from darkknowledge.errors import DKError, short, writing
 from darkknowledge.methods import Method, build_method, method_config
+from darkknowledge.teachers.ensemble import load_members
 from darkknowledge.teachers.freeze import frozen_during, modules_of
 from darkknowledge.train.batches import IterableBatches
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints
@@ -67,7 +69,7 @@ def fit_model(
     optim: OptimConfig | Mapping[str, Any] | None = None,
     *,
     method_params: Mapping[str, Any] | None = None,
-    teacher: nn.Module | list[nn.Module] | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher: nn.Module | list[nn.Module] | Callable[[torch.Tensor], torch.Tensor] | str | os.PathLike | None = None,
     combine: str = "arithmetic",
     eval_batches: Mapping[str, Iterable] | None = None,
     steps_per_epoch: int | None = None,
@@ -140,6 +142,8 @@ def fit_model(
     if cfg.select_best_on and cfg.select_best_on not in evals:
         raise DKError(f"select_best_on={cfg.select_best_on} but eval_batches has no {cfg.select_best_on!r} entry", f"pass eval_batches={{'{cfg.select_best_on}': ...}}")
     model.to(dev)
+    if isinstance(teacher, (str, os.PathLike)):  # a saved teacher: a model file or a run directory (an ensemble's: all members)
+        teacher = load_members(teacher, dev)
     teacher_fn, teacher_modules = _as_teacher(teacher)
     inputs = FitInputs(model, method, None, dev, teacher=teacher_fn, eval_sets=evals, batches=source)
 

@@ -45,7 +45,7 @@ from darkknowledge.provenance import source_sha
 from darkknowledge.teachers import Teacher, compute_teacher_logits, store_options, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from darkknowledge.train.distributed import Distributed, from_environment, rank_seed, shutdown
-from darkknowledge.train.evaluate import evaluate
+from darkknowledge.train.evaluate import ensemble_metrics, evaluate, predict_logits
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
 from darkknowledge.train.rundir import MARKER, check_owned, hold
 from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
@@ -380,4 +380,7 @@ def _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teac
     summary = _summary(kind, cfg, {}, history, history["best_epoch"], started, device, model, train, fingerprints)
     del summary["eval"]
     summary["replicas"] = [{"run_dir": str(run_dir / "replicas" / str(k)), "seed": s["seed"], "method": rc.method, "eval": s["eval"]} for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))]
+    if cfg.ensemble.members:  # the members combined, at temperature 1, on every split (one forward pass for all)
+        combined = {name: ensemble_metrics(predict_logits(model, ds), ds.labels) for name, ds in eval_sets.items()}
+        summary["ensemble"] = {c: {name: m[c] for name, m in combined.items()} for c in ("arithmetic", "geometric")}
     return _write_summary(run_dir, summary, group)
