@@ -448,3 +448,31 @@ def test_the_deployment_table_shows_the_latest_measurement_of_each_model(tmp_pat
     assert "| `student_800_hard` | 1,276,810 | 5.11 MB / 5.11 MB / 1.29 MB | 129 / 131 | 0.0111 | 0.500 / 0.400 / 0.200 | 5.000 / 4.000 / 1.000 |" in text
     assert "2026-12-02 (commit abcdef1234)" in text
     assert deployment_table(tmp_path / "absent.csv") == ""
+
+
+def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    cfg = exp / "configs" / "ensemble_distill.yaml"
+    cell = yaml.safe_load(cfg.read_text())
+    cell["ensemble"].update(members=3, counts=[1, 3], datasets={"smoke": ["mnist"]}, temperatures=[1, 4], step_sizes=[0.03, 0.1])
+    cfg.write_text(yaml.safe_dump(cell))
+    assert reproduce("hinton2015", only=["ensemble_distill"], scale="smoke", root=str(tmp_path / "experiments"), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs")) == 0
+    with open(exp / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    got = {(r["variant"], r["metric"]): float(r["value"]) for r in rows if r["cell"] == "ensemble_distill"}
+    assert len([k for k in got if k[1] == "select_valid_errors"]) == 4  # 2 temperatures × 2 step sizes, one batched run
+    base, ens, dist = got[("", "baseline_accuracy_mnist")], got[("", "ensemble_accuracy_mnist")], got[("", "distilled_accuracy_mnist")]
+    assert got[("", "member_accuracy_min_mnist")] <= base <= got[("", "member_accuracy_max_mnist")]
+    assert got[("", "gain_mnist")] == pytest.approx(ens - base, abs=1e-3)
+    if ens > base:
+        assert got[("", "gain_kept_mnist")] == pytest.approx((dist - base) / (ens - base), rel=1e-3, abs=1e-3)
+    assert got[("mnist_m3", "ensemble_accuracy")] == ens and got[("mnist_m3", "distilled_accuracy")] == dist
+    assert ("mnist_m1", "distilled_accuracy") in got  # a student of member 0 alone
+    # the run directory of the ensemble is one teacher of 3 members, each the run of its seed
+    ens_dir = next((tmp_path / "runs" / "smoke" / "seed0").glob("ensemble_distill_mnist_ensemble-*"))
+    assert sorted(p.name for p in (ens_dir / "replicas").iterdir()) == ["0", "1", "2"]
+    from darkknowledge.reproduce.report import ensemble_results, plot_members
+
+    table, curves = ensemble_results(rows, "smoke-custom")
+    assert "| mnist |" in table and set(curves["mnist"]["ensemble"]) == {1, 3}
+    assert plot_members(curves, tmp_path / "members.png", "smoke") and (tmp_path / "members.png").stat().st_size > 0

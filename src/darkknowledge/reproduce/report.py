@@ -166,6 +166,72 @@ def plot_sweep(grid: dict[int, dict[float, float]], path: Path, scale: str) -> b
     return True
 
 
+ENSEMBLE_CELL = "ensemble_distill"
+
+
+def ensemble_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[str, dict[str, dict[int, float]]]]:
+    """The ensemble cell's table (baseline, ensemble, distilled, gain, share kept, per dataset;
+    means over seeds) and its accuracy by member count: dataset → {"ensemble"|"distilled": {m: %}}."""
+    by = latest(rows, scale)
+    mean = lambda metric, variant="": _mean(by.get((ENSEMBLE_CELL, variant, metric), {}))  # noqa: E731
+    datasets = sorted({m.removeprefix("baseline_accuracy_") for (c, _, m) in by if c == ENSEMBLE_CELL and m.startswith("baseline_accuracy_")})
+    curves: dict[str, dict[str, dict[int, float]]] = {}
+    lines = [
+        "| dataset | baseline: a member (mean; range) | ensemble of 10: arithmetic / geometric | distilled (T, step size) | ensemble's gain | share of the gain kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, f="{:.2f}": "—" if v is None else f.format(v)  # noqa: E731
+    for ds in datasets:
+        base, lo, hi = mean(f"baseline_accuracy_{ds}"), mean(f"member_accuracy_min_{ds}"), mean(f"member_accuracy_max_{ds}")
+        ens, geo, dist = mean(f"ensemble_accuracy_{ds}"), mean(f"ensemble_geometric_accuracy_{ds}"), mean(f"distilled_accuracy_{ds}")
+        t, lr, gain, kept = mean(f"selected_temperature_{ds}"), mean(f"selected_lr_{ds}"), mean(f"gain_{ds}"), mean(f"gain_kept_{ds}")
+        chosen = f" (T = {t:g}, {lr:g})" if t is not None and lr is not None else ""
+        lines.append(f"| {ds} | {fmt(base)} % ({fmt(lo)}–{fmt(hi)}) | {fmt(ens)} / {fmt(geo)} % | {fmt(dist)} %{chosen} | {fmt(gain, '{:+.2f}')} points | {fmt(kept, '{:.0%}')} |")
+        for kind in ("ensemble", "distilled"):
+            pts = {}
+            for (c, variant, metric), vals in by.items():
+                if c == ENSEMBLE_CELL and metric == f"{kind}_accuracy" and variant.startswith(f"{ds}_m"):
+                    pts[int(variant.rsplit("_m", 1)[1])] = statistics.fmean(vals.values())
+            curves.setdefault(ds, {})[kind] = pts
+    if not datasets:
+        return "", {}
+    paper = "paper (speech, Table 1): baseline 58.9 %, ensemble of 10 61.1 %, distilled 60.8 % frame accuracy: 86 % of the gain kept"
+    return "\n".join(lines) + f"\n\n- test accuracy; {paper}", curves
+
+
+def plot_members(curves: dict[str, dict[str, dict[int, float]]], path: Path, scale: str) -> bool:
+    """Accuracy against the number of members: their ensemble, and a student distilled from them."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
+    for ax, (ds, kinds) in zip(axes[0], sorted(curves.items()), strict=True):
+        for kind, style in (("ensemble", "o-"), ("distilled", "s--")):
+            ms = sorted(kinds.get(kind, {}))
+            label = "ensemble of the first m members" if kind == "ensemble" else "one model distilled from them"
+            ax.plot(ms, [kinds[kind][m] for m in ms], style, label=label)
+        ax.set_xscale("log")
+        ms = sorted({m for k in kinds.values() for m in k})
+        ax.set_xticks(ms)
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("members m")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(ds)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"How many members are worth it ({scale} scale)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def deployment_table(path: Path) -> str:
     """What each model costs to serve (``tools/deployment.py`` rows, the latest per model and
     runtime): parameters, size on disk, test errors, ECE and CPU latency, PyTorch vs ONNX vs int8."""
@@ -218,6 +284,14 @@ def write_report(exp_dir: Path) -> str:
         png = exp_dir / f"temperature_sweep_{scale}.png"
         if plot_sweep(grid, png, scale):
             parts += [f"![temperature sweep, {scale} scale]({png.name})", ""]
+    for scale in ("full", "cpu", "smoke"):
+        table, curves = ensemble_results(rows, scale)
+        if not table:
+            continue
+        parts += [f"### Ensemble distillation ({scale} scale): `{ENSEMBLE_CELL}`", "", table, ""]
+        png = exp_dir / f"ensemble_members_{scale}.png"
+        if plot_members(curves, png, scale):
+            parts += [f"![accuracy by number of members, {scale} scale]({png.name})", ""]
     deployment = deployment_table(exp_dir / "deployment.csv")
     if deployment:
         parts += [deployment]
