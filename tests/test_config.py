@@ -10,12 +10,15 @@ import pytest
 
 from darkknowledge.config import (
     DataConfig,
+    EnsembleConfig,
     OptimConfig,
+    ReplicasConfig,
     RunConfig,
     TeacherConfig,
     apply_overrides,
     build_dataclass,
     dump_config,
+    hash_policy,
     load_config,
     parse_override,
     read_yaml,
@@ -223,3 +226,52 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     cfg = load_config(path)
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.05, 0.0001)
     assert load_config(None, ["run_dir=e5"]).run_dir == "e5"
+
+
+# ---------------------------------------------------------------- the hash policy of every field
+
+# Every config field and whether it enters the run's hash: a new field fails this test until its
+# policy is decided (hashed: it changes what is computed; never: where/how a run reports or
+# executes; if_not_default: added after runs were keyed, so older hashes stay valid).
+HASH_POLICIES = {
+    RunConfig: {
+        "run_dir": "never", "seed": "always", "device": "always", "deterministic": "always", "data": "always",
+        "model": "always", "method": "always", "optim": "always", "teacher": "always", "eval_every": "always",
+        "select_best_on": "always", "checkpoint_every": "always", "checkpoint_every_steps": "always",
+        "keep_checkpoints": "always", "log_every": "always", "progress": "never", "stop_after_steps": "never",
+        "sync_every": "never", "train_step": "never", "threads": "never", "precision": "if_not_default",
+        "tensorboard": "never", "replicas": "if_not_default", "ensemble": "if_not_default",
+    },
+    DataConfig: dict.fromkeys(["dataset", "train_size", "test_size", "validation_size", "omit_classes", "keep_classes", "fraction", "unlabelled", "jitter"], "always"),
+    OptimConfig: dict.fromkeys(["name", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size", "micro_batch_size", "lr_decay", "initial_momentum", "final_momentum", "momentum_epochs"], "always"),
+    TeacherConfig: {"checkpoints": "always", "combine": "always", "outputs": "always", "store": "always", "store_dtype": "if_not_default", "store_topk": "if_not_default", "store_temperature": "if_not_default"},
+    ReplicasConfig: {"seeds": "always", "method": "always", "optim": "if_not_default"},
+    EnsembleConfig: {"members": "always"},
+}
+
+
+@pytest.mark.parametrize("cls", list(HASH_POLICIES), ids=lambda c: c.__name__)
+def test_every_config_field_declares_whether_it_enters_the_hash(cls):
+    assert {f.name: hash_policy(f) for f in dataclasses.fields(cls)} == HASH_POLICIES[cls]
+
+
+@pytest.mark.parametrize(("overrides", "digest"), [
+    ([], "8e88c51fa101c18c06835601711d7524c9669ad3dee23f08dd5849ae1c8db3c0"),
+    (["replicas.seeds=[0,1]"], "c304c97f24c3aaf1493b49e8d7ae428bd97d08ad08e4edf4975e4634e97b63f7"),
+    (["replicas.optim.lr=[0.1,0.3]"], "655b6e106f5f3f14e5f452ba98a91a45a8629eab4684bb2d90c87b25fd7eee43"),
+    (["ensemble.members=3"], "683cc16f905a585a32611f20b4120e1cc20ec76183a92ad113a5e7fa38055c14"),
+    (["teacher.store_dtype=float16", "teacher.store_topk=5"], "af6bb17ee87eb9fefc6e79072303015c8223b8fe4d1b104102c4cb553ca0391b"),
+    (["precision=bf16", "threads=1", "run_dir=x", "tensorboard=true"], "eecdae81d04cf94ea5dc3a72bf23a2f9f7fd7d715fef579c1169a3171dae906e"),
+    (["replicas.method.temperature=[1,2]", "method.name=soft_targets"], "0bd2f27a1907c2631683eae20312ce37bf19d2f6fcdef12929d3c9c05e564a98"),
+])
+def test_config_hashes_stay_what_finished_runs_were_keyed_by(overrides, digest):
+    # pinned when the policies moved onto the fields (2026-12-01): results.csv rows and run
+    # directories are keyed by these; a change here orphans every finished run
+    assert load_config(None, overrides).hash() == digest
+
+
+def test_fields_that_are_never_hashed_change_no_hash():
+    base = load_config(None, [])
+    for key, value in (("run_dir", "elsewhere"), ("progress", False), ("threads", 1), ("sync_every", 7), ("train_step", "compile"), ("tensorboard", True), ("stop_after_steps", 5)):
+        assert dataclasses.replace(base, **{key: value}).hash() == base.hash(), key
+    assert dataclasses.replace(base, seed=1).hash() != base.hash()

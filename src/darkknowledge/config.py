@@ -8,6 +8,7 @@ registry entry they name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -125,6 +126,39 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+# ---------------------------------------------------------------- the hash policy of a field
+#
+# Whether a field enters a run's config hash (which decides which finished runs are reused and
+# which checkpoints a run may resume from) is declared on the field itself:
+# - no marker: always hashed (it changes what is computed);
+# - ``NOT_HASHED``: never (where a run is written, how it reports, how a step executes: it changes
+#   no computed result beyond float rounding);
+# - ``HASHED_IF_SET``: only when not at its default (a field added after runs were keyed by their
+#   hash: existing hashes stay valid).
+# ``tests/test_config.py`` lists every field with its policy, so a new field is a decision.
+NOT_HASHED = {"hash": "never"}
+HASHED_IF_SET = {"hash": "if_not_default"}
+
+
+def hash_policy(f: dataclasses.Field) -> str:
+    return f.metadata.get("hash", "always")
+
+
+def hash_view(obj: Any) -> dict[str, Any]:
+    """The part of a config dataclass that its hash covers, as plain data (nested sections too)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value, policy = getattr(obj, f.name), hash_policy(f)
+        if policy == "never" or (policy == "if_not_default" and value == _field_default(f)):
+            continue
+        out[f.name] = hash_view(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 # ---------------------------------------------------------------- the run configuration
 
 
@@ -202,9 +236,9 @@ class TeacherConfig:
     combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
     outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
     store: str | None = None  # teacher-output store directory; default: a fingerprint-named cache directory
-    store_dtype: str = "float32"  # float32 | float16 (stored values; loaded as float32; docs/performance.md)
-    store_topk: int | None = None  # null = dense logits (serve every temperature); k = top-k + tail mass at one T
-    store_temperature: float | None = None  # top-k stores only; null = the method's temperature
+    store_dtype: str = field(default="float32", metadata=HASHED_IF_SET)  # float32 | float16 (stored values; loaded as float32; docs/performance.md)
+    store_topk: int | None = field(default=None, metadata=HASHED_IF_SET)  # null = dense logits (serve every temperature); k = top-k + tail mass at one T
+    store_temperature: float | None = field(default=None, metadata=HASHED_IF_SET)  # top-k stores only; null = the method's temperature
 
     def __post_init__(self) -> None:
         if self.combine not in ("arithmetic", "geometric"):
@@ -223,10 +257,6 @@ class TeacherConfig:
             raise DKError(f"teacher.store_temperature={self.store_temperature} must be > 0", "use the method's temperature, e.g. 20, or null")
 
 
-# Teacher-output store options added after configs were keyed by their hash: hashed only when set.
-_TEACHER_HASH_IF_NOT_DEFAULT = {"store_dtype": "float32", "store_topk": None, "store_temperature": None}
-
-
 @dataclass
 class ReplicasConfig:
     """Several same-architecture models trained as one batched computation (``docs/performance.md``).
@@ -241,7 +271,7 @@ class ReplicasConfig:
     method: dict[str, Any] = field(default_factory=dict)  # method hyperparameter -> list of K values
     # optim.lr -> list of K step sizes. SGD-family updates are linear in the gradient, so replica
     # k's step size is its loss scaled by lr_k / optim.lr in the sum that is backpropagated.
-    optim: dict[str, Any] = field(default_factory=dict)
+    optim: dict[str, Any] = field(default_factory=dict, metadata=HASHED_IF_SET)
 
     def __post_init__(self) -> None:
         if any(s < 0 for s in self.seeds):
@@ -286,21 +316,11 @@ class EnsembleConfig:
 
 TRAIN_STEPS = ("eager", "compile", "cuda_graph")
 PRECISIONS = ("fp32", "bf16")
-# Fields added after checkpoints and results rows were keyed by the config hash: they enter the
-# hash only when set to something other than their default, so existing hashes stay valid.
-_HASH_IF_NOT_DEFAULT = {"precision": "fp32", "replicas": {"seeds": [], "method": {}, "optim": {}}, "ensemble": {"members": 0}}
-# What may change between runs of one config, or on resume, without changing what is computed:
-# where it is written, how it reports, and how a step executes (``train_step``: eager, compiled or
-# graph-replayed steps differ in float rounding only, as runs on another device or with other
-# optimizer kernels do, which the hash does not see either).
-_NOT_HASHED = ("run_dir", "progress", "stop_after_steps", "sync_every", "train_step", "threads", "tensorboard")
-
-
 @dataclass
 class RunConfig:
     """One training run: a teacher (``dk train``) or a student (``dk distill``)."""
 
-    run_dir: str = "runs/default"  # the run's directory: new, empty, or an earlier darkknowledge run (docs/reliability.md)
+    run_dir: str = field(default="runs/default", metadata=NOT_HASHED)  # the run's directory: new, empty, or an earlier darkknowledge run (docs/reliability.md)
     seed: int = 0  # seeds initialization, dropout and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch deterministic algorithms only (--deterministic)
@@ -315,20 +335,20 @@ class RunConfig:
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0 = off)
     keep_checkpoints: int = 2  # how many of the newest checkpoints are kept
     log_every: int = 1  # steps between metric lines in metrics.jsonl
-    progress: bool = True  # progress bar (only shown on a terminal)
+    progress: bool = field(default=True, metadata=NOT_HASHED)  # progress bar (only shown on a terminal)
     # Stop after this many steps exactly as if SIGTERM arrived then: checkpoint, raise Interrupted
     # (dk exits 143). 0 = off. For tests of resume and for time-sliced jobs; not part of the hash.
-    stop_after_steps: int = 0
+    stop_after_steps: int = field(default=0, metadata=NOT_HASHED)
     # Fast path (docs/performance.md). Steps between host syncs of the loss/finite checks; null =
     # 1 on CPU (every step checked before its update), 50 on CUDA. Changes no result: not hashed.
-    sync_every: int | None = None
-    train_step: str = "eager"  # eager | compile (torch.compile) | cuda_graph (compile + CUDA graphs; CUDA only)
+    sync_every: int | None = field(default=None, metadata=NOT_HASHED)
+    train_step: str = field(default="eager", metadata=NOT_HASHED)  # eager | compile (torch.compile) | cuda_graph (compile + CUDA graphs; CUDA only)
     # CPU threads: auto (the cores other processes leave idle, at least 1) or a count. Not hashed.
-    threads: int | str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
-    tensorboard: bool = False  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
-    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)  # ensemble.members=N: N seeds as one run
+    threads: int | str = field(default="auto", metadata=NOT_HASHED)
+    precision: str = field(default="fp32", metadata=HASHED_IF_SET)  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
+    tensorboard: bool = field(default=False, metadata=NOT_HASHED)  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig, metadata=HASHED_IF_SET)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata=HASHED_IF_SET)  # ensemble.members=N: N seeds as one run
 
     def __post_init__(self) -> None:
         self._expand_ensemble()
@@ -378,20 +398,10 @@ class RunConfig:
         self.replicas = ReplicasConfig(seeds=seeds)
 
     def hash(self) -> str:
-        """sha256 of the resolved config minus what changes no computed result (run_dir, progress,
-        stop_after_steps, sync_every, train_step); later fields enter only when not at their default."""
-        d = dataclasses.asdict(self)
-        for k in _NOT_HASHED:
-            d.pop(k)
-        for k, default in _HASH_IF_NOT_DEFAULT.items():
-            if d[k] == default:
-                d.pop(k)
-        if "replicas" in d and not d["replicas"]["optim"]:  # a later field: absent from older hashes
-            d["replicas"].pop("optim")
-        for k, default in _TEACHER_HASH_IF_NOT_DEFAULT.items():
-            if d["teacher"][k] == default:
-                d["teacher"].pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+        """sha256 of the resolved config as its fields' hash policies declare (``hash_view``): what
+        changes no computed result (run_dir, progress, threads, ...) is left out, and fields added
+        later enter only when not at their default."""
+        return hashlib.sha256(json.dumps(hash_view(self), sort_keys=True).encode()).hexdigest()
 
     def replica_configs(self) -> list[RunConfig]:
         """The K ordinary runs a replicated run trains at once (``[]`` without replicas).
