@@ -1,10 +1,11 @@
-"""Data: sources (MNIST, Fashion-MNIST), transfer sets, splits and jitter, as on-device tensors."""
+"""Data: sources (MNIST, Fashion-MNIST, mnist100), transfer sets, splits and jitter, as on-device tensors."""
 
 from darkknowledge.data.augment import jitter
 from darkknowledge.data.cache import atomic_write_bytes, cache_dir
 from darkknowledge.data.fashion_mnist import load_fashion_mnist
 from darkknowledge.data.idx import read_idx
 from darkknowledge.data.mnist import load_mnist
+from darkknowledge.data.mnist100 import load_mnist100
 from darkknowledge.data.sources import datasets, fetch_dataset
 from darkknowledge.data.splits import train_validation_split
 from darkknowledge.data.tensors import TensorDataset
@@ -20,6 +21,7 @@ __all__ = [
     "keep_classes",
     "load_fashion_mnist",
     "load_mnist",
+    "load_mnist100",
     "omit_classes",
     "read_idx",
     "stratified_fraction",
