@@ -1,0 +1,83 @@
+"""Clusters of confusable classes, found from the generalist alone (Hinton et al. 2015, §5).
+
+The generalist's predicted distributions over a dataset (no true labels needed) give a class ×
+class covariance matrix: two classes the generalist often hesitates between rise and fall
+together. K-means on its columns (an online, mini-batch K-means, as in the paper) groups such
+classes; every cluster then takes the ``size`` classes nearest its centre. Clusters may overlap:
+a class close to two centres lands in both (the paper's specialists overlap too), and a class
+far from every centre is covered by none (the generalist alone predicts it).
+
+Everything is torch on the device of the inputs; nothing here reads labels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from darkknowledge.errors import DKError
+
+
+def prediction_covariance(probs: torch.Tensor) -> torch.Tensor:
+    """The (C, C) covariance of the generalist's predicted distributions ``probs`` (N, C)."""
+    if probs.dim() != 2 or probs.shape[0] < 2:
+        raise DKError(f"probs must be (N ≥ 2, classes), got shape {tuple(probs.shape)}", "pass the generalist's softmax outputs over a dataset")
+    p = probs.float() if probs.dtype != torch.float64 else probs
+    centred = p - p.mean(dim=0, keepdim=True)
+    return centred.T @ centred / (p.shape[0] - 1)
+
+
+def _init_centres(points: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++: each next centre drawn with probability ∝ squared distance to the nearest one."""
+    n = points.shape[0]
+    centres = [points[int(torch.randint(n, (1,), generator=g))]]
+    nearest = torch.cdist(points, centres[0][None]).squeeze(1) ** 2
+    for _ in range(1, k):
+        weights = nearest.cpu().double()
+        i = int(torch.multinomial(weights / weights.sum(), 1, generator=g)) if weights.sum() > 0 else int(torch.randint(n, (1,), generator=g))
+        centres.append(points[i])
+        nearest = torch.minimum(nearest, torch.cdist(points, points[i][None]).squeeze(1) ** 2)
+    return torch.stack(centres)
+
+
+def kmeans(points: torch.Tensor, k: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024) -> torch.Tensor:
+    """Mini-batch (online) K-means of ``points`` (n, d): the (k, d) centres.
+
+    Each step draws ``batch_size`` points, assigns them to their nearest centre and moves each
+    centre towards its points with a per-centre rate 1 / (points it has absorbed so far) (Sculley
+    2010); with ``batch_size ≥ n`` every step is a full Lloyd step. Deterministic for a seed.
+    """
+    n = points.shape[0]
+    if not 1 <= k <= n:
+        raise DKError(f"k={k} clusters from {n} classes", f"use between 1 and {n} clusters")
+    g = torch.Generator().manual_seed(seed)
+    centres = _init_centres(points, k, g).clone()
+    counts = torch.zeros(k, dtype=points.dtype, device=points.device)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[: min(batch_size, n)].to(points.device)
+        batch = points[idx]
+        assign = torch.cdist(batch, centres).argmin(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, batch)
+        hits = torch.bincount(assign, minlength=k).to(points.dtype)
+        counts += hits
+        moved = hits > 0
+        rate = (hits[moved] / counts[moved]).unsqueeze(1)
+        centres[moved] = (1 - rate) * centres[moved] + rate * sums[moved] / hits[moved].unsqueeze(1)
+    return centres
+
+
+def confusable_clusters(probs: torch.Tensor, k: int, size: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024) -> torch.Tensor:
+    """``k`` clusters of ``size`` confusable classes each, from the generalist's predictions.
+
+    Returns a (k, C) bool membership matrix: row m holds the ``size`` classes whose covariance
+    columns lie nearest centre m. Overlaps are allowed (see the module docstring); clusters that
+    came out identical are kept (the caller may drop duplicates with ``unique(dim=0)``).
+    """
+    c = probs.shape[-1]
+    if not 2 <= size < c:
+        raise DKError(f"cluster size {size} for {c} classes", f"use a size between 2 and {c - 1} (a specialist keeps a dustbin class for the rest)")
+    cov = prediction_covariance(probs)
+    centres = kmeans(cov, k, seed=seed, steps=steps, batch_size=batch_size)
+    nearest = torch.cdist(centres, cov).topk(size, dim=1, largest=False).indices
+    members = torch.zeros(k, c, dtype=torch.bool, device=probs.device)
+    members.scatter_(1, nearest, True)
+    return members

@@ -1,0 +1,53 @@
+"""Clusters of confusable classes from the generalist's predictions alone (no labels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from darkknowledge.errors import DKError
+from darkknowledge.specialists.clusters import confusable_clusters, kmeans, prediction_covariance
+
+
+def _confused_generalist(groups: list[list[int]], classes: int, n: int = 3000, seed: int = 0) -> torch.Tensor:
+    """Predictions that hesitate within planted groups: each image's mass spread over one group."""
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.full((n, classes), 1e-3)
+    which = torch.randint(len(groups), (n,), generator=g)
+    for i in range(n):
+        members = groups[int(which[i])]
+        probs[i, members] += torch.distributions.Dirichlet(torch.ones(len(members))).sample()
+    return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_planted_groups_of_confusable_classes_are_found():
+    groups = [[0, 5, 9, 2], [1, 3, 11, 7], [4, 6, 8, 10]]
+    torch.manual_seed(0)
+    members = confusable_clusters(_confused_generalist(groups, 12), k=3, size=4, seed=1)
+    found = sorted(sorted(torch.nonzero(row).flatten().tolist()) for row in members)
+    assert found == sorted(sorted(gr) for gr in groups)
+
+
+def test_larger_clusters_overlap_and_are_deterministic():
+    groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    torch.manual_seed(0)
+    probs = _confused_generalist(groups, 12)
+    a = confusable_clusters(probs, k=4, size=5, seed=3)
+    assert a.sum(dim=1).tolist() == [5] * 4
+    assert (a.sum(dim=0) > 1).any()  # 20 places for 12 classes: some class is in two clusters
+    assert torch.equal(a, confusable_clusters(probs, k=4, size=5, seed=3))
+
+
+def test_covariance_and_kmeans_basics_and_refusals():
+    p = torch.softmax(torch.randn(50, 6), dim=1)
+    cov = prediction_covariance(p)
+    torch.testing.assert_close(cov, torch.cov(p.T), rtol=1e-5, atol=1e-7)
+    pts = torch.cat([torch.randn(20, 2) * 0.05, torch.randn(20, 2) * 0.05 + 5])
+    centres = kmeans(pts, 2, seed=0, steps=50, batch_size=8)  # mini-batch steps find both blobs
+    assert sorted(round(float(c[0])) for c in centres) == [0, 5]
+    with pytest.raises(DKError, match="cluster size"):
+        confusable_clusters(p, k=2, size=6)
+    with pytest.raises(DKError, match="clusters from"):
+        kmeans(pts, 41)
+    with pytest.raises(DKError, match="probs must be"):
+        prediction_covariance(torch.ones(6))
