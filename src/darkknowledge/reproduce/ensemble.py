@@ -27,6 +27,7 @@ import torch
 
 from darkknowledge.errors import DKError, NonFiniteLossError
 from darkknowledge.models import load_model
+from darkknowledge.reproduce.results import append_results
 from darkknowledge.teachers import member_files
 from darkknowledge.train import combined_logits, predict_logits, prepare_data
 
@@ -55,6 +56,9 @@ def cell_ensemble(ctx: Context, cell: Cell) -> None:
         raise DKError(f"cell {cell.id}: ensemble.members={members} with counts {counts}", "use members ≥ 2 and counts between 1 and members")
     for dataset in datasets:
         _one_dataset(ctx, cell, dataset, members, temps, lrs, counts, student)
+        if ctx.rows:  # each dataset's rows as soon as it is done: a stopped command keeps them
+            append_results(ctx.exp_dir / "results.csv", ctx.rows)
+            ctx.rows = []
 
 
 def _one_dataset(ctx: Context, cell: Cell, dataset: str, members: int, temps: list[float], lrs: list[float], counts: list[int], student: list[str]) -> None:
