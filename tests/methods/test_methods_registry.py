@@ -53,3 +53,17 @@ def test_the_check_fails_for_a_method_that_is_not_registered():
     Forgotten.__module__ = module.__name__
     module.Forgotten = Forgotten
     assert _unregistered([module]) == ["darkknowledge.methods.forgotten.Forgotten"]
+
+
+def test_the_missing_labels_advice_fits_the_method():
+    import pytest
+
+    from darkknowledge.errors import DKError
+    from darkknowledge.methods import build_method
+    from darkknowledge.methods.base import require_labels
+
+    with pytest.raises(DKError, match="set hard_weight=0"):
+        require_labels(build_method("soft_targets", {"hard_weight": 0.5}), None)
+    with pytest.raises(DKError) as hard:
+        require_labels(build_method("hard_targets"), None)
+    assert "hard_weight" not in str(hard.value) and "labelled transfer set" in str(hard.value)
