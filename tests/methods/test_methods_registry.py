@@ -1,5 +1,5 @@
-"""Every method class defined under ``darkknowledge.methods`` is registered (and so reached by the
-contract suite, which runs over the registry); a new method file needs no other edit."""
+"""Every module under ``darkknowledge.methods`` is imported by the package and every method class
+it defines is registered (and so reached by the contract suite, which runs over the registry)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ def _unregistered(modules: list[types.ModuleType]) -> list[str]:
 
 def _package_modules() -> list[types.ModuleType]:
     return [importlib.import_module(f"{package.__name__}.{info.name}") for info in pkgutil.iter_modules(package.__path__)]
+
+
+def test_every_module_under_methods_is_imported_by_the_package():
+    import subprocess
+    import sys
+
+    # a fresh interpreter: which method modules does `import darkknowledge.methods` load?
+    names = [info.name for info in pkgutil.iter_modules(package.__path__)]
+    code = f"import sys, darkknowledge.methods; print(' '.join(n for n in {names!r} if 'darkknowledge.methods.' + n not in sys.modules))"
+    missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert missing == [], f"add `from darkknowledge.methods.{missing[0] if missing else ''} import ...` to methods/__init__.py"
 
 
 def test_every_method_class_under_methods_is_registered():

@@ -1,13 +1,10 @@
 """Distillation methods, one file each, registered by name at the point of definition.
 
-Importing this package imports every module in it, so a new method file registers itself
-(``@methods.register("name")`` on its class) without being listed here; ``methods.names()``
-lists them. ``tests/methods/test_methods_registry.py`` fails if a module defines a method class
-that is not registered.
+Importing this package registers every built-in method (each module below is imported here by
+name: the sources never import modules dynamically); ``methods.names()`` lists them.
+``tests/methods/test_methods_registry.py`` fails if a module under ``methods/`` is not imported
+here or defines a method class that is not registered.
 """
-
-import importlib
-import pkgutil
 
 from darkknowledge.methods.base import (
     Method,
@@ -21,9 +18,6 @@ from darkknowledge.methods.base import (
 from darkknowledge.methods.hard_targets import HardTargets
 from darkknowledge.methods.logit_matching import LogitMatching
 from darkknowledge.methods.soft_targets import SoftTargets
-
-for _module in pkgutil.iter_modules(__path__):  # every method file, including ones added later
-    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "HardTargets",
