@@ -36,7 +36,7 @@ TINY = [
 def test_every_cell_of_the_issue_has_a_config():
     expected = {
         "teacher_1200", "student_800_hard", "student_800_soft_T20", "student_800_logit_matching",
-        "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct", "ensemble_distill",
+        "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct", "ensemble_distill", "specialists_mnist100",
     }
     assert set(CELLS) == expected
 
@@ -476,3 +476,21 @@ def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(t
     table, curves = ensemble_results(rows, "smoke-custom")
     assert "| mnist |" in table and set(curves["mnist"]["ensemble"]) == {1, 3}
     assert plot_members(curves, tmp_path / "members.png", "smoke") and (tmp_path / "members.png").stat().st_size > 0
+
+
+def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    cfg = exp / "configs" / "specialists_mnist100.yaml"
+    cell = yaml.safe_load(cfg.read_text())
+    cell["specialists"].update(clusters={"k": 4, "size": 10, "seed": 0}, train={"steps": 20, "batch_size": 50, "lr": 0.01}, student={"epochs": 1, "lr": 0.05})
+    cfg.write_text(yaml.safe_dump(cell))
+    tiny = [o for o in TINY if not o.startswith("data.")] + ["data.train_size=2000", "data.validation_size=200", "data.test_size=500"]
+    assert reproduce("hinton2015", only=["specialists_mnist100"], scale="smoke", root=str(tmp_path / "experiments"), device="cpu", overrides=tiny, runs_root=str(tmp_path / "runs")) == 0
+    with open(exp / "results.csv", newline="") as f:
+        got = {(r["variant"], r["metric"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "specialists_mnist100"}
+    for metric in ("top1", "top1_with_specialists", "conditional", "top1_distilled", "parameters_system", "latency_ms_system"):
+        assert ("", metric) in got, metric
+    assert got[("", "parameters_system")] > got[("", "parameters_generalist")]
+    assert 1 <= got[("", "specialists")] <= 4
+    counts = [v for (variant, m), v in got.items() if m == "covering_n"]
+    assert sum(counts) == 500  # every test image falls in one covering group

@@ -1,6 +1,9 @@
 """Distillation methods, one file each, registered by name at the point of definition.
 
-Importing this package registers every built-in method; ``methods.names()`` lists them.
+Importing this package registers every built-in method (each module below is imported here by
+name: the sources never import modules dynamically); ``methods.names()`` lists them.
+``tests/methods/test_methods_registry.py`` fails if a module under ``methods/`` is not imported
+here or defines a method class that is not registered.
 """
 
 from darkknowledge.methods.base import (

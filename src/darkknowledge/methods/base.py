@@ -139,7 +139,7 @@ def require_labels(method: Method, labels: torch.Tensor | None) -> torch.Tensor:
         setting = f" with hard_weight={hard_weight:g}" if hard_weight is not None else ""
         raise DKError(
             f"method {method_name(method)!r}{setting} needs labels; the transfer set is unlabelled",
-            "set hard_weight=0 or use a labelled transfer set",
+            "set hard_weight=0 or use a labelled transfer set" if hard_weight is not None else f"use a labelled transfer set ({method_name(method)!r} learns from the labels)",
         )
     return labels
 

@@ -193,6 +193,8 @@ def ensemble_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[
                 if c == ENSEMBLE_CELL and metric == f"{kind}_accuracy" and variant.startswith(f"{ds}_m"):
                     pts[int(variant.rsplit("_m", 1)[1])] = statistics.fmean(vals.values())
             curves.setdefault(ds, {})[kind] = pts
+        if base is not None:
+            curves[ds]["baseline"] = {0: base}  # the members' mean: one model trained on the labels
     if not datasets:
         return "", {}
     paper = "paper (speech, Table 1): baseline 58.9 %, ensemble of 10 61.1 %, distilled 60.8 % frame accuracy: 86 % of the gain kept"
@@ -214,8 +216,10 @@ def plot_members(curves: dict[str, dict[str, dict[int, float]]], path: Path, sca
             ms = sorted(kinds.get(kind, {}))
             label = "ensemble of the first m members" if kind == "ensemble" else "one model distilled from them"
             ax.plot(ms, [kinds[kind][m] for m in ms], style, label=label)
+        if kinds.get("baseline"):
+            ax.axhline(kinds["baseline"][0], color="gray", linestyle=":", label="one model on the labels (members' mean)")
         ax.set_xscale("log")
-        ms = sorted({m for k in kinds.values() for m in k})
+        ms = sorted(set(kinds.get("ensemble", {})) | set(kinds.get("distilled", {})))
         ax.set_xticks(ms)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
         ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -45,6 +45,7 @@ from darkknowledge.provenance import source_sha
 from darkknowledge.reproduce.ensemble import cell_ensemble
 from darkknowledge.reproduce.report import write_report
 from darkknowledge.reproduce.results import append_results
+from darkknowledge.reproduce.specialists import cell_specialists
 from darkknowledge.train import predict_logits, prepare_data, run
 from darkknowledge.train.checkpoint import list_checkpoints
 
@@ -68,6 +69,7 @@ class Cell:
     select: dict[str, Any] = field(default_factory=dict)
     shipped: dict[str, Any] = field(default_factory=dict)  # {path, scales}: a trained run in the repository
     ensemble: dict[str, Any] = field(default_factory=dict)  # an ensemble cell: members, datasets, temperatures, ...
+    specialists: dict[str, Any] = field(default_factory=dict)  # a specialists cell: clusters, train, student
     # scales at which the cell runs only when named (--only): kept out of that scale's whole table
     on_request: list[str] = field(default_factory=list)
 
@@ -89,7 +91,7 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
             id=raw["cell"], kind=raw["kind"], run=raw.get("run") or {}, scales=scales,
             teacher=raw.get("teacher"), reference=raw.get("reference"),
             sweep=raw.get("sweep") or {}, offset=raw.get("offset") or {}, select=raw.get("select") or {},
-            shipped=raw.get("shipped") or {}, ensemble=raw.get("ensemble") or {},
+            shipped=raw.get("shipped") or {}, ensemble=raw.get("ensemble") or {}, specialists=raw.get("specialists") or {},
             on_request=list(raw.get("on_request") or []),
         )
         if cell.kind not in KINDS:
@@ -553,6 +555,7 @@ KINDS: dict[str, Callable[[Context, Cell], None]] = {
     "offset": cell_offset,
     "regularizer": cell_regularizer,
     "ensemble": cell_ensemble,
+    "specialists": cell_specialists,
 }
 
 

@@ -1,0 +1,157 @@
+"""The specialists cell (paper §5, Tables 3 and 4), and the debt the paper leaves: the whole
+system distilled back into one network of the generalist's size.
+
+1. the generalist trains as an ordinary run (the cell's ``run:``, validation held out);
+2. clusters of confusable classes come from its predictions over the training images alone;
+3. the specialists train as one batched model (``darkknowledge.specialists.train``) and are saved
+   as model files, with the clusters, in a directory keyed by everything they depend on;
+4. the system (generalist + active specialists + the KL combination) is evaluated on the test set
+   in the shape of Tables 3 and 4;
+5. one student of the generalist's architecture learns the system's combined distributions over
+   the training images; its accuracy and inference cost are set beside the system's.
+
+Rows (variant ""): ``top1_generalist``, ``top1_with_specialists``, ``relative_gain``,
+``conditional_*``, ``top1_distilled``, ``gain_kept``, parameters and latency; per number of
+covering specialists, the variant ``covering<k>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from darkknowledge.data import atomic_write_bytes
+from darkknowledge.errors import DKError
+from darkknowledge.models import BatchedMLP, build_model, load_model, save_model
+from darkknowledge.provenance import source_sha
+from darkknowledge.specialists.clusters import confusable_clusters
+from darkknowledge.specialists.evaluate import specialist_tables
+from darkknowledge.specialists.system import DistillSettings, accuracy, distill_into_one, predict
+from darkknowledge.specialists.train import SpecialistSettings, train_specialists
+from darkknowledge.train import predict_logits, prepare_data
+
+if TYPE_CHECKING:
+    from darkknowledge.reproduce.runner import Cell, Context
+
+
+def _at_scale(value: Any, scale: str) -> Any:
+    return value.get(scale) if isinstance(value, dict) and scale in value else value
+
+
+def _settings(spec: dict[str, Any], scale: str) -> dict[str, Any]:
+    return {k: _at_scale(v, scale) for k, v in (spec or {}).items()}
+
+
+def _stage(ctx: Context, seconds: float, key: str) -> dict[str, Any]:
+    """What a row needs of a stage that is not an ordinary run (its own key as the config hash)."""
+    return {"device": "cpu", "wall_seconds": seconds, "config_hash": key, "git_sha": source_sha(), "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _latency_ms(fn: Any, x: torch.Tensor, repeats: int = 200) -> float:
+    """Median milliseconds per single-image call of ``fn`` (after a warm-up)."""
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 10):
+            xi = x[i % len(x)].unsqueeze(0)
+            t0 = time.perf_counter()
+            fn(xi)
+            if i >= 10:
+                times.append(time.perf_counter() - t0)
+    return 1000.0 * sorted(times)[len(times) // 2]
+
+
+def cell_specialists(ctx: Context, cell: Cell) -> None:
+    spec = cell.specialists
+    _check(spec)
+    cl, tr, st = _settings(spec.get("clusters"), ctx.scale), _settings(spec.get("train"), ctx.scale), _settings(spec.get("student"), ctx.scale)
+    top_n = int(spec.get("top_n", 1))
+    gen_cfg = ctx.config(cell, name=f"{cell.id}_generalist")
+    gen = ctx.train(gen_cfg, "train")
+    ctx.record(cell.id, "generalist_test_errors", gen["eval"]["test"]["errors"], gen)
+    splits = prepare_data(gen_cfg.data)
+    generalist = load_model(gen["run_dir"])
+
+    # clusters and specialists, keyed by what they depend on; trained once
+    key = hashlib.sha256(json.dumps({"generalist": gen["config_hash"], "clusters": cl, "train": tr}, sort_keys=True).encode()).hexdigest()
+    where = Path(gen_cfg.run_dir).parent / f"{cell.id}_specialists-{key[:10]}"
+    done = where / "summary.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        clusters = torch.tensor(saved["clusters"], dtype=torch.bool)
+        specialists = BatchedMLP.from_models([load_model(where / "replicas" / str(m)) for m in range(len(clusters))])
+        seconds = saved["seconds"]
+    else:
+        t0 = time.perf_counter()
+        probs = predict_logits(generalist, splits.train).softmax(dim=1)
+        clusters = confusable_clusters(probs, int(cl["k"]), int(cl["size"]), seed=int(cl.get("seed", 0)))
+        clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
+        cluster_seconds = time.perf_counter() - t0
+        settings = SpecialistSettings(**tr)
+        soft = predict_logits(generalist, splits.train).div(settings.temperature).softmax(dim=1) if settings.soft_weight else None
+        specialists, info = train_specialists(generalist, clusters, splits.train, settings, soft)
+        seconds = cluster_seconds + info["seconds"]
+        for m, model in enumerate(specialists.unstack()):
+            (where / "replicas" / str(m)).mkdir(parents=True, exist_ok=True)
+            save_model(model, where / "replicas" / str(m) / "model.safetensors")
+        atomic_write_bytes(done, json.dumps({"clusters": clusters.int().tolist(), "seconds": seconds, "cluster_seconds": cluster_seconds, "settings": tr, "generalist": gen["run_dir"]}, indent=1).encode())
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of {int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one batched model in {info['seconds']:.1f}s", flush=True)
+    stage = _stage(ctx, seconds, key)
+    ctx.record(cell.id, "specialists", len(clusters), stage)
+    ctx.record(cell.id, "classes_covered", int(clusters.any(dim=0).sum()), stage)
+
+    test = predict(generalist, specialists, clusters, splits.test, top_n)
+    t = specialist_tables(test["p_general"], test["q"], splits.test.labels, clusters, test["active"])
+    for name in ("top1", "top1_with_specialists", "relative_gain", "conditional", "conditional_with_specialists"):
+        ctx.record(cell.id, name, 100.0 * t[name] if name != "relative_gain" else t[name], stage)
+    for row in t["by_covering"]:
+        for name in ("n", "generalist", "with_specialists", "relative_gain"):
+            value = 100.0 * row[name] if name in ("generalist", "with_specialists") else row[name]
+            if value == value:  # not NaN
+                ctx.record(cell.id, f"covering_{name}", value, stage, variant=f"covering{row['covering']}")
+
+    # the debt: one network of the generalist's size from the whole system's distributions
+    t0 = time.perf_counter()
+    q_train = predict(generalist, specialists, clusters, splits.train, top_n)["q"]
+    torch.manual_seed(int(st.get("seed", ctx.seed)))
+    student = build_model(gen_cfg.model["name"], {k: v for k, v in gen_cfg.model.items() if k != "name"}, generalist.in_features, generalist.num_classes)
+    distill_into_one(student, q_train, splits.train, DistillSettings(**st))
+    student_stage = _stage(ctx, time.perf_counter() - t0, hashlib.sha256((key + json.dumps(st, sort_keys=True)).encode()).hexdigest())
+    save_model(student, where / "student.safetensors")
+    distilled = 100.0 * accuracy(student, splits.test)
+    ctx.record(cell.id, "top1_distilled", distilled, student_stage)
+    gain = 100.0 * (t["top1_with_specialists"] - t["top1"])
+    if gain > 0:
+        ctx.record(cell.id, "gain_kept", (distilled - 100.0 * t["top1"]) / gain, student_stage)
+
+    # inference cost: parameters and single-image latency on this CPU
+    x = splits.test.features(torch.arange(min(200, len(splits.test))))
+    gen_params = sum(p.numel() for p in generalist.parameters())
+    ctx.record(cell.id, "parameters_generalist", gen_params, stage)
+    ctx.record(cell.id, "parameters_system", gen_params + sum(p.numel() for p in specialists.parameters()), stage)
+    ctx.record(cell.id, "latency_ms_generalist", _latency_ms(generalist, x), stage)
+    ctx.record(cell.id, "latency_ms_system", _latency_ms(lambda xi: predict(generalist, specialists, clusters, _One(xi), top_n), x), stage)
+    print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → {100 * t['top1_with_specialists']:.2f}% with specialists (conditional {100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%); one distilled network {distilled:.2f}%", flush=True)
+
+
+class _One:
+    """A one-image stand-in for a dataset (what :func:`predict` reads of one)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def features(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.x[positions]
+
+
+def _check(spec: dict[str, Any]) -> None:
+    if "clusters" not in spec:
+        raise DKError("a specialists cell needs specialists.clusters (k, size)", "add specialists: {clusters: {k: 10, size: 20}}")
