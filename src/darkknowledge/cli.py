@@ -165,6 +165,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from darkknowledge.reproduce import reproduce
     from darkknowledge.reproduce.runner import report_only
 
+    if args.only:  # `--only CELL key=value`: nargs took the override too; give it back
+        args.overrides = [*args.overrides, *(o for o in args.only if "=" in o)]
+        args.only = [o for o in args.only if "=" not in o] or None
     if args.report_only:
         if args.only or args.overrides or args.seeds != 1:
             raise DKError("--report-only trains nothing, so it takes no --only, --seeds or overrides", "drop them, or drop --report-only to run cells")

@@ -494,3 +494,13 @@ def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(t
     assert 1 <= got[("", "specialists")] <= 4
     counts = [v for (variant, m), v in got.items() if m == "covering_n"]
     assert sum(counts) == 500  # every test image falls in one covering group
+
+
+def test_an_override_after_only_is_an_override_not_a_cell(monkeypatch):
+    import darkknowledge.reproduce as package
+    from darkknowledge.cli import main
+
+    seen = {}
+    monkeypatch.setattr(package, "reproduce", lambda experiment, **kw: seen.update(kw) or 0)
+    assert main(["reproduce", "hinton2015", "--only", "omit3", "threads=2"]) == 0
+    assert seen["only"] == ["omit3"] and seen["overrides"] == ["threads=2"]
