@@ -95,6 +95,9 @@ def test_every_key_rejects_a_wrong_type(key, tp):
         ("model={hidden: [3]}", None),  # a section without name gets the default name: fine
         ("model=mlp", "model must be a mapping"),
         ("method={name: 3}", "needs a name"),
+        ("label_smoothing=1.0", "label_smoothing=1.0 is out of range"),
+        ("label_smoothing=-0.1", "label_smoothing=-0.1 is out of range"),
+        ("generations=0", "generations=0 must be ≥ 1"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, needle):
@@ -241,6 +244,7 @@ HASH_POLICIES = {
         "keep_checkpoints": "always", "log_every": "always", "progress": "never", "stop_after_steps": "never",
         "sync_every": "never", "train_step": "never", "threads": "never", "precision": "if_not_default",
         "tensorboard": "never", "replicas": "if_not_default", "ensemble": "if_not_default",
+        "label_smoothing": "if_not_default", "generations": "if_not_default",
     },
     DataConfig: dict.fromkeys(["dataset", "train_size", "test_size", "validation_size", "omit_classes", "keep_classes", "fraction", "unlabelled", "jitter"], "always"),
     OptimConfig: dict.fromkeys(["name", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size", "micro_batch_size", "lr_decay", "initial_momentum", "final_momentum", "momentum_epochs"], "always"),

@@ -1,7 +1,7 @@
 """darkknowledge: knowledge distillation (Hinton, Vinyals & Dean 2015).
 
-The short path for your own models: ``darkknowledge.fit``, ``darkknowledge.distill`` and
-``darkknowledge.evaluate`` (see :mod:`darkknowledge.api`); the full one: ``fit_model`` and
+The short path for your own models: ``darkknowledge.fit``, ``darkknowledge.distill``,
+``darkknowledge.born_again`` and ``darkknowledge.evaluate`` (see :mod:`darkknowledge.api`); the full one: ``fit_model`` and
 ``OptimConfig``. Imported on first use, so ``dk --help`` does not load PyTorch.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fit", "distill", "evaluate", "load_teacher", "fit_model", "OptimConfig"]
+__all__ = ["fit", "distill", "born_again", "evaluate", "load_teacher", "fit_model", "OptimConfig"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("fit", "distill", "evaluate", "load_teacher"):
+    if name in ("fit", "distill", "born_again", "evaluate", "load_teacher"):
         from darkknowledge import api
 
         return getattr(api, name)

@@ -349,6 +349,12 @@ class RunConfig:
     tensorboard: bool = field(default=False, metadata=NOT_HASHED)  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig, metadata=HASHED_IF_SET)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata=HASHED_IF_SET)  # ensemble.members=N: N seeds as one run
+    # ε of label smoothing (Szegedy et al. 2016): the hard-label targets of any method become
+    # (1 − ε)·one-hot + ε/C; 0 = the labels as they are
+    label_smoothing: float = field(default=0.0, metadata=HASHED_IF_SET)
+    # born-again networks (Furlanello et al. 2018, dk distill): N students in a row, each of the
+    # teacher's architecture, each distilled from the one before (generations/<k>/); 1 = one student
+    generations: int = field(default=1, metadata=HASHED_IF_SET)
 
     def __post_init__(self) -> None:
         self._expand_ensemble()
@@ -383,6 +389,12 @@ class RunConfig:
             raise DKError(f"precision={short(self.precision)} is unknown", f"choose {' or '.join(PRECISIONS)}")
         if self.replicas.optim and self.optim.name not in ("sgd", "paper_dropout"):
             raise DKError(f"replicas.optim.lr needs an update linear in the gradient (sgd, paper_dropout); optim.name={self.optim.name} is not", "run the step sizes one by one, or use optim.name=sgd")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise DKError(f"label_smoothing={self.label_smoothing} is out of range", "use an ε in [0, 1), e.g. label_smoothing=0.1 (0 = off)")
+        if self.generations < 1:
+            raise DKError(f"generations={self.generations} must be ≥ 1", "use 1 for one student, or N ≥ 2 born-again generations")
+        if self.generations > 1 and self.replicas.count:
+            raise DKError(f"generations={self.generations} with replicas: born-again generations train one model at a time", "drop replicas/ensemble, or set generations=1")
         if self.replicas.optim and self.optim.weight_decay:
             raise DKError(f"replicas.optim.lr cannot be combined with optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the step size)", "set optim.weight_decay=0, or run the step sizes one by one")
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from darkknowledge.errors import DKError
-from darkknowledge.methods import HardTargets, build_method, method_config
+from darkknowledge.methods import HardTargets, StepInputs, build_method, method_config
 
 STUDENT = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
 LABELS = torch.tensor([0, 2])
@@ -12,7 +12,7 @@ LABELS = torch.tensor([0, 2])
 def test_is_cross_entropy_on_labels_without_a_teacher():
     method = HardTargets()
     assert not method.needs_teacher and method.needs_labels()
-    out = method(STUDENT, None, LABELS)
+    out = method(StepInputs.of(STUDENT, None, LABELS))
     expected = F.cross_entropy(STUDENT, LABELS)
     torch.testing.assert_close(out.loss, expected)
     assert set(out.components) == {"hard"}
@@ -26,4 +26,9 @@ def test_has_no_parameters():
 
 def test_missing_labels_is_a_user_error():
     with pytest.raises(DKError, match="needs labels"):
-        HardTargets()(STUDENT, None, None)
+        HardTargets()(StepInputs.of(STUDENT))
+
+
+def test_label_smoothing_smooths_the_targets():
+    out = HardTargets()(StepInputs.of(STUDENT, None, LABELS, label_smoothing=0.2))
+    torch.testing.assert_close(out.loss, F.cross_entropy(STUDENT, LABELS, label_smoothing=0.2))

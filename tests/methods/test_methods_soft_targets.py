@@ -3,7 +3,7 @@ import torch
 
 from darkknowledge.errors import DKError
 from darkknowledge.losses import hard_target_loss, soft_target_loss
-from darkknowledge.methods import SoftTargets, build_method, method_config
+from darkknowledge.methods import SoftTargets, StepInputs, build_method, method_config
 
 STUDENT = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
 TEACHER = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]])
@@ -19,7 +19,7 @@ def test_defaults_follow_the_paper():
 
 def test_loss_is_the_weighted_sum_of_unweighted_components():
     method = SoftTargets(temperature=4, soft_weight=0.7, hard_weight=0.3)
-    out = method(STUDENT, TEACHER, LABELS)
+    out = method(StepInputs.of(STUDENT, TEACHER, LABELS))
     soft = soft_target_loss(STUDENT, TEACHER, 4)
     hard = hard_target_loss(STUDENT, LABELS)
     torch.testing.assert_close(out.components["soft"], soft)
@@ -30,7 +30,7 @@ def test_loss_is_the_weighted_sum_of_unweighted_components():
 def test_zero_hard_weight_needs_no_labels_and_keeps_t_squared():
     method = SoftTargets(temperature=20, hard_weight=0)
     assert not method.needs_labels()
-    out = method(STUDENT, TEACHER, None)
+    out = method(StepInputs.of(STUDENT, TEACHER, None))
     assert set(out.components) == {"soft"}
     # torchdistill's pitfall: T² dropped when the hard weight is 0.
     torch.testing.assert_close(out.loss, soft_target_loss(STUDENT, TEACHER, 20))
@@ -38,7 +38,7 @@ def test_zero_hard_weight_needs_no_labels_and_keeps_t_squared():
 
 def test_missing_labels_message_says_how_to_fix():
     with pytest.raises(DKError, match=r"hard_weight=0\.1 needs labels.*set hard_weight=0"):
-        SoftTargets()(STUDENT, TEACHER, None)
+        SoftTargets()(StepInputs.of(STUDENT, TEACHER, None))
 
 
 def test_combine_reaches_the_loss():
@@ -46,7 +46,7 @@ def test_combine_reaches_the_loss():
     method = SoftTargets(temperature=2, hard_weight=0)
     for combine in ("arithmetic", "geometric"):
         torch.testing.assert_close(
-            method(STUDENT, members, None, combine=combine).loss,
+            method(StepInputs.of(STUDENT, members, None, combine=combine)).loss,
             soft_target_loss(STUDENT, members, 2, combine=combine),
         )
 
@@ -54,7 +54,7 @@ def test_combine_reaches_the_loss():
 def test_teacher_logits_that_require_grad_are_treated_as_fixed_targets():
     teacher = TEACHER.clone().requires_grad_(True)
     student = STUDENT.clone().requires_grad_(True)
-    SoftTargets(temperature=4)(student, teacher, LABELS).loss.backward()
+    SoftTargets(temperature=4)(StepInputs.of(student, teacher, LABELS)).loss.backward()
     assert student.grad is not None
     assert teacher.grad is None
 

@@ -7,16 +7,22 @@ import torch.nn.functional as F
 
 from darkknowledge.errors import DKError
 from darkknowledge.losses._checks import as_float
+from darkknowledge.losses.label_smoothing import smoothed_targets
 
 
-def hard_target_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def hard_target_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy ``−(1/B) sum_b log softmax(z_b)[y_b]`` at temperature 1.
 
-    The hard term uses the same logits as the soft term but never the temperature.
+    The hard term uses the same logits as the soft term but never the temperature. With
+    ``label_smoothing`` ε > 0 the targets are :func:`smoothed_targets` instead of the one-hot
+    labels: ``−(1/B) sum_b sum_i t_bi log softmax(z_b)_i`` with ``t = (1 − ε)·one_hot + ε/C``.
 
     Args:
         student_logits: (batch, classes).
         labels: (batch,) integer class indices in ``[0, classes)``.
+        label_smoothing: ε in [0, 1); 0 (the default) is the plain cross-entropy.
 
     Returns:
         scalar loss, float32 (float64 for float64 logits).
@@ -29,7 +35,11 @@ def hard_target_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torc
             f"student_logits must be a non-empty (batch, classes), got shape {tuple(student.shape)}"
         )
     _check_labels(labels, student.shape[0], student.shape[1])
-    return F.cross_entropy(student, labels.to(device=student.device, dtype=torch.long))
+    labels = labels.to(device=student.device, dtype=torch.long)
+    if not label_smoothing:
+        return F.cross_entropy(student, labels)
+    targets = smoothed_targets(labels, student.shape[1], label_smoothing).to(student.dtype)
+    return -(targets * torch.log_softmax(student, dim=-1)).sum() / student.shape[0]
 
 
 def _check_labels(labels: torch.Tensor, batch: int, classes: int) -> None:

@@ -7,23 +7,23 @@ from typing import ClassVar
 
 import torch
 
-from darkknowledge.losses import (
-    TopKTargets,
-    soft_target_loss,
-    soft_target_loss_topk,
-)
-from darkknowledge.methods.base import (
-    MethodOutput,
-    methods,
-    require_teacher,
-    validate_hyperparameters,
-    with_hard_term,
-)
+from darkknowledge.losses import TopKTargets, soft_target_loss, soft_target_loss_topk
+from darkknowledge.methods.base import Method, MethodOutput, StepInputs, methods, with_hard_term
+
+
+def soft_term(method: Method, batch: StepInputs, temperature: float) -> torch.Tensor:
+    """``T²·KL(p_T ‖ q_T)`` against the batch's teacher targets, dense or top-k (the soft term of
+    every method that distils soft targets)."""
+    teacher = batch.teacher(method)
+    if isinstance(teacher, TopKTargets):
+        indices, log_probs, tail = teacher.at(temperature, batch.combine)
+        return soft_target_loss_topk(batch.student_logits, indices, log_probs, tail, temperature)
+    return soft_target_loss(batch.student_logits, teacher.logits, temperature, batch.combine)
 
 
 @methods.register("soft_targets")
 @dataclass(frozen=True)
-class SoftTargets:
+class SoftTargets(Method):
     """Soft-target distillation (Hinton et al. 2015, §2).
 
     ``loss = soft_weight · T²·KL(p_T ‖ q_T) + hard_weight · CE(labels, q_1)``: the soft term (T² inside
@@ -47,24 +47,6 @@ class SoftTargets:
     soft_weight: float = 1.0
     hard_weight: float = 0.1
 
-    def __post_init__(self) -> None:
-        validate_hyperparameters(self)
-
-    def needs_labels(self) -> bool:
-        return self.hard_weight > 0
-
-    def __call__(
-        self,
-        student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor | TopKTargets | None,
-        labels: torch.Tensor | None,
-        *,
-        combine: str = "arithmetic",
-    ) -> MethodOutput:
-        teacher = require_teacher(self, teacher_logits)
-        if isinstance(teacher, TopKTargets):
-            indices, log_probs, tail = teacher.at(self.temperature, combine)
-            soft = soft_target_loss_topk(student_logits, indices, log_probs, tail, self.temperature)
-        else:
-            soft = soft_target_loss(student_logits, teacher, self.temperature, combine)
-        return with_hard_term(self, "soft", soft, self.soft_weight, student_logits, labels)
+    def __call__(self, batch: StepInputs) -> MethodOutput:
+        soft = soft_term(self, batch, self.temperature)
+        return with_hard_term(self, "soft", soft, self.soft_weight, batch)

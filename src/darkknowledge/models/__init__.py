@@ -2,6 +2,7 @@
 
 from darkknowledge.models.base import build_model, model_config, models
 from darkknowledge.models.batched import BatchedLinear, BatchedMLP
+from darkknowledge.models.features import FeatureTap, feature_width, submodule
 from darkknowledge.models.files import (
     MODEL_FILE,
     load_model,
@@ -16,9 +17,11 @@ __all__ = [
     "MLP",
     "BatchedLinear",
     "BatchedMLP",
+    "FeatureTap",
     "MODEL_FILE",
     "MLPSpec",
     "build_model",
+    "feature_width",
     "load_model",
     "model_bytes",
     "model_config",
@@ -26,4 +29,5 @@ __all__ = [
     "models",
     "resolve_model_path",
     "save_model",
+    "submodule",
 ]

@@ -24,8 +24,9 @@ MODEL_FILE = "model.safetensors"
 def resolve_model_path(path: str | Path) -> Path:
     """A model file, or a run directory holding ``model.safetensors``."""
     p = Path(path)
-    if p.is_dir() and not (p / MODEL_FILE).exists() and (p / "replicas").is_dir():
-        raise DKError(f"{path} holds several models (replicas/<k>), not one", f"give one of them, e.g. {p / 'replicas' / '0'}; an ensemble's run directory serves whole as a teacher (--teacher {path}) and in dk eval")
+    for folder, first in (("replicas", 0), ("generations", 1)):
+        if p.is_dir() and not (p / MODEL_FILE).exists() and (p / folder).is_dir():
+            raise DKError(f"{path} holds several models ({folder}/<k>), not one", f"give one of them, e.g. {p / folder / str(first)}; such a run directory serves whole as a teacher (--teacher {path}) and in dk eval")
     if p.is_dir():
         p = p / MODEL_FILE
     if not p.is_file():

@@ -18,25 +18,29 @@ from darkknowledge.teachers.freeze import freeze
 
 def member_files(path: str | Path) -> list[Path]:
     """The model files a teacher path stands for: a model file, a run directory holding one
-    model, or the run directory of an ensemble (``ensemble.members=N``, or any batched run whose
-    models differ only by seed): its members ``replicas/<k>/model.safetensors`` in order."""
+    model, the run directory of an ensemble (``ensemble.members=N``, or any batched run whose
+    models differ only by seed): its members ``replicas/<k>/model.safetensors`` in order, or of a
+    born-again run (``generations=N``): its generations ``generations/<k>/model.safetensors``."""
     p = Path(path)
-    if not p.is_dir() or (p / MODEL_FILE).is_file() or not (p / "replicas").is_dir():
+    folder = next((f for f in ("replicas", "generations") if (p / f).is_dir()), None)
+    if not p.is_dir() or (p / MODEL_FILE).is_file() or folder is None:
         return [p]
     try:
         summary = json.loads((p / "summary.json").read_bytes())
     except (OSError, ValueError):
         summary = None
-    replicas = summary.get("replicas") if isinstance(summary, dict) else None
-    if not isinstance(replicas, list) or not replicas:
-        raise DKError(f"the ensemble in {p} has not finished (no summary.json with its members)", f"finish it first: dk train -c {p / 'config.yaml'} --run-dir {p} --resume auto")
+    members = summary.get(folder) if isinstance(summary, dict) else None
+    if not isinstance(members, list) or not members:
+        what = "ensemble" if folder == "replicas" else "born-again run"
+        raise DKError(f"the {what} in {p} has not finished (no summary.json with its {folder})", f"finish it first: dk {'train' if folder == 'replicas' else 'distill'} -c {p / 'config.yaml'} --run-dir {p} --resume auto")
     try:
         swept = {k: v for k, v in (read_yaml(p / "config.yaml").get("replicas") or {}).items() if k != "seeds" and v}
     except DKError:
         swept = {}
     if swept:
-        raise DKError(f"{p} holds {len(replicas)} models of a sweep ({', '.join(f'replicas.{k}' for k in swept)}), not an ensemble of seeds", f"give one of its models, e.g. {p / 'replicas' / '0'}, or list the ones to combine")
-    files = [p / "replicas" / str(k) / MODEL_FILE for k in range(len(replicas))]
+        raise DKError(f"{p} holds {len(members)} models of a sweep ({', '.join(f'replicas.{k}' for k in swept)}), not an ensemble of seeds", f"give one of its models, e.g. {p / 'replicas' / '0'}, or list the ones to combine")
+    first = 0 if folder == "replicas" else 1  # generations count from 1 (0 is their teacher)
+    files = [p / folder / str(first + k) / MODEL_FILE for k in range(len(members))]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DKError(f"the ensemble in {p} lacks member file(s) {', '.join(missing[:3])}", "train the ensemble again in a new run directory")

@@ -27,6 +27,7 @@ from torch import nn
 from darkknowledge.config import OptimConfig, RunConfig, build_dataclass
 from darkknowledge.errors import DKError, short, writing
 from darkknowledge.methods import Method, build_method, method_config
+from darkknowledge.methods.binding import BoundMethod
 from darkknowledge.teachers.ensemble import load_members
 from darkknowledge.teachers.freeze import frozen_during, modules_of
 from darkknowledge.train.batches import IterableBatches
@@ -60,6 +61,15 @@ def _as_teacher(teacher: nn.Module | Callable | list | tuple | None) -> tuple[Ca
             return teacher(x)
 
     return targets, modules_of(teacher)
+
+
+def _members(teacher: Any) -> list[nn.Module] | None:
+    """The teacher's modules in order, for feature hooks (None for a plain function)."""
+    if isinstance(teacher, nn.Module):
+        return [teacher]
+    if isinstance(teacher, (list, tuple)) and all(isinstance(m, nn.Module) for m in teacher):
+        return list(teacher)
+    return None
 
 
 def fit_model(
@@ -101,8 +111,9 @@ def fit_model(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``. ``seed`` seeds dropout.
         run_dir: where to write ``metrics.jsonl`` and checkpoints (None: nothing is written).
         resume: ``never`` or ``auto`` (continue from the newest checkpoint in ``run_dir``).
-        settings: other :class:`RunConfig` fields: ``log_every``, ``sync_every``, ``train_step``,
-            ``precision``, ``checkpoint_every``, ``eval_every``, ``select_best_on``, ``progress``...
+        settings: other :class:`RunConfig` fields: ``label_smoothing`` (of the hard-label targets,
+            any method), ``log_every``, ``sync_every``, ``train_step``, ``precision``,
+            ``checkpoint_every``, ``eval_every``, ``select_best_on``, ``progress``...
 
     Returns:
         ``{"eval": {name: metrics}, "steps", "epochs", "best_epoch", "train_seconds"}``.
@@ -119,6 +130,8 @@ def fit_model(
     for key in ("data", "teacher", "model", "method", "replicas", "optim", "seed", "device", "run_dir"):
         if key in settings:
             raise DKError(f"fit_model does not take {key} as a setting", "pass it as fit_model's own argument (or use dk train for datasets)")
+    if settings.get("generations", 1) != 1:
+        raise DKError(f"fit_model trains one model, got generations={settings['generations']}", "use dk.born_again(make_student, teacher, batches, generations=N)")
     cfg = build_dataclass(
         RunConfig,
         {
@@ -145,7 +158,10 @@ def fit_model(
     if isinstance(teacher, (str, os.PathLike)):  # a saved teacher: a model file or a run directory (an ensemble's: all members)
         teacher = load_members(teacher, dev)
     teacher_fn, teacher_modules = _as_teacher(teacher)
-    inputs = FitInputs(model, method, None, dev, teacher=teacher_fn, eval_sets=evals, batches=source)
+    members = _members(teacher)
+    # what the method asks of the run (features, a connector, labels), checked before any file
+    BoundMethod([method], model, members, seed=cfg.seed, stored_targets=False, label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=1)
+    inputs = FitInputs(model, method, None, dev, teacher=teacher_fn, eval_sets=evals, batches=source, teacher_members=members)
 
     ckpt = None
     root = Path(run_dir) if run_dir is not None else None

@@ -38,7 +38,8 @@ from torch import nn
 from darkknowledge.config import RunConfig
 from darkknowledge.data import TensorDataset
 from darkknowledge.errors import DKError, NonFiniteLossError, short
-from darkknowledge.methods import Method
+from darkknowledge.methods import Method, StepInputs, as_targets
+from darkknowledge.methods.binding import BoundMethod, build_connector, state_problem
 from darkknowledge.train.batches import IndexedBatches, IterableBatches, ReplicaBatches
 from darkknowledge.train.checkpoint import (
     PREFIX,
@@ -72,6 +73,7 @@ class FitInputs:
     replica_methods: list[Method] | None = None  # K methods, one per replica of a BatchedMLP
     replica_seeds: list[int] | None = None  # K data seeds (order and jitter), one per replica
     dist: Distributed | None = None  # this process's place in a torchrun process group
+    teacher_members: list[nn.Module] | None = None  # the teacher's modules, for feature hooks
 
 
 def make_source(cfg: RunConfig, inputs: FitInputs) -> IndexedBatches | ReplicaBatches | IterableBatches:
@@ -150,8 +152,13 @@ def check_resumable(cfg: RunConfig, ckpt: dict[str, Any], inputs: FitInputs) -> 
             raise bad(f"state.safetensors lacks this epoch's data order of shape {source.order_shape}")
     # The optimizer state is restored into an optimizer over scratch CPU parameters of the same
     # shapes, in the same order: no copy of the model, nothing of the real run touched.
-    scratch = [nn.Parameter(torch.zeros(p.shape, dtype=p.dtype)) for p in model.parameters()]
-    optimizer = build_optimizer(cfg.optim, scratch)
+    connector = build_connector(inputs.method, model, inputs.teacher_members, cfg.seed)
+    problem = state_problem(connector, tensors)
+    if problem is not None:
+        raise bad(problem)
+    owned = [*model.parameters(), *(connector.parameters() if connector is not None else [])]
+    scratch = [nn.Parameter(torch.zeros(p.shape, dtype=p.dtype)) for p in owned]
+    optimizer = build_optimizer(cfg.optim, scratch, fused=connector is None)
     try:
         restore_optimizer(optimizer, tensors, state["optimizer"])
     except (AttributeError, KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -180,18 +187,20 @@ def _compile(fn: Callable, mode: str, device: torch.device) -> Callable:
     return torch.compile(fn, dynamic=False)
 
 
-def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, targets: Any, labels: torch.Tensor | None, combine: str, lr_scale: list[float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, targets: Any, labels: torch.Tensor | None, lr_scale: list[float] | None = None, **step: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss to backpropagate and its detached terms (``loss`` first, then the components).
 
+    Each method gets one :class:`StepInputs`: these logits, targets and labels, and ``step`` (the
+    epoch and step, the ensemble combine, label smoothing, the captured features).
     Replicas: the sum of the K per-model losses (so each model gets its stand-alone gradient) and
     terms of shape (K,); ``targets`` is then a list of K per-replica targets. ``lr_scale[k]``
     (``replicas.optim.lr``) multiplies model k's loss in that sum: an SGD-family update is linear
     in the gradient, so this is model k trained with its own step size. The terms stay unscaled.
     """
     if not replicated:
-        out = methods[0](logits, targets, labels, combine=combine)
+        out = methods[0](StepInputs(logits, targets, labels, **step))
         return out.loss, {"loss": out.loss.detach(), **out.components}
-    outs = [m(logits[k], None if targets is None else targets[k], None if labels is None else labels[k], combine=combine) for k, m in enumerate(methods)]
+    outs = [m(StepInputs(logits[k], None if targets is None else targets[k], None if labels is None else labels[k], **step)) for k, m in enumerate(methods)]
     names = list(outs[0].components)
     if any(list(o.components) != names for o in outs):
         raise DKError(f"replicas report different loss components ({[list(o.components) for o in outs]})", "sweep only hyperparameters that keep the same terms (e.g. hard_weight all 0 or all > 0)")
@@ -244,7 +253,10 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     rank, world = (d.rank, d.world_size) if d else (0, 1)
     main = rank == 0
     source = make_source(cfg, inputs)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    # the method's own trainable part (a regressor) and feature hooks, if it has them
+    bound = BoundMethod(methods, model, inputs.teacher_members, seed=cfg.seed, stored_targets=inputs.teacher_logits is not None, label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=world).to(device)
+    # a method with a connector trains in stages: some parameters get their first gradient late
+    optimizer = build_optimizer(cfg.optim, [*model.parameters(), *bound.parameters()], fused=bound.connector is None)
     steps_per_epoch = source.steps_per_epoch
     total_steps = cfg.optim.epochs * steps_per_epoch
     sync_every = cfg.sync_every or (50 if device.type == "cuda" else 1)
@@ -262,6 +274,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
         check_resumable(cfg, resume, inputs)
         state, tensors = resume["state"], resume["tensors"]
         model.load_state_dict(resume["model"])
+        bound.load_state(tensors)
         restore_optimizer(optimizer, tensors, state["optimizer"])
         torch.set_rng_state(tensors[_rank_key("rng/torch", rank)])
         if device.type == "cuda":
@@ -288,10 +301,12 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
         functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext
     )
 
-    def forward_loss(x: torch.Tensor, y: torch.Tensor | None, targets: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_loss(x: torch.Tensor, y: torch.Tensor | None, targets: Any, epoch: int, step: int, teacher_features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with autocast():
             logits = net(x)
-        return _objective(methods, replicated, logits, targets, y, combine, lr_scale)  # losses upcast to float32
+        features = {"student_features": bound.student_features(), "teacher_features": teacher_features}
+        # losses upcast to float32; a method that never reads epoch or step adds no compile guard
+        return _objective(methods, replicated, logits, targets, y, lr_scale, epoch=epoch, step=step, combine=combine, label_smoothing=cfg.label_smoothing, **features)
 
     step_fn = _compile(forward_loss, cfg.train_step, device)
 
@@ -301,17 +316,17 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
             return None
         if inputs.teacher_logits is not None:
             if replicated:
-                return [inputs.teacher_logits[:, p] for p in pos]
-            return inputs.teacher_logits[:, pos]
+                return [as_targets(inputs.teacher_logits[:, p], stored=True) for p in pos]
+            return as_targets(inputs.teacher_logits[:, pos], stored=True)
         if inputs.teacher is None:
             raise DKError("the method needs a teacher but none was given", "pass a teacher (or stored teacher outputs)")
         with autocast():
             if not replicated:
-                return inputs.teacher(x)
+                return as_targets(inputs.teacher(x))
             k, b = x.shape[:2]
             t = inputs.teacher(x.reshape(k * b, -1))
             t = t.unsqueeze(0) if t.dim() == 2 else t
-            return [t[:, i * b : (i + 1) * b] for i in range(k)]
+            return [as_targets(t[:, i * b : (i + 1) * b]) for i in range(k)]
 
     # Deferred host syncs: each step's share-weighted terms stay on the device until a sync point.
     pending: list[tuple[int, int, int, torch.Tensor, dict[str, float]]] = []  # (step, epoch, batch, terms, hp)
@@ -397,6 +412,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
                 tensors["data/order"] = order
             if best["weights"] is not None:
                 tensors.update({f"best/{k}": v for k, v in best["weights"].items()})
+            tensors.update(bound.state())  # the method's connector (a regressor), if it has one
             state = {
                 "epoch": epoch,
                 "step_in_epoch": step_in_epoch,
@@ -473,6 +489,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     started = time.perf_counter() - trained_before  # train_seconds counts every process's share
     net.train()
     stopping = False
+    bound.open()  # the method's feature hooks, taken off in the finally below
     try:
         if stop.requested:  # a signal arrived while the run was being prepared
             raise Interrupted(stop.signum, _where(saved["path"]))
@@ -509,7 +526,8 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
                         torch.compiler.cudagraph_mark_step_begin()
                     sync = contextlib.nullcontext() if d is None or i == len(starts) - 1 else net.no_sync()
                     with sync:
-                        loss, terms = step_fn(xs, ys, teacher_targets(ps, xs))
+                        targets = teacher_targets(ps, xs)
+                        loss, terms = step_fn(xs, ys, targets, epoch, global_step, bound.teacher_features())
                         share = weight * length / n_global
                         scale = share * world  # 1 for a whole batch in one process: no extra kernels
                         (loss if scale == 1.0 else loss * scale).backward()
@@ -550,6 +568,7 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
                 raise Interrupted(stop.signum, _where(checkpoint()))
         flush()
     finally:
+        bound.close()
         if progress is not None:
             progress.close()
         log.close()

@@ -58,11 +58,13 @@ def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
 
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], fused: bool = True) -> torch.optim.Optimizer:
+    """``fused=False``: the foreach kernels, which (unlike the fused ones) accept a parameter whose
+    first gradient comes after others already hold momentum (a method trained in stages)."""
     params = list(params)
     if cfg.name == "paper_dropout":  # foreach ops already (see PaperDropoutSGD.step)
         return PaperDropoutSGD(params, lr=cfg.lr, momentum=cfg.initial_momentum)
-    impl = implementation(params)
+    impl = implementation(params) if fused else {"foreach": True}
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False, **impl)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)

@@ -39,13 +39,16 @@ from darkknowledge.data import (
     unlabelled,
 )
 from darkknowledge.errors import DKError, writing
-from darkknowledge.methods import build_method
+from darkknowledge.methods import build_method, methods
+from darkknowledge.methods.base import labels_optional
+from darkknowledge.methods.binding import BoundMethod
 from darkknowledge.models import MODEL_FILE, BatchedMLP, build_model, save_model
 from darkknowledge.provenance import source_sha
 from darkknowledge.teachers import Teacher, compute_teacher_logits, store_options, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from darkknowledge.train.distributed import Distributed, from_environment, rank_seed, shutdown
 from darkknowledge.train.evaluate import ensemble_metrics, evaluate, predict_logits
+from darkknowledge.train.generations import run_generations
 from darkknowledge.train.loop import FitInputs, check_resumable, fit
 from darkknowledge.train.rundir import MARKER, check_owned, hold
 from darkknowledge.train.signals import Interrupted, StopRequest, stop_on_signals
@@ -158,6 +161,8 @@ def run(cfg: RunConfig, kind: str = "train", resume: str = "never") -> dict[str,
         resume = os.fspath(resume)
     if not isinstance(resume, str) or not resume:
         raise DKError(f"resume={resume!r} is invalid", "use never, auto or a checkpoint directory")
+    if cfg.generations > 1:  # born-again networks: one ordinary run per generation
+        return run_generations(cfg, kind, resume, run, prepare_data)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     group = from_environment(cfg.device)  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
@@ -218,7 +223,8 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
             raise DKError("replicas disagree on whether they need labels (some hard_weight 0, some > 0)", "sweep hard_weight over all-zero or all-positive values")
         method = replica_methods[0]
     if kind == "distill" and not method.needs_teacher:
-        raise DKError(f"dk distill needs a distillation method, got method.name={cfg.method['name']}", "use soft_targets or logit_matching (or `dk train` for hard labels)")
+        distillers = ", ".join(n for n in methods.names() if methods.get(n).needs_teacher)
+        raise DKError(f"dk distill needs a distillation method, got method.name={cfg.method['name']}", f"use one of {distillers} (or `dk train` for hard labels)")
     if kind == "train" and method.needs_teacher:
         raise DKError(f"method {cfg.method['name']} needs a teacher", "use `dk distill` with teacher.checkpoints=[...]")
     if method.needs_teacher and not cfg.teacher.checkpoints:
@@ -243,7 +249,7 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
     if len(train) == 0:
         raise DKError("the transfer set is empty", "check data.omit_classes / keep_classes / fraction")
     if method.needs_labels() and train.labels is None:
-        fix = "set data.unlabelled=false" + (", or method.hard_weight=0" if hasattr(method, "hard_weight") else "")
+        fix = "set data.unlabelled=false" + (", or method.hard_weight=0" if labels_optional(method) else "")
         raise DKError(f"method {cfg.method['name']} needs labels but the transfer set is unlabelled", fix)
     if train.labels is not None and len(torch.unique(train.labels)) < 2 and not method.needs_teacher:
         raise DKError(f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training cannot learn from it", "keep at least two classes")
@@ -274,10 +280,13 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
         fingerprints["teacher"] = teacher.fingerprint
 
     replica_seeds = [rc.seed for rc in replica_cfgs] or None
+    members = teacher.members if teacher is not None else None
+    # what the method asks of the run (features, a connector, labels), checked before any file
+    BoundMethod(replica_methods or [method], model, members, seed=cfg.seed, stored_targets=teacher is not None and cfg.teacher.outputs == "precompute", label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=group.world_size if group else 1)
     ckpt = _check_resume(run_dir, resume, cfg)
     if ckpt is not None:
         _check_same_run(cfg, ckpt, fingerprints)
-        check_resumable(cfg, ckpt, FitInputs(model, method, train, device, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group))
+        check_resumable(cfg, ckpt, FitInputs(model, method, train, device, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group, teacher_members=members))
         finished = _finished_summary(cfg, run_dir, ckpt)
         if finished is not None:
             return finished
@@ -310,7 +319,7 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
                 run_dir.rmdir()
         raise
     model = model.to(device)
-    inputs = FitInputs(model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher, fingerprints, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group)
+    inputs = FitInputs(model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher, fingerprints, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group, teacher_members=members)
     history = fit(cfg, inputs, run_dir, resume=ckpt, stop=stop)
     if replica_methods:
         return _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teacher, train, fingerprints, device, started, group)
