@@ -1,7 +1,8 @@
 """darkknowledge: knowledge distillation (Hinton, Vinyals & Dean 2015).
 
 The short path for your own models: ``darkknowledge.fit``, ``darkknowledge.distill``,
-``darkknowledge.born_again`` and ``darkknowledge.evaluate`` (see :mod:`darkknowledge.api`); the full one: ``fit_model`` and
+``darkknowledge.born_again`` and ``darkknowledge.evaluate`` (see :mod:`darkknowledge.api`); the
+full one: ``fit_model`` and
 ``OptimConfig``. Imported on first use, so ``dk --help`` does not load PyTorch.
 """
 

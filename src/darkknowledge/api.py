@@ -1,9 +1,9 @@
-"""The short path for your own models and data: ``fit`` and ``distill``.
+"""The short path for your own models and data: ``fit``, ``distill`` and ``born_again``.
 
     import darkknowledge as dk
     dk.fit(teacher, train_loader, epochs=10, lr=0.1)                     # hard labels
     dk.distill(student, teacher, train_loader, temperature=4, epochs=10)  # soft targets (+ a little hard)
-    dk.distill(student, teacher, train_loader, method="decoupled", method_params={"warmup_epochs": 2})
+    dk.distill(student, teacher, train_loader, method="decoupled")      # any method (dk ls)
     students, _ = dk.born_again(lambda: Net(), teacher, train_loader, generations=3)
     dk.evaluate(student, test_loader)                                    # errors, accuracy, NLL, ECE
 
@@ -62,7 +62,8 @@ def distill(
     ``method="hints", method_params={"student_layer": "layers.1", "hint_epochs": 2}``;
     ``label_smoothing=0.1`` smooths the labels of any method's hard term."""
     if method_params is None and method == "soft_targets":
-        method_params = {"temperature": temperature, "hard_weight": hard_weight, "soft_weight": soft_weight}
+        method_params = {"temperature": temperature, "hard_weight": hard_weight,
+                         "soft_weight": soft_weight}
     return fit_model(
         student, batches, method, {"name": optimizer, "lr": lr, "epochs": epochs},
         method_params=method_params, teacher=teacher, combine=combine, **settings,
@@ -89,7 +90,8 @@ def born_again(
     ``dk.distill(new_student, students, loader)``.
     """
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
-        raise DKError(f"generations={generations!r} must be a positive integer", "e.g. generations=3")
+        raise DKError(f"generations={generations!r} must be a positive integer",
+                      "e.g. generations=3")
     if isinstance(teacher, (str, os.PathLike)):
         (teacher,) = load_teacher(teacher)
     students, histories = [], []
@@ -99,7 +101,9 @@ def born_again(
         if k == 1:
             _check_same_architecture(student, teacher)
         where = None if run_dir is None else os.path.join(run_dir, "generations", str(k))
-        histories.append(distill(student, teacher, batches, seed=seed + k - 1, run_dir=where, **distill_args))
+        history = distill(student, teacher, batches, seed=seed + k - 1, run_dir=where,
+                          **distill_args)
+        histories.append(history)
         students.append(student)
         teacher = student
     return students, histories
@@ -107,10 +111,12 @@ def born_again(
 
 def _check_same_architecture(student: nn.Module, teacher: Any) -> None:
     if not isinstance(teacher, nn.Module):
-        raise DKError(f"born_again starts from one teacher module, got {type(teacher).__name__}", "pass the generation-0 model")
+        raise DKError(f"born_again starts from one teacher module, got {type(teacher).__name__}",
+                      "pass the generation-0 model")
     shapes = {k: tuple(v.shape) for k, v in student.state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in teacher.state_dict().items()}:
-        raise DKError("born-again students have their teacher's architecture, but make_student() builds another", "make students like the teacher")
+        raise DKError("born-again students have their teacher's architecture, but make_student() "
+                      "builds another", "make students like the teacher")
 
 
 def load_teacher(path: str | os.PathLike | list, device: torch.device | str = "cpu") -> list[nn.Module]:

@@ -390,11 +390,15 @@ class RunConfig:
         if self.replicas.optim and self.optim.name not in ("sgd", "paper_dropout"):
             raise DKError(f"replicas.optim.lr needs an update linear in the gradient (sgd, paper_dropout); optim.name={self.optim.name} is not", "run the step sizes one by one, or use optim.name=sgd")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise DKError(f"label_smoothing={self.label_smoothing} is out of range", "use an ε in [0, 1), e.g. label_smoothing=0.1 (0 = off)")
+            raise DKError(f"label_smoothing={self.label_smoothing} is out of range",
+                          "use an ε in [0, 1), e.g. label_smoothing=0.1 (0 = off)")
         if self.generations < 1:
-            raise DKError(f"generations={self.generations} must be ≥ 1", "use 1 for one student, or N ≥ 2 born-again generations")
+            raise DKError(f"generations={self.generations} must be ≥ 1",
+                          "use 1 for one student, or N ≥ 2 born-again generations")
         if self.generations > 1 and self.replicas.count:
-            raise DKError(f"generations={self.generations} with replicas: born-again generations train one model at a time", "drop replicas/ensemble, or set generations=1")
+            raise DKError(f"generations={self.generations} with replicas: born-again generations "
+                          "train one model at a time",
+                          "drop replicas/ensemble, or set generations=1")
         if self.replicas.optim and self.optim.weight_decay:
             raise DKError(f"replicas.optim.lr cannot be combined with optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the step size)", "set optim.weight_decay=0, or run the step sizes one by one")
 

@@ -37,7 +37,9 @@ def py_terms(student, teacher, labels, temperature):
 
 @pytest.mark.parametrize("temperature", [1, 4, 20])
 def test_matches_hand_computed_values(temperature):
-    tckd, nckd = decoupled_kd_terms(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), temperature)
+    tckd, nckd = decoupled_kd_terms(
+        torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), temperature
+    )
     want_t, want_n = py_terms(STUDENT, TEACHER, LABELS, temperature)
     assert tckd.shape == () and nckd.shape == ()
     assert tckd.item() == pytest.approx(want_t, rel=1e-4)
@@ -53,9 +55,15 @@ def test_soft_target_loss_is_tckd_plus_rest_mass_times_nckd(temperature, combine
     teacher = torch.randn(3, 5, 7, generator=g, dtype=torch.float64) * 3  # an ensemble of three
     labels = torch.randint(0, 7, (5,), generator=g)
     p = softmax_with_temperature(teacher, temperature)
-    p = p.mean(0) if combine == "arithmetic" else softmax_with_temperature(teacher.mean(0), temperature)
+    p = (
+        p.mean(0)
+        if combine == "arithmetic"
+        else softmax_with_temperature(teacher.mean(0), temperature)
+    )
     for b in range(5):
-        tckd, nckd = decoupled_kd_terms(student[b : b + 1], teacher[:, b : b + 1], labels[b : b + 1], temperature, combine)
+        tckd, nckd = decoupled_kd_terms(
+            student[b : b + 1], teacher[:, b : b + 1], labels[b : b + 1], temperature, combine
+        )
         kd = soft_target_loss(student[b : b + 1], teacher[:, b : b + 1], temperature, combine)
         rest = 1 - p[b, labels[b]]
         torch.testing.assert_close(kd, tckd + rest * nckd)

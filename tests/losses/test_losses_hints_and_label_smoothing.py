@@ -30,7 +30,9 @@ def test_hint_loss_needs_matching_shapes():
 
 def test_smoothed_targets_keep_epsilon_over_c_on_every_class():
     t = smoothed_targets(torch.tensor([0, 2]), 4, 0.2)
-    torch.testing.assert_close(t, torch.tensor([[0.85, 0.05, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05]]))
+    torch.testing.assert_close(
+        t, torch.tensor([[0.85, 0.05, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05]])
+    )
     torch.testing.assert_close(t.sum(1), torch.ones(2))
 
 
@@ -38,7 +40,10 @@ def test_smoothed_targets_keep_epsilon_over_c_on_every_class():
 def test_the_smoothed_hard_term_is_cross_entropy_with_smoothed_targets(epsilon):
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)
-    torch.testing.assert_close(hard_target_loss(logits, labels, epsilon), F.cross_entropy(logits, labels, label_smoothing=epsilon))
+    torch.testing.assert_close(
+        hard_target_loss(logits, labels, epsilon),
+        F.cross_entropy(logits, labels, label_smoothing=epsilon),
+    )
 
 
 def test_no_smoothing_is_the_plain_cross_entropy_bit_for_bit():

@@ -40,17 +40,38 @@ def test_builtin_methods_are_registered():
 def _setup(seed=0, members=1):
     torch.manual_seed(seed)
     student = build_model("mlp", {"hidden": [7, 7]}, FEATURES, CLASSES)
-    teachers = [freeze(build_model("mlp", {"hidden": [9, 9]}, FEATURES, CLASSES)) for _ in range(members)]
+    teachers = [
+        freeze(build_model("mlp", {"hidden": [9, 9]}, FEATURES, CLASSES)) for _ in range(members)
+    ]
     x = torch.randn(BATCH, FEATURES)
     labels = torch.randint(0, CLASSES, (BATCH,))
     return student, teachers, x, labels
 
 
-def _step(method, student, teachers, x, labels, *, epoch=LATE, context=torch.no_grad, half=False,
-          combine="arithmetic", stored=False):
+def _step(
+    method,
+    student,
+    teachers,
+    x,
+    labels,
+    *,
+    epoch=LATE,
+    context=torch.no_grad,
+    half=False,
+    combine="arithmetic",
+    stored=False,
+):
     """One step as the loop makes it: connector bound, features captured by hooks."""
-    bound = BoundMethod([method], student, teachers, seed=0, stored_targets=False,
-                        label_smoothing=0.0, eager=True, processes=1)
+    bound = BoundMethod(
+        [method],
+        student,
+        teachers,
+        seed=0,
+        stored_targets=False,
+        label_smoothing=0.0,
+        eager=True,
+        processes=1,
+    )
     bound.open()
     try:
         with context():
@@ -61,9 +82,15 @@ def _step(method, student, teachers, x, labels, *, epoch=LATE, context=torch.no_
     finally:
         bound.close()
     targets = StoredLogits(t) if stored else LiveLogits(t)
-    batch = StepInputs(logits.half() if half else logits, targets, labels, epoch=epoch,
-                       combine=combine, student_features=student_features,
-                       teacher_features=teacher_features)
+    batch = StepInputs(
+        logits.half() if half else logits,
+        targets,
+        labels,
+        epoch=epoch,
+        combine=combine,
+        student_features=student_features,
+        teacher_features=teacher_features,
+    )
     return method(batch), bound
 
 
@@ -93,7 +120,9 @@ def test_docstring_opens_with_the_source(name):
     assert re.search(r"\(.*\d{4}.*\)", first_line), first_line
 
 
-@pytest.mark.parametrize("teacher_mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize(
+    "teacher_mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"]
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_gradient_reaches_every_student_parameter_and_no_teacher_parameter(name, teacher_mode):
     student, (teacher,), x, labels = _setup()
@@ -157,8 +186,15 @@ def test_stored_dense_logits_serve_as_live_ones(name):
     method = methods.get(name)()
     if method.feature_layers().teacher:  # a store holds no intermediate layers
         with pytest.raises(DKError, match="teacher.outputs=live"):
-            BoundMethod([method], *_setup()[:2], seed=0, stored_targets=True,
-                        label_smoothing=0.0, eager=True, processes=1)
+            BoundMethod(
+                [method],
+                *_setup()[:2],
+                seed=0,
+                stored_targets=True,
+                label_smoothing=0.0,
+                eager=True,
+                processes=1,
+            )
         return
     student, teachers, x, labels = _setup()
     live, _ = _step(method, student, teachers, x, labels)
@@ -171,8 +207,10 @@ def test_missing_inputs_are_user_errors(name):
     student, (teacher,), x, labels = _setup()
     method = methods.get(name)()
     out, _ = _step(method, student, [teacher], x, labels)  # binds the connector, if any
-    features = {"student_features": {n: torch.randn(BATCH, 7) for n in method.feature_layers().student},
-                "teacher_features": {n: torch.randn(1, BATCH, 9) for n in method.feature_layers().teacher}}
+    features = {
+        "student_features": {n: torch.randn(BATCH, 7) for n in method.feature_layers().student},
+        "teacher_features": {n: torch.randn(1, BATCH, 9) for n in method.feature_layers().teacher},
+    }
     teacher_logits = teacher(x)
     if method.needs_teacher:
         with pytest.raises(DKError, match="teacher"):

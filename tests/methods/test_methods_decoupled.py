@@ -13,12 +13,20 @@ LABELS = torch.randint(0, 5, (6,), generator=G)
 
 def test_defaults_follow_the_paper():
     method = Decoupled()
-    assert (method.temperature, method.target_weight, method.nontarget_weight, method.hard_weight, method.warmup_epochs) == (4.0, 1.0, 8.0, 1.0, 20)
+    assert (
+        method.temperature,
+        method.target_weight,
+        method.nontarget_weight,
+        method.hard_weight,
+        method.warmup_epochs,
+    ) == (4.0, 1.0, 8.0, 1.0, 20)
     assert method.needs_teacher and method.needs_labels()
 
 
 def test_loss_is_hard_plus_the_weighted_terms_after_warm_up():
-    method = Decoupled(temperature=2, target_weight=0.5, nontarget_weight=3, hard_weight=0.7, warmup_epochs=4)
+    method = Decoupled(
+        temperature=2, target_weight=0.5, nontarget_weight=3, hard_weight=0.7, warmup_epochs=4
+    )
     out = method(StepInputs.of(STUDENT, TEACHER, LABELS, epoch=10))
     tckd, nckd = decoupled_kd_terms(STUDENT, TEACHER, LABELS, 2)
     hard = hard_target_loss(STUDENT, LABELS)
@@ -28,7 +36,10 @@ def test_loss_is_hard_plus_the_weighted_terms_after_warm_up():
     torch.testing.assert_close(out.loss, 0.7 * hard + 0.5 * tckd + 3 * nckd)
 
 
-@pytest.mark.parametrize(("warmup", "epoch", "factor"), [(4, 0, 0.25), (4, 2, 0.75), (4, 3, 1.0), (4, 50, 1.0), (0, 0, 1.0)])
+@pytest.mark.parametrize(
+    ("warmup", "epoch", "factor"),
+    [(4, 0, 0.25), (4, 2, 0.75), (4, 3, 1.0), (4, 50, 1.0), (0, 0, 1.0)],
+)
 def test_the_distillation_terms_ramp_in_linearly(warmup, epoch, factor):
     method = Decoupled(hard_weight=0, warmup_epochs=warmup)
     full = Decoupled(hard_weight=0, warmup_epochs=0)(StepInputs.of(STUDENT, TEACHER, LABELS)).loss

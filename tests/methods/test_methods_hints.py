@@ -20,7 +20,14 @@ def _nets(seed=0):
 
 
 def _bind(method, student, teacher, **kw):
-    args = {"seed": 0, "stored_targets": False, "label_smoothing": 0.0, "eager": True, "processes": 1, **kw}
+    args = {
+        "seed": 0,
+        "stored_targets": False,
+        "label_smoothing": 0.0,
+        "eager": True,
+        "processes": 1,
+        **kw,
+    }
     return BoundMethod([method], student, [teacher], **args)
 
 
@@ -29,8 +36,14 @@ def _step(method, student, teacher, x, y, epoch):
     bound.open()
     with torch.no_grad():
         t = teacher(x)
-    batch = StepInputs.of(student(x), t, y, epoch=epoch, teacher_features=bound.teacher_features(),
-                          student_features=bound.student_features())
+    batch = StepInputs.of(
+        student(x),
+        t,
+        y,
+        epoch=epoch,
+        teacher_features=bound.teacher_features(),
+        student_features=bound.student_features(),
+    )
     bound.close()
     return method(batch), bound
 
@@ -51,10 +64,20 @@ def test_stage_one_trains_only_up_to_the_guided_layer_and_the_regressor():
     out, bound = _step(method, student, teacher, x, y, epoch=1)
     out.loss.backward()
     got = {n: p.grad is not None for n, p in student.named_parameters()}
-    assert got == {"layers.0.weight": True, "layers.0.bias": True, "layers.1.weight": True, "layers.1.bias": True,
-                   "layers.2.weight": False, "layers.2.bias": False, "layers.3.weight": False, "layers.3.bias": False}
+    assert got == {
+        "layers.0.weight": True,
+        "layers.0.bias": True,
+        "layers.1.weight": True,
+        "layers.1.bias": True,
+        "layers.2.weight": False,
+        "layers.2.bias": False,
+        "layers.3.weight": False,
+        "layers.3.bias": False,
+    }
     assert all(p.grad is not None for p in bound.parameters())
-    expected = hint_loss(method.connector(student.layers[1](torch.relu(student.layers[0](x)))), teacher.layers[0](x))
+    expected = hint_loss(
+        method.connector(student.layers[1](torch.relu(student.layers[0](x)))), teacher.layers[0](x)
+    )
     torch.testing.assert_close(out.loss, 0.5 * expected)
     assert set(out.components) == {"hint", "soft", "hard"}
 
@@ -64,7 +87,9 @@ def test_stage_two_is_soft_targets_and_leaves_the_regressor_alone():
     x, y = torch.randn(5, 8), torch.randint(0, 4, (5,))
     method = Hints(hint_epochs=2, temperature=3, soft_weight=0.8, hard_weight=0.2)
     out, bound = _step(method, student, teacher, x, y, epoch=2)
-    soft = SoftTargets(temperature=3, soft_weight=0.8, hard_weight=0.2)(StepInputs.of(student(x), teacher(x), y))
+    soft = SoftTargets(temperature=3, soft_weight=0.8, hard_weight=0.2)(
+        StepInputs.of(student(x), teacher(x), y)
+    )
     assert torch.equal(out.loss, soft.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in student.parameters())
@@ -82,7 +107,16 @@ def test_what_the_run_cannot_give_is_refused_before_training():
     with pytest.raises(DKError, match="torchrun cannot give it"):
         _bind(Hints(), student, teacher, processes=2)
     with pytest.raises(DKError, match="the teacher is a plain function"):
-        BoundMethod([Hints()], student, None, seed=0, stored_targets=False, label_smoothing=0.0, eager=True, processes=1)
+        BoundMethod(
+            [Hints()],
+            student,
+            None,
+            seed=0,
+            stored_targets=False,
+            label_smoothing=0.0,
+            eager=True,
+            processes=1,
+        )
 
 
 def test_an_ensemble_teacher_is_refused():
@@ -90,9 +124,15 @@ def test_an_ensemble_teacher_is_refused():
     method = Hints()
     bound = _bind(method, student, teacher)
     with pytest.raises(DKError, match="needs one teacher model, got an ensemble of 2"):
-        method(StepInputs.of(torch.randn(3, 4), torch.randn(2, 3, 4), torch.tensor([0, 1, 2]),
-                             student_features={"layers.0": torch.randn(3, 6)},
-                             teacher_features={"layers.0": torch.randn(2, 3, 10)}))
+        method(
+            StepInputs.of(
+                torch.randn(3, 4),
+                torch.randn(2, 3, 4),
+                torch.tensor([0, 1, 2]),
+                student_features={"layers.0": torch.randn(3, 6)},
+                teacher_features={"layers.0": torch.randn(2, 3, 10)},
+            )
+        )
     bound.close()
 
 
@@ -114,10 +154,36 @@ def test_from_the_python_api_stage_one_leaves_the_later_layers_untouched():
     student, teacher = _nets()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     params = {"student_layer": "layers.1", "hint_epochs": 2}
-    dk.distill(student, teacher, _batches(), method="hints", method_params=params, epochs=2, device="cpu", progress=False)
+    dk.distill(
+        student,
+        teacher,
+        _batches(),
+        method="hints",
+        method_params=params,
+        epochs=2,
+        device="cpu",
+        progress=False,
+    )
     same = {k: torch.equal(before[k], v) for k, v in student.state_dict().items()}
-    assert same == {"layers.0.weight": False, "layers.0.bias": False, "layers.1.weight": False, "layers.1.bias": False,
-                    "layers.2.weight": True, "layers.2.bias": True, "layers.3.weight": True, "layers.3.bias": True}
+    assert same == {
+        "layers.0.weight": False,
+        "layers.0.bias": False,
+        "layers.1.weight": False,
+        "layers.1.bias": False,
+        "layers.2.weight": True,
+        "layers.2.bias": True,
+        "layers.3.weight": True,
+        "layers.3.bias": True,
+    }
     assert all(not m._forward_hooks for net in (student, teacher) for m in net.modules())
-    dk.distill(student, teacher, _batches(), method="hints", method_params=params | {"hint_epochs": 1}, epochs=2, device="cpu", progress=False)
+    dk.distill(
+        student,
+        teacher,
+        _batches(),
+        method="hints",
+        method_params=params | {"hint_epochs": 1},
+        epochs=2,
+        device="cpu",
+        progress=False,
+    )
     assert not torch.equal(before["layers.3.weight"], student.layers[3].weight)

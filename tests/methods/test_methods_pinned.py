@@ -35,13 +35,24 @@ def _losses():
     cases = {
         "hard_targets": ("hard_targets", {}, StepInputs.of(s, None, y)),
         "soft_targets T20": ("soft_targets", {}, StepInputs.of(s, t, y)),
-        "soft_targets T4 hw0": ("soft_targets", {"temperature": 4, "hard_weight": 0}, StepInputs.of(s, t)),
+        "soft_targets T4 hw0": (
+            "soft_targets",
+            {"temperature": 4, "hard_weight": 0},
+            StepInputs.of(s, t),
+        ),
         "soft_targets ens arith": ("soft_targets", {"temperature": 2}, StepInputs.of(s, m, y)),
-        "soft_targets ens geo": ("soft_targets", {"temperature": 2}, StepInputs.of(s, m, y, combine="geometric")),
+        "soft_targets ens geo": (
+            "soft_targets",
+            {"temperature": 2},
+            StepInputs.of(s, m, y, combine="geometric"),
+        ),
         "soft_targets topk": ("soft_targets", {"temperature": 4}, StepInputs.of(s, topk, y)),
         "logit_matching": ("logit_matching", {"hard_weight": 0.5}, StepInputs.of(s, m, y)),
     }
-    return {k: build_method(name, params)(batch).loss.item() for k, (name, params, batch) in cases.items()}
+    return {
+        k: build_method(name, params)(batch).loss.item()
+        for k, (name, params, batch) in cases.items()
+    }
 
 
 PINNED = {
@@ -69,12 +80,20 @@ def _digest(model):
 
 RUNS = {
     "hard_targets": ({}, "62a5b962bcec5e83373a059d5c2a54e5b55e1c75097966ee8d25bf9d8a173c9f"),
-    "soft_targets": ({"temperature": 4}, "06bbbf339e96a76b40c4aac66680935e7fa742f8fb0ffd42fdf8e2ff2bef9b36"),
-    "logit_matching": ({"hard_weight": 0.2}, "4b1c617f6ed22582791734b94e5dfbed8b801693cfbe73a8fb0782c77cc46916"),
+    "soft_targets": (
+        {"temperature": 4},
+        "06bbbf339e96a76b40c4aac66680935e7fa742f8fb0ffd42fdf8e2ff2bef9b36",
+    ),
+    "logit_matching": (
+        {"hard_weight": 0.2},
+        "4b1c617f6ed22582791734b94e5dfbed8b801693cfbe73a8fb0782c77cc46916",
+    ),
 }
 
 
-@pytest.mark.skipif(not torch.__version__.startswith("2.13"), reason="digests pinned on torch 2.13 CPU")
+@pytest.mark.skipif(
+    not torch.__version__.startswith("2.13"), reason="digests pinned on torch 2.13 CPU"
+)
 @pytest.mark.parametrize("method", list(RUNS))
 def test_short_runs_train_bitwise_what_contract_v1_trained(method):
     g = torch.Generator().manual_seed(7)
@@ -85,7 +104,15 @@ def test_short_runs_train_bitwise_what_contract_v1_trained(method):
     torch.manual_seed(1)
     student = build_model("mlp", {"hidden": [8, 8], "hidden_dropout": 0.2}, 12, 5)
     params, digest = RUNS[method]
-    fit_model(student, batches, method, {"epochs": 2, "lr": 0.1}, method_params=params,
-              teacher=None if method == "hard_targets" else teacher, device="cpu", seed=3,
-              progress=False)
+    fit_model(
+        student,
+        batches,
+        method,
+        {"epochs": 2, "lr": 0.1},
+        method_params=params,
+        teacher=None if method == "hard_targets" else teacher,
+        device="cpu",
+        seed=3,
+        progress=False,
+    )
     assert _digest(student) == digest

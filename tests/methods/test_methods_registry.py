@@ -41,9 +41,11 @@ def _not_imported(name: str, path: list[str], extra_path: str = "") -> list[str]
     import sys
 
     names = [info.name for info in pkgutil.iter_modules(path)]
-    code = f"import sys, {name}; print(' '.join(n for n in {names!r} if '{name}.' + n not in sys.modules))"
+    loaded = f"' '.join(n for n in {names!r} if '{name}.' + n not in sys.modules)"
+    code = f"import sys, {name}; print({loaded})"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (extra_path, *sys.path) if p)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    command = [sys.executable, "-c", code]
+    run = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return run.stdout.split()
 
 
@@ -97,4 +99,5 @@ def test_the_missing_labels_advice_fits_the_method():
     # decoupled splits its loss at the true class: hard_weight=0 would not free it from labels
     with pytest.raises(DKError) as split:
         require_labels(build_method("decoupled"), None)
-    assert "set hard_weight=0" not in str(split.value) and "labelled transfer set" in str(split.value)
+    message = str(split.value)
+    assert "set hard_weight=0" not in message and "labelled transfer set" in message

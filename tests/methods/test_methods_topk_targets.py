@@ -28,7 +28,8 @@ def test_soft_targets_uses_the_bucketed_loss_on_gathered_targets():
     teacher, student, labels, pos = _batch()
     stored = topk_targets(teacher, 3, 20.0)
     method = build_method("soft_targets", {"temperature": 20, "soft_weight": 0.9, "hard_weight": 0.1})
-    out = method(StepInputs.of(student, stored[:, pos], labels))  # the loop's gathering: inputs.teacher_logits[:, pos]
+    # the loop's gathering: inputs.teacher_logits[:, pos]
+    out = method(StepInputs.of(student, stored[:, pos], labels))
     soft = soft_target_loss_topk(student, stored.indices[0, pos], stored.log_probs[0, pos], stored.tail_log_prob[0, pos], 20.0)
     assert torch.allclose(out.components["soft"], soft)
     assert torch.allclose(out.loss, 0.9 * soft + 0.1 * hard_target_loss(student, labels))
@@ -40,7 +41,8 @@ def test_full_topk_targets_match_dense_logits_in_the_method():
     teacher, student, labels, pos = _batch(1)
     method = build_method("soft_targets", {"temperature": 4, "hard_weight": 0})
     dense = method(StepInputs.of(student, teacher[:, pos], None, combine="geometric"))
-    full = method(StepInputs.of(student, topk_targets(teacher, 10, 4.0, "geometric")[:, pos], None, combine="geometric"))
+    full_k = topk_targets(teacher, 10, 4.0, "geometric")[:, pos]
+    full = method(StepInputs.of(student, full_k, None, combine="geometric"))
     assert torch.allclose(dense.loss, full.loss, rtol=1e-5)
     assert torch.allclose(dense.loss, soft_target_loss(student, teacher[:, pos], 4.0, "geometric"))
 
@@ -49,12 +51,14 @@ def test_another_temperature_or_combine_than_the_store_is_refused():
     teacher, student, labels, pos = _batch()
     stored = topk_targets(teacher, 3, 20.0)
     with pytest.raises(DKError, match=r"stored at temperature 20 but the loss uses temperature 2"):
-        build_method("soft_targets", {"temperature": 2})(StepInputs.of(student, stored[:, pos], labels))
+        build_method("soft_targets", {"temperature": 2})(StepInputs.of(student, stored[:, pos]))
     with pytest.raises(DKError, match=r"set teacher.combine=arithmetic"):
-        build_method("soft_targets", {"temperature": 20})(StepInputs.of(student, stored[:, pos], labels, combine="geometric"))
+        batch = StepInputs.of(student, stored[:, pos], labels, combine="geometric")
+        build_method("soft_targets", {"temperature": 20})(batch)
 
 
 def test_logit_matching_needs_dense_logits():
     teacher, student, _, pos = _batch()
     with pytest.raises(DKError, match=r"logit_matching needs the teacher's dense logits, got top-k targets; use a dense teacher-output store"):
-        build_method("logit_matching")(StepInputs.of(student, topk_targets(teacher, 3, 1.0)[:, pos], None))
+        top3 = topk_targets(teacher, 3, 1.0)[:, pos]
+        build_method("logit_matching")(StepInputs.of(student, top3))

@@ -38,7 +38,9 @@ def test_several_models_stack_in_order_and_a_take_forgets():
 
 
 def test_an_unknown_layer_names_the_ones_there_are():
-    with pytest.raises(DKError, match=r"the student has no layer 'layers\.7'.*layers\.0, layers\.1, layers\.2"):
+    with pytest.raises(
+        DKError, match=r"the student has no layer 'layers\.7'.*layers\.0, layers\.1, layers\.2"
+    ):
         FeatureTap([_mlp()], ["layers.7"], "the student")
     with pytest.raises(DKError, match="no layer"):
         feature_width(_mlp(), "body", "the teacher")

@@ -27,7 +27,9 @@ V1_FINAL = {
 }
 
 
-@pytest.mark.skipif(not torch.__version__.startswith("2.13"), reason="v1 runs written with torch 2.13 CPU")
+@pytest.mark.skipif(
+    not torch.__version__.startswith("2.13"), reason="v1 runs written with torch 2.13 CPU"
+)
 @pytest.mark.parametrize("kind", ["train", "distill"])
 def test_a_v1_checkpoint_resumes_to_the_v1_model(tmp_path, monkeypatch, kind):
     shutil.copytree(V1, tmp_path / "v1")
@@ -35,4 +37,6 @@ def test_a_v1_checkpoint_resumes_to_the_v1_model(tmp_path, monkeypatch, kind):
     cfg = load_config(Path(kind) / "config.yaml", ["stop_after_steps=0"])
     summary = run(cfg, kind=kind, resume="auto")
     assert summary["steps"] == 18
-    assert hashlib.sha256(Path(kind, "model.safetensors").read_bytes()).hexdigest() == V1_FINAL[kind]
+    assert (
+        hashlib.sha256(Path(kind, "model.safetensors").read_bytes()).hexdigest() == V1_FINAL[kind]
+    )

@@ -66,8 +66,12 @@ def decoupled_kd_terms(
     _check_labels(labels, student.shape[0], student.shape[1])
     labels = labels.to(device=student.device, dtype=torch.long)
     dtype = compute_dtype(student, teacher)
-    s_target, s_rest, s_others = _split_at_labels(log_softmax_with_temperature(student.to(dtype), t), labels)
-    p_target, p_rest, p_others = _split_at_labels(combine_log_probs(teacher.to(dtype), t, combine), labels)
+    s_target, s_rest, s_others = _split_at_labels(
+        log_softmax_with_temperature(student.to(dtype), t), labels
+    )
+    p_target, p_rest, p_others = _split_at_labels(
+        combine_log_probs(teacher.to(dtype), t, combine), labels
+    )
     batch = student.shape[0]
     tckd = (_kl_terms(p_target, s_target) + _kl_terms(p_rest, s_rest)).sum() / batch
     nckd = _kl_terms(p_others, s_others).sum() / batch

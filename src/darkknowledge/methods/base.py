@@ -54,8 +54,11 @@ def as_targets(teacher: Any, stored: bool = False) -> TeacherTargets | None:
     if teacher is None or isinstance(teacher, (LiveLogits, StoredLogits, TopKTargets)):
         return teacher
     if not isinstance(teacher, torch.Tensor):
-        raise DKError(f"teacher targets must be logits (a tensor) or top-k targets, got "
-                      f"{type(teacher).__name__}", "pass the teacher's logits")
+        raise DKError(
+            f"teacher targets must be logits (a tensor) or top-k targets, got "
+            f"{type(teacher).__name__}",
+            "pass the teacher's logits",
+        )
     return StoredLogits(teacher) if stored else LiveLogits(teacher)
 
 
@@ -83,7 +86,8 @@ class StepInputs:
         epoch: 0-based epoch of this step. step: 0-based global step (steps done before it).
         combine: how an ensemble teacher's members make one target ("arithmetic"/"geometric").
         label_smoothing: ε of the hard-label targets, for any method's hard term (``hard_loss``).
-        student_features: ``{layer: (batch, units)}``, the layers ``feature_layers().student`` names.
+        student_features: ``{layer: (batch, units)}``, the layers ``feature_layers().student``
+            names.
         teacher_features: ``{layer: (members, batch, units)}``, ``feature_layers().teacher``'s.
     """
 
@@ -98,16 +102,23 @@ class StepInputs:
     teacher_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, student_logits: torch.Tensor, teacher: Any = None,
-           labels: torch.Tensor | None = None, **rest: Any) -> StepInputs:
+    def of(
+        cls,
+        student_logits: torch.Tensor,
+        teacher: Any = None,
+        labels: torch.Tensor | None = None,
+        **rest: Any,
+    ) -> StepInputs:
         """A step from plain values: a teacher tensor is taken as :class:`LiveLogits`."""
         return cls(student_logits, as_targets(teacher), labels, **rest)
 
     def teacher(self, method: Method) -> TeacherTargets:
         """The targets as fixed values (detached), or a DKError naming ``method`` if missing."""
         if self.targets is None:
-            raise DKError(f"method {method_name(method)!r} needs teacher logits, got None",
-                          "configure a teacher (or a teacher-output store) for this run")
+            raise DKError(
+                f"method {method_name(method)!r} needs teacher logits, got None",
+                "configure a teacher (or a teacher-output store) for this run",
+            )
         if isinstance(self.targets, TopKTargets):
             return self.targets
         return type(self.targets)(self.targets.logits.detach())
@@ -117,8 +128,10 @@ class StepInputs:
         targets = self.teacher(method)
         if isinstance(targets, TopKTargets):
             name = method_name(method)
-            raise DKError(f"{name} needs the teacher's dense logits, got top-k targets",
-                          "use a dense teacher-output store (teacher.store_topk: null)")
+            raise DKError(
+                f"{name} needs the teacher's dense logits, got top-k targets",
+                "use a dense teacher-output store (teacher.store_topk: null)",
+            )
         return targets.logits
 
     def labels_for(self, method: Method) -> torch.Tensor:
@@ -133,8 +146,10 @@ class StepInputs:
         """``student_features[name]`` or ``teacher_features[name]`` (``side``), or a DKError."""
         found = (self.student_features if side == "student" else self.teacher_features).get(name)
         if found is None:
-            raise DKError(f"method {method_name(method)!r} got no {side} feature {name!r}",
-                          f"list it in feature_layers().{side} so the loop captures it")
+            raise DKError(
+                f"method {method_name(method)!r} got no {side} feature {name!r}",
+                f"list it in feature_layers().{side} so the loop captures it",
+            )
         return found
 
 
@@ -171,8 +186,9 @@ class Method:
         """The intermediate layers of student and teacher this method reads (none by default)."""
         return FeatureRequest()
 
-    def build_connector(self, student_widths: Mapping[str, int],
-                        teacher_widths: Mapping[str, int]) -> nn.Module | None:
+    def build_connector(
+        self, student_widths: Mapping[str, int], teacher_widths: Mapping[str, int]
+    ) -> nn.Module | None:
         """The trainable module this method owns (e.g. a regressor between feature widths), built
         once per run from the widths of the layers ``feature_layers()`` names; None (the
         default) for none. Its parameters train with the student's and are checkpointed with it."""
@@ -222,7 +238,9 @@ class Range:
 
     def describe(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}" if self.low is not None else "any"
+            return (
+                f"{'>' if self.low_open else '>='} {self.low:g}" if self.low is not None else "any"
+            )
         if self.low is None:
             return f"{'<' if self.high_open else '<='} {self.high:g}"
         left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
@@ -245,8 +263,14 @@ class Range:
         return out
 
 
-def hyperparameter(default: Any, *, low: float | None = None, high: float | None = None,
-                   low_open: bool = False, high_open: bool = False) -> Any:
+def hyperparameter(
+    default: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
     """A method field with a declared range: ``smoothing: float = hyperparameter(0.0, low=0,
     high=1, high_open=True)`` is a field in [0, 1); the validator and the contract suite read it."""
     return field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
@@ -275,20 +299,29 @@ def _check_field(name: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
     example = f"e.g. {f.name}={f.default!r}"
     if tp is str:
         if not isinstance(value, str) or not value:
-            raise DKError(f"method {name!r}: {f.name} must be a non-empty string, got "
-                          f"{type(value).__name__} {value!r}", example)
+            raise DKError(
+                f"method {name!r}: {f.name} must be a non-empty string, got "
+                f"{type(value).__name__} {value!r}",
+                example,
+            )
         return value
     kind = "an integer" if tp is int else "a number"
     wrong = not isinstance(value, int) if tp is int else not isinstance(value, numbers.Real)
     if isinstance(value, bool) or wrong:
-        raise DKError(f"method {name!r}: {f.name} must be {kind}, got "
-                      f"{type(value).__name__} {value!r}", example)
+        raise DKError(
+            f"method {name!r}: {f.name} must be {kind}, got {type(value).__name__} {value!r}",
+            example,
+        )
     value = int(value) if tp is int else float(value)
     if not math.isfinite(value):
         raise DKError(f"method {name!r}: {f.name} must be finite, got {value!r}", example)
     bounds = field_range(f, tp)
     if bounds is not None and value not in bounds:
-        fix = "use e.g. temperature=20 (T = 1 is the ordinary softmax)" if f.name == "temperature" else example
+        fix = (
+            "use e.g. temperature=20 (T = 1 is the ordinary softmax)"
+            if f.name == "temperature"
+            else example
+        )
         raise DKError(f"method {name!r}: {f.name} must be {bounds.describe()}, got {value!r}", fix)
     return value
 
@@ -376,7 +409,8 @@ def require_labels(method: Method, labels: torch.Tensor | None) -> torch.Tensor:
         hard_weight = getattr(method, "hard_weight", None)
         setting = f" with hard_weight={hard_weight:g}" if hard_weight is not None else ""
         fix = (
-            "set hard_weight=0 or use a labelled transfer set" if labels_optional(method)
+            "set hard_weight=0 or use a labelled transfer set"
+            if labels_optional(method)
             else f"use a labelled transfer set ({name!r} learns from the labels)"
         )
         raise DKError(f"method {name!r}{setting} needs labels; the transfer set is unlabelled", fix)
@@ -388,13 +422,15 @@ def labels_optional(method: Method) -> bool:
     if getattr(method, "hard_weight", None) is None:
         return False
     try:
-        return not dataclasses.replace(method, hard_weight=0.0).needs_labels()  # type: ignore[type-var]
+        without = dataclasses.replace(method, hard_weight=0.0)  # type: ignore[type-var]
+        return not without.needs_labels()
     except DKError:  # e.g. every other weight is zero too
         return False
 
 
-def with_hard_term(method: Any, name: str, term: torch.Tensor, weight: float,
-                   batch: StepInputs) -> MethodOutput:
+def with_hard_term(
+    method: Any, name: str, term: torch.Tensor, weight: float, batch: StepInputs
+) -> MethodOutput:
     """``weight · term`` plus, when the method's ``hard_weight`` > 0, ``hard_weight ·`` the
     cross-entropy with the (smoothed) labels on the same logits (Hinton et al. 2015, §2: the
     second, usually much smaller, objective). Components are the unweighted terms."""

@@ -24,8 +24,9 @@ from darkknowledge.models.features import FeatureTap, feature_width
 PREFIX = "method/"  # the connector's tensors in a checkpoint's state.safetensors
 
 
-def build_connector(method: Method, student: nn.Module,
-                    teachers: Sequence[nn.Module] | None, seed: int) -> nn.Module | None:
+def build_connector(
+    method: Method, student: nn.Module, teachers: Sequence[nn.Module] | None, seed: int
+) -> nn.Module | None:
     """``method``'s connector for this student and teacher, initialized from ``seed`` (a fork of
     the torch RNG: the global generator the student's dropout draws from is left as it was)."""
     request = method.feature_layers()
@@ -50,10 +51,12 @@ def state_problem(connector: nn.Module | None, tensors: dict[str, torch.Tensor])
     expected = connector_state(connector)
     saved = {k for k in tensors if k.startswith(PREFIX)}
     if saved != set(expected):
-        return f"state.safetensors holds the method tensors {sorted(saved)}, the method has {sorted(expected)}"
+        return (f"state.safetensors holds the method tensors {sorted(saved)}, "
+                f"the method has {sorted(expected)}")
     for key, value in expected.items():
         if tensors[key].shape != value.shape or tensors[key].dtype != value.dtype:
-            return f"{key} is {tensors[key].dtype} {tuple(tensors[key].shape)}, the method's is {value.dtype} {tuple(value.shape)}"
+            saved_as = f"{tensors[key].dtype} {tuple(tensors[key].shape)}"
+            return f"{key} is {saved_as}, the method's is {value.dtype} {tuple(value.shape)}"
     return None
 
 
@@ -71,15 +74,26 @@ class BoundMethod:
         processes: the number of training processes (a connector is not synchronized by DDP).
     """
 
-    def __init__(self, methods: Sequence[Method], student: nn.Module,
-                 teachers: Sequence[nn.Module] | None, *, seed: int, stored_targets: bool,
-                 label_smoothing: float, eager: bool, processes: int) -> None:
+    def __init__(
+        self,
+        methods: Sequence[Method],
+        student: nn.Module,
+        teachers: Sequence[nn.Module] | None,
+        *,
+        seed: int,
+        stored_targets: bool,
+        label_smoothing: float,
+        eager: bool,
+        processes: int,
+    ) -> None:
         method = methods[0]
         name = method_name(method)
         if label_smoothing and not all(m.needs_labels() for m in methods):
-            raise DKError(f"label_smoothing={label_smoothing:g} has no effect: method {name!r} "
-                          "uses no labels here", "give the method a hard term (hard_weight > 0) "
-                          "or set label_smoothing=0")
+            raise DKError(
+                f"label_smoothing={label_smoothing:g} has no effect: method {name!r} "
+                "uses no labels here",
+                "give the method a hard term (hard_weight > 0) or set label_smoothing=0",
+            )
         request = method.feature_layers()
         self.student_tap: FeatureTap | None = None
         self.teacher_tap: FeatureTap | None = None
@@ -88,18 +102,32 @@ class BoundMethod:
         if not request:
             method.attach_connector(None)
             return
-        where = ("replicas" if len(methods) > 1 else "torchrun" if processes > 1
-                 else None if eager else "a compiled step")
+        where = (
+            "replicas"
+            if len(methods) > 1
+            else "torchrun"
+            if processes > 1
+            else None
+            if eager
+            else "a compiled step"
+        )
         if where is not None:
-            raise DKError(f"method {name!r} reads intermediate layers, which {where} cannot give it",
-                          "train it as one eager run (train_step=eager, no replicas, no torchrun)")
+            raise DKError(
+                f"method {name!r} reads intermediate layers, which {where} cannot give it",
+                "train it as one eager run (train_step=eager, no replicas, no torchrun)",
+            )
         if request.teacher and stored_targets:
-            raise DKError(f"method {name!r} reads the teacher's layer(s) "
-                          f"{', '.join(request.teacher)}, which a teacher-output store does not "
-                          "hold", "set teacher.outputs=live")
+            raise DKError(
+                f"method {name!r} reads the teacher's layer(s) "
+                f"{', '.join(request.teacher)}, which a teacher-output store does not "
+                "hold",
+                "set teacher.outputs=live",
+            )
         if request.teacher and not teachers:
-            raise DKError(f"method {name!r} reads the teacher's layers but the teacher is a plain "
-                          "function", "pass the teacher as a module (or a list of modules)")
+            raise DKError(
+                f"method {name!r} reads the teacher's layers but the teacher is a plain function",
+                "pass the teacher as a module (or a list of modules)",
+            )
         self.connector = build_connector(method, student, teachers, seed)
         method.attach_connector(self.connector)
         self._hooked = (student, teachers, request)
@@ -136,7 +164,9 @@ class BoundMethod:
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.connector is not None:
             n = len(PREFIX)
-            self.connector.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(PREFIX)})
+            self.connector.load_state_dict(
+                {k[n:]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+            )
 
     def close(self) -> None:
         for tap in (self.student_tap, self.teacher_tap):

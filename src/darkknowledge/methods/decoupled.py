@@ -47,8 +47,13 @@ class Decoupled(Method):
         return 1.0 if not self.warmup_epochs else min((epoch + 1) / self.warmup_epochs, 1.0)
 
     def __call__(self, batch: StepInputs) -> MethodOutput:
-        tckd, nckd = decoupled_kd_terms(batch.student_logits, batch.teacher_logits(self),
-                                        batch.labels_for(self), self.temperature, batch.combine)
+        tckd, nckd = decoupled_kd_terms(
+            batch.student_logits,
+            batch.teacher_logits(self),
+            batch.labels_for(self),
+            self.temperature,
+            batch.combine,
+        )
         loss = self.warmup(batch.epoch) * (self.target_weight * tckd + self.nontarget_weight * nckd)
         components = {"tckd": tckd.detach(), "nckd": nckd.detach()}
         if self.hard_weight > 0:

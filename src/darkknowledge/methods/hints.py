@@ -61,34 +61,47 @@ class Hints(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hint_epochs and not self.hint_weight:
-            raise DKError(f"method 'hints': hint_weight=0 leaves the {self.hint_epochs} hint "
-                          "epochs without a loss", "give hint_weight > 0, or set hint_epochs=0")
+            raise DKError(
+                f"method 'hints': hint_weight=0 leaves the {self.hint_epochs} hint "
+                "epochs without a loss",
+                "give hint_weight > 0, or set hint_epochs=0",
+            )
         if not (self.soft_weight or self.hard_weight):
-            raise DKError("method 'hints': soft_weight and hard_weight are both 0, so the second "
-                          "stage has no loss", "give soft_weight or hard_weight a positive value")
+            raise DKError(
+                "method 'hints': soft_weight and hard_weight are both 0, so the second "
+                "stage has no loss",
+                "give soft_weight or hard_weight a positive value",
+            )
 
     def feature_layers(self) -> FeatureRequest:
         return FeatureRequest(student=(self.student_layer,), teacher=(self.teacher_layer,))
 
-    def build_connector(self, student_widths: Mapping[str, int],
-                        teacher_widths: Mapping[str, int]) -> nn.Module:
+    def build_connector(
+        self, student_widths: Mapping[str, int], teacher_widths: Mapping[str, int]
+    ) -> nn.Module:
         """The regressor: the guided layer's width to the hint layer's, linear."""
         return nn.Linear(student_widths[self.student_layer], teacher_widths[self.teacher_layer])
 
     def __call__(self, batch: StepInputs) -> MethodOutput:
         regressor = self.connector
         if regressor is None:
-            raise DKError("method 'hints' has no regressor", "train it with the loop (dk distill, "
-                          "fit_model), which builds it from the layers' widths")
+            raise DKError(
+                "method 'hints' has no regressor",
+                "train it with the loop (dk distill, "
+                "fit_model), which builds it from the layers' widths",
+            )
         hint_layer = batch.feature(self, "teacher", self.teacher_layer)
         if hint_layer.shape[0] != 1:
-            raise DKError(f"method 'hints' needs one teacher model, got an ensemble of "
-                          f"{hint_layer.shape[0]}", "distil hints from a single teacher")
+            raise DKError(
+                f"method 'hints' needs one teacher model, got an ensemble of {hint_layer.shape[0]}",
+                "distil hints from a single teacher",
+            )
         guided = batch.feature(self, "student", self.student_layer)
         weight = regressor.weight
         hint = hint_loss(regressor(guided.to(weight.dtype)), hint_layer[0])
-        soft = with_hard_term(self, "soft", soft_term(self, batch, self.temperature),
-                              self.soft_weight, batch)
+        soft = with_hard_term(
+            self, "soft", soft_term(self, batch, self.temperature), self.soft_weight, batch
+        )
         components = {"hint": hint.detach(), **soft.components}
         loss = self.hint_weight * hint if batch.epoch < self.hint_epochs else soft.loss
         return MethodOutput(loss=loss, components=components)

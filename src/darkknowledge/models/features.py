@@ -32,8 +32,11 @@ def feature_width(model: nn.Module, name: str, who: str = "the model") -> int:
     layer = submodule(model, name, who)
     width = getattr(layer, "out_features", None)
     if not isinstance(width, int):
-        raise DKError(f"{who}'s layer {name!r} ({type(layer).__name__}) does not say its width "
-                      "(no out_features)", "name a linear layer, e.g. layers.0")
+        raise DKError(
+            f"{who}'s layer {name!r} ({type(layer).__name__}) does not say its width "
+            "(no out_features)",
+            "name a linear layer, e.g. layers.0",
+        )
     return width
 
 
@@ -58,7 +61,9 @@ class FeatureTap:
         for i, model in enumerate(models):
             for name in self.names:
                 layer = submodule(model, name, who)
-                self._handles.append(layer.register_forward_hook(functools.partial(self._keep, i, name)))
+                self._handles.append(
+                    layer.register_forward_hook(functools.partial(self._keep, i, name))
+                )
         self.who = who
 
     def _keep(self, index: int, name: str, module: nn.Module, args: Any, output: Any) -> None:
@@ -69,8 +74,10 @@ class FeatureTap:
         for name in self.names:
             per_model = [outputs.pop(name, None) for outputs in self._outputs]
             if any(t is None for t in per_model):
-                raise DKError(f"{self.who}'s layer {name!r} did not run in the last forward pass",
-                              "name a layer that the model's forward uses")
+                raise DKError(
+                    f"{self.who}'s layer {name!r} did not run in the last forward pass",
+                    "name a layer that the model's forward uses",
+                )
             per_model = [t.clone() if t.is_inference() else t for t in per_model]
             out[name] = torch.stack(per_model) if self.stacked else per_model[0]
         return out

@@ -26,7 +26,11 @@ def resolve_model_path(path: str | Path) -> Path:
     p = Path(path)
     for folder, first in (("replicas", 0), ("generations", 1)):
         if p.is_dir() and not (p / MODEL_FILE).exists() and (p / folder).is_dir():
-            raise DKError(f"{path} holds several models ({folder}/<k>), not one", f"give one of them, e.g. {p / folder / str(first)}; such a run directory serves whole as a teacher (--teacher {path}) and in dk eval")
+            raise DKError(
+                f"{path} holds several models ({folder}/<k>), not one",
+                f"give one of them, e.g. {p / folder / str(first)}; such a run directory serves "
+                f"whole as a teacher (--teacher {path}) and in dk eval",
+            )
     if p.is_dir():
         p = p / MODEL_FILE
     if not p.is_file():

@@ -137,7 +137,8 @@ class Context:
             summary["reused"] = True
             summary["run_dir"] = str(run_dir)
             return summary
-        resume = "auto" if list_checkpoints(run_dir / "checkpoints") else "never"
+        started = list_checkpoints(run_dir / "checkpoints") or (run_dir / "generations").is_dir()
+        resume = "auto" if started else "never"
         summary = run(cfg, kind=kind, resume=resume)
         summary["run_dir"] = str(run_dir)
         return summary
@@ -375,6 +376,18 @@ def cell_train(ctx: Context, cell: Cell, kind: str = "train") -> None:
     ctx.record_speed(cell.id, s)
     if "valid" in s["eval"]:
         ctx.record(cell.id, "valid_errors", s["eval"]["valid"]["errors"], s)
+    record_generations(ctx, cell, s)
+
+
+def record_generations(ctx: Context, cell: Cell, s: dict[str, Any]) -> None:
+    """A born-again run (``generations=N``): each generation's test errors (variant ``gen<k>``)
+    and those of their ensemble (variant ``ensemble``, the arithmetic mean at T = 1)."""
+    for g in s.get("generations") or []:
+        errors = g["eval"]["test"]["errors"]
+        ctx.record(cell.id, "test_errors", errors, s, variant=f"gen{g['generation']}")
+    ensemble = (s.get("ensemble") or {}).get("test")
+    if ensemble:
+        ctx.record(cell.id, "test_errors", ensemble["arithmetic"]["errors"], s, variant="ensemble")
 
 
 def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:

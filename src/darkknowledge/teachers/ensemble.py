@@ -32,13 +32,21 @@ def member_files(path: str | Path) -> list[Path]:
     members = summary.get(folder) if isinstance(summary, dict) else None
     if not isinstance(members, list) or not members:
         what = "ensemble" if folder == "replicas" else "born-again run"
-        raise DKError(f"the {what} in {p} has not finished (no summary.json with its {folder})", f"finish it first: dk {'train' if folder == 'replicas' else 'distill'} -c {p / 'config.yaml'} --run-dir {p} --resume auto")
+        command = "train" if folder == "replicas" else "distill"
+        raise DKError(
+            f"the {what} in {p} has not finished (no summary.json with its {folder})",
+            f"finish it first: dk {command} -c {p / 'config.yaml'} --run-dir {p} --resume auto",
+        )
     try:
         swept = {k: v for k, v in (read_yaml(p / "config.yaml").get("replicas") or {}).items() if k != "seeds" and v}
     except DKError:
         swept = {}
     if swept:
-        raise DKError(f"{p} holds {len(members)} models of a sweep ({', '.join(f'replicas.{k}' for k in swept)}), not an ensemble of seeds", f"give one of its models, e.g. {p / 'replicas' / '0'}, or list the ones to combine")
+        raise DKError(
+            f"{p} holds {len(members)} models of a sweep "
+            f"({', '.join(f'replicas.{k}' for k in swept)}), not an ensemble of seeds",
+            f"give one of its models, e.g. {p / 'replicas' / '0'}, or list the ones to combine",
+        )
     first = 0 if folder == "replicas" else 1  # generations count from 1 (0 is their teacher)
     files = [p / folder / str(first + k) / MODEL_FILE for k in range(len(members))]
     missing = [str(f) for f in files if not f.is_file()]

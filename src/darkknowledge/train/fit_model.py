@@ -131,7 +131,8 @@ def fit_model(
         if key in settings:
             raise DKError(f"fit_model does not take {key} as a setting", "pass it as fit_model's own argument (or use dk train for datasets)")
     if settings.get("generations", 1) != 1:
-        raise DKError(f"fit_model trains one model, got generations={settings['generations']}", "use dk.born_again(make_student, teacher, batches, generations=N)")
+        raise DKError(f"fit_model trains one model, got generations={settings['generations']}",
+                      "use dk.born_again(make_student, teacher, batches, generations=N)")
     cfg = build_dataclass(
         RunConfig,
         {
@@ -160,8 +161,10 @@ def fit_model(
     teacher_fn, teacher_modules = _as_teacher(teacher)
     members = _members(teacher)
     # what the method asks of the run (features, a connector, labels), checked before any file
-    BoundMethod([method], model, members, seed=cfg.seed, stored_targets=False, label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=1)
-    inputs = FitInputs(model, method, None, dev, teacher=teacher_fn, eval_sets=evals, batches=source, teacher_members=members)
+    BoundMethod([method], model, members, seed=cfg.seed, stored_targets=False,
+                label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=1)
+    inputs = FitInputs(model, method, None, dev, teacher=teacher_fn, eval_sets=evals,
+                       batches=source, teacher_members=members)
 
     ckpt = None
     root = Path(run_dir) if run_dir is not None else None

@@ -42,50 +42,68 @@ def generation_config(cfg: RunConfig, k: int, teacher: str) -> RunConfig:
     """Generation ``k``'s own run (1-based): seed ``seed + k − 1``, distilled from ``teacher``."""
     where = Path(cfg.run_dir) / FOLDER / str(k)
     teacher_cfg = dataclasses.replace(cfg.teacher, checkpoints=[teacher])
-    return dataclasses.replace(cfg, generations=1, seed=cfg.seed + k - 1, run_dir=str(where),
-                               teacher=teacher_cfg)
+    return dataclasses.replace(
+        cfg, generations=1, seed=cfg.seed + k - 1, run_dir=str(where), teacher=teacher_cfg
+    )
 
 
 def check_same_architecture(cfg: RunConfig) -> None:
     """Refuse a teacher that is not one model of the student's architecture (same layers)."""
     files = expand_members(cfg.teacher.checkpoints)
     if len(files) != 1:
-        raise DKError(f"born-again generations start from one teacher model, got {len(files)} "
-                      f"({', '.join(str(f) for f in files[:3])})",
-                      "give one teacher.checkpoints entry: generation 0, of the student's architecture")
+        raise DKError(
+            f"born-again generations start from one teacher model, got {len(files)} "
+            f"({', '.join(str(f) for f in files[:3])})",
+            "give one teacher.checkpoints entry: generation 0, of the student's architecture",
+        )
     teacher = load_model(files[0])
     spec = {k: v for k, v in cfg.model.items() if k != "name"}
     with torch.random.fork_rng(devices=[]):
         student = build_model(cfg.model["name"], spec, teacher.in_features, teacher.num_classes)
     shapes = {k: tuple(v.shape) for k, v in student.state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in teacher.state_dict().items()}:
-        raise DKError(f"born-again students have their teacher's architecture, but the teacher "
-                      f"{files[0]} differs from model={json.dumps(cfg.model)}",
-                      "give the student the teacher's model settings (or distil with generations=1)")
+        raise DKError(
+            f"born-again students have their teacher's architecture, but the teacher "
+            f"{files[0]} differs from model={json.dumps(cfg.model)}",
+            "give the student the teacher's model settings (or distil with generations=1)",
+        )
 
 
-def run_generations(cfg: RunConfig, kind: str, resume: str, run_one: Callable[..., dict[str, Any]],
-                    prepare_data: Callable[[Any], Any]) -> dict[str, Any]:
+def run_generations(
+    cfg: RunConfig,
+    kind: str,
+    resume: str,
+    run_one: Callable[..., dict[str, Any]],
+    prepare_data: Callable[[Any], Any],
+) -> dict[str, Any]:
     """Train the generations of ``cfg`` (``generations`` ≥ 2) with ``run_one`` (``train.run``),
     evaluate their ensemble on ``prepare_data(cfg.data)``'s splits, and return the born-again
     run's summary; see the module docstring."""
     parent = Path(cfg.run_dir)
     if kind != "distill":
-        raise DKError(f"generations={cfg.generations} distils born-again students",
-                      "use dk distill with a teacher (generation 0)")
+        raise DKError(
+            f"generations={cfg.generations} distils born-again students",
+            "use dk distill with a teacher (generation 0)",
+        )
     if resume not in ("never", "auto"):
-        raise DKError(f"a born-again run resumes as a whole, not from checkpoint {resume}",
-                      f"use --resume auto (each of the {cfg.generations} generations continues)")
+        raise DKError(
+            f"a born-again run resumes as a whole, not from checkpoint {resume}",
+            f"use --resume auto (each of the {cfg.generations} generations continues)",
+        )
     check_owned(parent)
     done = _finished(cfg)
     if done is not None and resume == "auto":
         return done
     if resume == "never" and ((parent / FOLDER).exists() or done is not None):
-        raise DKError(f"run directory {parent} already holds a born-again run",
-                      "continue it with --resume auto, or choose a new run_dir")
+        raise DKError(
+            f"run directory {parent} already holds a born-again run",
+            "continue it with --resume auto, or choose a new run_dir",
+        )
     if not cfg.teacher.checkpoints:
-        raise DKError("born-again generations need a teacher (generation 0)",
-                      "set teacher.checkpoints=[path/to/teacher_run]")
+        raise DKError(
+            "born-again generations need a teacher (generation 0)",
+            "set teacher.checkpoints=[path/to/teacher_run]",
+        )
     check_same_architecture(cfg)
     with writing(parent / "config.yaml"):
         parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +113,9 @@ def run_generations(cfg: RunConfig, kind: str, resume: str, run_one: Callable[..
         summaries, teacher = [], cfg.teacher.checkpoints[0]
         for k in range(1, cfg.generations + 1):
             gen = generation_config(cfg, k, teacher)
-            summaries.append({**run_one(gen, kind="distill", resume="auto"), "run_dir": gen.run_dir})
+            summaries.append(
+                {**run_one(gen, kind="distill", resume="auto"), "run_dir": gen.run_dir}
+            )
             teacher = gen.run_dir
         summary = _summary(cfg, summaries, prepare_data(cfg.data))
         atomic_write_bytes(parent / "summary.json", json.dumps(summary, indent=2).encode())
@@ -125,8 +145,13 @@ def _summary(cfg: RunConfig, summaries: list[dict[str, Any]], splits: Any) -> di
     return {
         **last,
         "generations": [
-            {"generation": k, "run_dir": s["run_dir"], "seed": s["seed"], "eval": s["eval"],
-             "wall_seconds": s["wall_seconds"]}
+            {
+                "generation": k,
+                "run_dir": s["run_dir"],
+                "seed": s["seed"],
+                "eval": s["eval"],
+                "wall_seconds": s["wall_seconds"],
+            }
             for k, s in enumerate(summaries, start=1)
         ],
         "ensemble": ensemble,
@@ -136,5 +161,6 @@ def _summary(cfg: RunConfig, summaries: list[dict[str, Any]], splits: Any) -> di
         # the generations' own times (as recorded when each trained) and this evaluation's
         "wall_seconds": sum(s["wall_seconds"] for s in summaries) + time.perf_counter() - started,
         "seed": cfg.seed,
+        "run_dir": cfg.run_dir,
         "config_hash": cfg.hash(),
     }

@@ -187,7 +187,15 @@ def _compile(fn: Callable, mode: str, device: torch.device) -> Callable:
     return torch.compile(fn, dynamic=False)
 
 
-def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, targets: Any, labels: torch.Tensor | None, lr_scale: list[float] | None = None, **step: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _objective(
+    methods: list[Method],
+    replicated: bool,
+    logits: torch.Tensor,
+    targets: Any,
+    labels: torch.Tensor | None,
+    lr_scale: list[float] | None = None,
+    **step: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss to backpropagate and its detached terms (``loss`` first, then the components).
 
     Each method gets one :class:`StepInputs`: these logits, targets and labels, and ``step`` (the
@@ -200,7 +208,11 @@ def _objective(methods: list[Method], replicated: bool, logits: torch.Tensor, ta
     if not replicated:
         out = methods[0](StepInputs(logits, targets, labels, **step))
         return out.loss, {"loss": out.loss.detach(), **out.components}
-    outs = [m(StepInputs(logits[k], None if targets is None else targets[k], None if labels is None else labels[k], **step)) for k, m in enumerate(methods)]
+    outs = []
+    for k, m in enumerate(methods):
+        targets_k = None if targets is None else targets[k]
+        labels_k = None if labels is None else labels[k]
+        outs.append(m(StepInputs(logits[k], targets_k, labels_k, **step)))
     names = list(outs[0].components)
     if any(list(o.components) != names for o in outs):
         raise DKError(f"replicas report different loss components ({[list(o.components) for o in outs]})", "sweep only hyperparameters that keep the same terms (e.g. hard_weight all 0 or all > 0)")
@@ -254,9 +266,14 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
     main = rank == 0
     source = make_source(cfg, inputs)
     # the method's own trainable part (a regressor) and feature hooks, if it has them
-    bound = BoundMethod(methods, model, inputs.teacher_members, seed=cfg.seed, stored_targets=inputs.teacher_logits is not None, label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=world).to(device)
+    bound = BoundMethod(
+        methods, model, inputs.teacher_members, seed=cfg.seed,
+        stored_targets=inputs.teacher_logits is not None, label_smoothing=cfg.label_smoothing,
+        eager=cfg.train_step == "eager", processes=world,
+    ).to(device)
     # a method with a connector trains in stages: some parameters get their first gradient late
-    optimizer = build_optimizer(cfg.optim, [*model.parameters(), *bound.parameters()], fused=bound.connector is None)
+    owned = [*model.parameters(), *bound.parameters()]
+    optimizer = build_optimizer(cfg.optim, owned, fused=bound.connector is None)
     steps_per_epoch = source.steps_per_epoch
     total_steps = cfg.optim.epochs * steps_per_epoch
     sync_every = cfg.sync_every or (50 if device.type == "cuda" else 1)
@@ -301,12 +318,23 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
         functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext
     )
 
-    def forward_loss(x: torch.Tensor, y: torch.Tensor | None, targets: Any, epoch: int, step: int, teacher_features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_loss(
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        targets: Any,
+        epoch: int,
+        step: int,
+        teacher_features: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with autocast():
             logits = net(x)
-        features = {"student_features": bound.student_features(), "teacher_features": teacher_features}
+        features = {"student_features": bound.student_features(),
+                    "teacher_features": teacher_features}
         # losses upcast to float32; a method that never reads epoch or step adds no compile guard
-        return _objective(methods, replicated, logits, targets, y, lr_scale, epoch=epoch, step=step, combine=combine, label_smoothing=cfg.label_smoothing, **features)
+        return _objective(
+            methods, replicated, logits, targets, y, lr_scale, epoch=epoch, step=step,
+            combine=combine, label_smoothing=cfg.label_smoothing, **features,
+        )
 
     step_fn = _compile(forward_loss, cfg.train_step, device)
 
@@ -527,7 +555,8 @@ def fit(cfg: RunConfig, inputs: FitInputs, run_dir: Path | None, resume: dict[st
                     sync = contextlib.nullcontext() if d is None or i == len(starts) - 1 else net.no_sync()
                     with sync:
                         targets = teacher_targets(ps, xs)
-                        loss, terms = step_fn(xs, ys, targets, epoch, global_step, bound.teacher_features())
+                        t_features = bound.teacher_features()
+                        loss, terms = step_fn(xs, ys, targets, epoch, global_step, t_features)
                         share = weight * length / n_global
                         scale = share * world  # 1 for a whole batch in one process: no extra kernels
                         (loss if scale == 1.0 else loss * scale).backward()

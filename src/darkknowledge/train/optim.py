@@ -58,7 +58,9 @@ def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
 
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], fused: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: OptimConfig, params: Iterable[torch.nn.Parameter], fused: bool = True
+) -> torch.optim.Optimizer:
     """``fused=False``: the foreach kernels, which (unlike the fused ones) accept a parameter whose
     first gradient comes after others already hold momentum (a method trained in stages)."""
     params = list(params)

@@ -224,7 +224,10 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
         method = replica_methods[0]
     if kind == "distill" and not method.needs_teacher:
         distillers = ", ".join(n for n in methods.names() if methods.get(n).needs_teacher)
-        raise DKError(f"dk distill needs a distillation method, got method.name={cfg.method['name']}", f"use one of {distillers} (or `dk train` for hard labels)")
+        raise DKError(
+            f"dk distill needs a distillation method, got method.name={cfg.method['name']}",
+            f"use one of {distillers} (or `dk train` for hard labels)",
+        )
     if kind == "train" and method.needs_teacher:
         raise DKError(f"method {cfg.method['name']} needs a teacher", "use `dk distill` with teacher.checkpoints=[...]")
     if method.needs_teacher and not cfg.teacher.checkpoints:
@@ -249,7 +252,8 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
     if len(train) == 0:
         raise DKError("the transfer set is empty", "check data.omit_classes / keep_classes / fraction")
     if method.needs_labels() and train.labels is None:
-        fix = "set data.unlabelled=false" + (", or method.hard_weight=0" if labels_optional(method) else "")
+        optional = ", or method.hard_weight=0" if labels_optional(method) else ""
+        fix = "set data.unlabelled=false" + optional
         raise DKError(f"method {cfg.method['name']} needs labels but the transfer set is unlabelled", fix)
     if train.labels is not None and len(torch.unique(train.labels)) < 2 and not method.needs_teacher:
         raise DKError(f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training cannot learn from it", "keep at least two classes")
@@ -282,11 +286,18 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
     replica_seeds = [rc.seed for rc in replica_cfgs] or None
     members = teacher.members if teacher is not None else None
     # what the method asks of the run (features, a connector, labels), checked before any file
-    BoundMethod(replica_methods or [method], model, members, seed=cfg.seed, stored_targets=teacher is not None and cfg.teacher.outputs == "precompute", label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager", processes=group.world_size if group else 1)
+    BoundMethod(
+        replica_methods or [method], model, members, seed=cfg.seed,
+        stored_targets=teacher is not None and cfg.teacher.outputs == "precompute",
+        label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager",
+        processes=group.world_size if group else 1,
+    )
     ckpt = _check_resume(run_dir, resume, cfg)
     if ckpt is not None:
         _check_same_run(cfg, ckpt, fingerprints)
-        check_resumable(cfg, ckpt, FitInputs(model, method, train, device, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group, teacher_members=members))
+        probe = FitInputs(model, method, train, device, replica_methods=replica_methods,
+                          replica_seeds=replica_seeds, dist=group, teacher_members=members)
+        check_resumable(cfg, ckpt, probe)
         finished = _finished_summary(cfg, run_dir, ckpt)
         if finished is not None:
             return finished
@@ -319,7 +330,11 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
                 run_dir.rmdir()
         raise
     model = model.to(device)
-    inputs = FitInputs(model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher, fingerprints, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group, teacher_members=members)
+    inputs = FitInputs(
+        model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher,
+        fingerprints, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group,
+        teacher_members=members,
+    )
     history = fit(cfg, inputs, run_dir, resume=ckpt, stop=stop)
     if replica_methods:
         return _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teacher, train, fingerprints, device, started, group)
