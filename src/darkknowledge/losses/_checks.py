@@ -27,14 +27,16 @@ def as_float(logits: torch.Tensor, name: str) -> torch.Tensor:
     return logits
 
 
+def real_number(value: object, name: str, fix: str) -> float:
+    """``value`` as a float, or a DKError ``{name} must be a number`` (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DKError(f"{name} must be a number, got {type(value).__name__} {value!r}", fix)
+    return float(value)
+
+
 def check_temperature(temperature: object) -> float:
     """Return ``temperature`` as a float, or raise DKError unless it is a finite number > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise DKError(
-            f"temperature must be a number, got {type(temperature).__name__} {temperature!r}",
-            "use a finite number > 0, e.g. temperature=20",
-        )
-    value = float(temperature)
+    value = real_number(temperature, "temperature", "use a finite number > 0, e.g. temperature=20")
     if not math.isfinite(value) or value <= 0:
         raise DKError(
             f"temperature must be a finite number > 0, got {temperature!r}",

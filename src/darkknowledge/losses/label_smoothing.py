@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
 from darkknowledge.errors import DKError
+from darkknowledge.losses._checks import real_number
 
 
 def check_label_smoothing(epsilon: object) -> float:
     """``epsilon`` as a float, or a :class:`DKError` unless it is a number in [0, 1)."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise DKError(
-            f"label_smoothing must be a number, got {type(epsilon).__name__} {epsilon!r}",
-            "use a number in [0, 1), e.g. label_smoothing=0.1",
-        )
-    value = float(epsilon)
+    value = real_number(
+        epsilon, "label_smoothing", "use a number in [0, 1), e.g. label_smoothing=0.1"
+    )
     if not (math.isfinite(value) and 0.0 <= value < 1.0):
         raise DKError(
             f"label_smoothing must be in [0, 1), got {epsilon!r}",

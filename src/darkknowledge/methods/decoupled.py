@@ -39,12 +39,12 @@ class Decoupled(Method):
     hard_weight: float = 1.0
     warmup_epochs: int = 20
 
-    def needs_labels(self) -> bool:
-        return True
-
     def warmup(self, epoch: int) -> float:
         """The factor of the distillation terms at ``epoch`` (0-based)."""
         return 1.0 if not self.warmup_epochs else min((epoch + 1) / self.warmup_epochs, 1.0)
+
+    def needs_labels(self) -> bool:
+        return True
 
     def __call__(self, batch: StepInputs) -> MethodOutput:
         tckd, nckd = decoupled_kd_terms(

@@ -15,6 +15,7 @@ from darkknowledge.methods.base import (
     Method,
     MethodOutput,
     StepInputs,
+    hyperparameter,
     methods,
     with_hard_term,
 )
@@ -52,7 +53,7 @@ class Hints(Method):
 
     student_layer: str = "layers.0"
     teacher_layer: str = "layers.0"
-    hint_epochs: int = 5
+    hint_epochs: int = hyperparameter(5, low=0)  # the stage switch: epochs of stage 1
     hint_weight: float = 1.0
     temperature: float = 4.0
     soft_weight: float = 1.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,12 @@ def run_generations(
         raise DKError(
             f"generations={cfg.generations} distils born-again students",
             "use dk distill with a teacher (generation 0)",
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DKError(
+            f"generations={cfg.generations} under torchrun: born-again generations "
+            "train one process at a time",
+            "run it without torchrun",
         )
     if resume not in ("never", "auto"):
         raise DKError(
