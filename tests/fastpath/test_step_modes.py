@@ -73,8 +73,8 @@ def test_bf16_runs_close_to_fp32_and_the_loss_stays_float32(make_cfg, monkeypatc
     seen = []
     real = loop._objective
 
-    def spy(methods, replicated, logits, targets, labels, combine, lr_scale=None):
-        loss, terms = real(methods, replicated, logits, targets, labels, combine, lr_scale)
+    def spy(methods, replicated, logits, targets, labels, lr_scale=None, **step):
+        loss, terms = real(methods, replicated, logits, targets, labels, lr_scale, **step)
         seen.append((logits.dtype, loss.dtype, {t.dtype for t in terms.values()}))
         return loss, terms
 
