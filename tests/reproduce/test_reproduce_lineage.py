@@ -119,11 +119,14 @@ def test_the_readme_table_comes_from_results_csv(tmp_path):
     )
 
 
+@pytest.fixture(scope="session")
+def fashion_dir():
+    return fetch_dataset("fashion_mnist")  # the user's cache, before a test isolates it
+
+
 @pytest.mark.slow
-def test_a_reduced_lineage_runs_end_to_end(tmp_path, isolated_cache):
-    (isolated_cache / "fashion_mnist").symlink_to(
-        fetch_dataset("fashion_mnist"), target_is_directory=True
-    )
+def test_a_reduced_lineage_runs_end_to_end(tmp_path, fashion_dir, isolated_cache):
+    (isolated_cache / "fashion_mnist").symlink_to(fashion_dir, target_is_directory=True)
     shutil.copytree(EXP, tmp_path / "exp" / "lineage")
     tiny = [
         "data.train_size=300",
