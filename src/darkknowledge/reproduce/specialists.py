@@ -78,7 +78,8 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     generalist = load_model(gen["run_dir"])
 
     # clusters and specialists, keyed by what they depend on; trained once
-    key = hashlib.sha256(json.dumps({"generalist": gen["config_hash"], "clusters": cl, "train": tr}, sort_keys=True).encode()).hexdigest()
+    # "recipe" numbers how clusters and specialists are made: bump it when that code changes
+    key = hashlib.sha256(json.dumps({"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 2}, sort_keys=True).encode()).hexdigest()
     where = Path(gen_cfg.run_dir).parent / f"{cell.id}_specialists-{key[:10]}"
     done = where / "summary.json"
     if done.is_file():
@@ -88,8 +89,8 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
         seconds = saved["seconds"]
     else:
         t0 = time.perf_counter()
-        probs = predict_logits(generalist, splits.train).softmax(dim=1)
-        clusters = confusable_clusters(probs, int(cl["k"]), int(cl["size"]), seed=int(cl.get("seed", 0)))
+        probs = predict_logits(generalist, _cluster_images(splits, cl)).softmax(dim=1)
+        clusters = confusable_clusters(probs, int(cl["k"]), int(cl["size"]), seed=int(cl.get("seed", 0)), normalize=bool(cl.get("normalize", True)))
         clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
         cluster_seconds = time.perf_counter() - t0
         settings = SpecialistSettings(**tr)
@@ -105,6 +106,12 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     ctx.record(cell.id, "specialists", len(clusters), stage)
     ctx.record(cell.id, "classes_covered", int(clusters.any(dim=0).sum()), stage)
 
+    if splits.valid is not None:  # what every choice of the cell's settings is made on
+        valid = predict(generalist, specialists, clusters, splits.valid, top_n)
+        v = specialist_tables(valid["p_general"], valid["q"], splits.valid.labels, clusters, valid["active"])
+        ctx.record(cell.id, "valid_top1", 100.0 * v["top1"], stage)
+        ctx.record(cell.id, "valid_top1_with_specialists", 100.0 * v["top1_with_specialists"], stage)
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: validation top-1 {100 * v['top1']:.2f}% → {100 * v['top1_with_specialists']:.2f}% with specialists", flush=True)
     test = predict(generalist, specialists, clusters, splits.test, top_n)
     t = specialist_tables(test["p_general"], test["q"], splits.test.labels, clusters, test["active"])
     for name in ("top1", "top1_with_specialists", "relative_gain", "conditional", "conditional_with_specialists"):
@@ -137,6 +144,16 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     ctx.record(cell.id, "latency_ms_generalist", _latency_ms(generalist, x), stage)
     ctx.record(cell.id, "latency_ms_system", _latency_ms(lambda xi: predict(generalist, specialists, clusters, _One(xi), top_n), x), stage)
     print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → {100 * t['top1_with_specialists']:.2f}% with specialists (conditional {100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%); one distilled network {distilled:.2f}%", flush=True)
+
+
+def _cluster_images(splits: Any, cl: dict[str, Any]) -> Any:
+    """The images whose predicted distributions give the clusters (no labels are read):
+    ``clusters.images: validation`` (the default when the run holds one out: the generalist's
+    hesitations on images it did not train on) or ``train``."""
+    source = cl.get("images", "validation" if splits.valid is not None else "train")
+    if source not in ("validation", "train") or (source == "validation" and splits.valid is None):
+        raise DKError(f"specialists.clusters.images={source!r} is not available", "use 'train', or 'validation' with data.validation_size > 0")
+    return splits.valid if source == "validation" else splits.train
 
 
 class _One:
