@@ -288,6 +288,26 @@ def specialist_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dic
     return "\n".join(lines), bars
 
 
+SCALE_CELL = "specialists_synthetic_jft"
+
+
+def specialists_at_scale(rows: list[dict[str, str]], scale: str) -> str:
+    """What the 15,000-class cell measures: the wall time of clustering and of training the
+    specialists, and the whole system's test images/s (its accuracies are a generated task's)."""
+    by = latest(rows, scale)
+    mean = lambda metric: _mean(by.get((SCALE_CELL, "", metric), {}))  # noqa: E731
+    if mean("cluster_seconds") is None:
+        return ""
+    fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731
+    return "\n".join([
+        "| classes | specialists × classes | classes covered | clustering | specialists' training | system: test images/s | latency per image: generalist / system | test top-1: generalist / system |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 15,000 | {fmt(mean('specialists'), '{:.0f}')} × 300 | {fmt(mean('classes_covered'), '{:,.0f}')} | {fmt(mean('cluster_seconds'), '{:.0f} s')} | {fmt(mean('specialists_seconds'), '{:.0f} s')} | {fmt(mean('system_images_per_second'), '{:.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.1f}')} / {fmt(mean('latency_ms_system'), '{:.1f} ms')} | {fmt(mean('top1'), '{:.2f}')} / {fmt(mean('top1_with_specialists'), '{:.2f} %')} |",
+        "",
+        "- `synthetic_jft` is generated (JFT's label space only): it measures scale, and its accuracies claim nothing; wall times on this machine's CPU as the rows record it",
+    ])
+
+
 def plot_covering(bars: dict[int, tuple[float, float]], path: Path, scale: str) -> bool:
     """Table 4 as a bar chart: relative top-1 gain by the number of specialists covering the true
     class, ours beside the paper's."""
@@ -378,6 +398,10 @@ def write_report(exp_dir: Path) -> str:
         png = exp_dir / f"specialists_covering_{scale}.png"
         if plot_covering(bars, png, scale):
             parts += [f"![relative gain by covering specialists, {scale} scale]({png.name})", ""]
+    for scale in ("full", "cpu", "smoke"):
+        table = specialists_at_scale(rows, scale)
+        if table:
+            parts += [f"### Specialists at JFT's label space ({scale} scale): `{SCALE_CELL}`", "", table, ""]
     deployment = deployment_table(exp_dir / "deployment.csv")
     if deployment:
         parts += [deployment]
