@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from darkknowledge.errors import DKError
-from darkknowledge.specialists.clusters import confusable_clusters, kmeans, prediction_covariance
+from darkknowledge.specialists.clusters import (
+    confusable_clusters,
+    correlation,
+    kmeans,
+    prediction_covariance,
+)
 
 
 def _confused_generalist(groups: list[list[int]], classes: int, n: int = 3000, seed: int = 0) -> torch.Tensor:
@@ -51,3 +56,36 @@ def test_covariance_and_kmeans_basics_and_refusals():
         kmeans(pts, 41)
     with pytest.raises(DKError, match="probs must be"):
         prediction_covariance(torch.ones(6))
+
+
+def test_weakly_confused_groups_are_found_beside_strongly_confused_ones():
+    """Groups the generalist hesitates over only a little still get their own cluster: the
+    columns are compared as correlations, so long columns (hard classes) do not draw every centre,
+    and every class belongs to the cluster of its nearest centre."""
+    groups = [[0, 5, 9], [1, 3, 11], [4, 6, 8], [2, 7, 10]]
+    g = torch.Generator().manual_seed(0)
+    n, classes = 4000, 12
+    probs = torch.full((n, classes), 1e-4)
+    which = torch.randint(len(groups), (n,), generator=g)
+    for i in range(n):
+        gi = int(which[i])
+        members = groups[gi]
+        spread = 1.0 if gi < 2 else 0.05  # groups 2 and 3: nearly confident predictions
+        w = torch.distributions.Dirichlet(torch.ones(len(members))).sample()
+        top = members[int(torch.randint(len(members), (1,), generator=g))]
+        probs[i, members] += spread * w
+        probs[i, top] += 1 - spread
+    probs = probs / probs.sum(dim=1, keepdim=True)
+    torch.manual_seed(0)
+    members = confusable_clusters(probs, k=4, size=3, seed=0)
+    assert int(members.any(dim=0).sum()) == classes
+    found = sorted(sorted(torch.nonzero(row).flatten().tolist()) for row in members)
+    assert found == sorted(sorted(gr) for gr in groups)
+
+
+def test_correlation_has_unit_diagonal_and_zero_for_a_class_never_predicted():
+    p = torch.softmax(torch.randn(200, 5), dim=1)
+    p = torch.cat([p, torch.zeros(200, 1)], dim=1)  # class 5 never predicted
+    corr = correlation(prediction_covariance(p))
+    torch.testing.assert_close(corr.diagonal()[:5], torch.ones(5))
+    assert torch.equal(corr[5], torch.zeros(6)) and torch.equal(corr[:, 5], torch.zeros(6))

@@ -142,14 +142,32 @@ def sweep_shape(grid: dict[int, dict[float, float]]) -> str:
     return "Shape: " + "; ".join(parts) + " (paper: with ≥ 300 units all T above 8 give fairly similar results)."
 
 
-def plot_sweep(grid: dict[int, dict[float, float]], path: Path, scale: str) -> bool:
+def _pyplot() -> tuple[Any, Any] | None:
+    """(matplotlib, pyplot) on the file-only Agg backend, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return matplotlib, plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> bool:
+    """Write ``fig`` to ``path`` through a temporary file (a reader never sees half a PNG)."""
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def plot_sweep(grid: dict[int, dict[float, float]], path: Path, scale: str) -> bool:
+    if (mpl := _pyplot()) is None:
         return False
+    matplotlib, plt = mpl
     fig, ax = plt.subplots(figsize=(6, 4))
     for w in sorted(grid):
         ts = sorted(grid[w])
@@ -162,12 +180,7 @@ def plot_sweep(grid: dict[int, dict[float, float]], path: Path, scale: str) -> b
     ax.set_ylabel("test errors (of the evaluated test images)")
     ax.set_title(f"Temperature sweep, {scale} scale (mean over seeds)")
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return True
+    return _save(plt, fig, path)
 
 
 ENSEMBLE_CELL = "ensemble_distill"
@@ -207,13 +220,9 @@ def ensemble_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[
 
 def plot_members(curves: dict[str, dict[str, dict[int, float]]], path: Path, scale: str) -> bool:
     """Accuracy against the number of members: their ensemble, and a student distilled from them."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if (mpl := _pyplot()) is None:
         return False
+    matplotlib, plt = mpl
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
     for ax, (ds, kinds) in zip(axes[0], sorted(curves.items()), strict=True):
         for kind, style in (("ensemble", "o-"), ("distilled", "s--")):
@@ -232,12 +241,97 @@ def plot_members(curves: dict[str, dict[str, dict[int, float]]], path: Path, sca
         ax.set_title(ds)
         ax.legend(fontsize=8)
     fig.suptitle(f"How many members are worth it ({scale} scale)")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return True
+    return _save(plt, fig, path)
+
+
+SPECIALISTS_CELL = "specialists_mnist100"
+# Table 4 [P]: relative top-1 gain by the number of specialists covering the true class
+PAPER_COVERING_GAIN = {1: 3.4, 2: 7.4, 3: 8.8, 4: 10.5, 5: 11.1, 6: 11.3, 7: 12.8, 8: 13.6, 9: 16.6, 10: 14.1}
+
+
+def specialist_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[int, tuple[float, float]]]:
+    """The specialists cell's Table 3 and Table 4 analogues (means over seeds) and, for the bar
+    chart, covering count → (our relative gain %, images)."""
+    # the covering groups of the latest system only (an older run may have had other groups)
+    last = {r["seed"]: r["config_hash"] for r in rows if r["cell"] == SPECIALISTS_CELL and r["scale"] == scale and r["metric"] == "top1"}
+    current = set(last.values())
+    by = latest([r for r in rows if not (r["cell"] == SPECIALISTS_CELL and r["variant"].startswith("covering")) or r["config_hash"] in current], scale)
+    mean = lambda metric, variant="": _mean(by.get((SPECIALISTS_CELL, variant, metric), {}))  # noqa: E731
+    if mean("top1") is None:
+        return "", {}
+    fmt = lambda v, f="{:.2f} %": "—" if v is None else f.format(v)  # noqa: E731
+    gain = lambda a, b: None if a is None or b is None or not a else 100 * (b - a) / a  # noqa: E731
+    top1, spec = mean("top1"), mean("top1_with_specialists")
+    cond, cond_spec = mean("conditional"), mean("conditional_with_specialists")
+    distilled, kept = mean("top1_distilled"), mean("gain_kept")
+    lines = [
+        f"{fmt(mean('specialists'), '{:.0f}')} specialists over clusters of confusable classes, {fmt(mean('classes_covered'), '{:.0f}')} of 100 classes covered; test images of `mnist100`.",
+        "",
+        "| system | test top-1 | conditional test accuracy | relative gain (top-1) | parameters | latency per image (CPU) |",
+        "|---|---|---|---|---|---|",
+        f"| generalist | {fmt(top1)} | {fmt(cond)} | | {fmt(mean('parameters_generalist'), '{:,.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.3f} ms')} |",
+        f"| generalist + specialists | {fmt(spec)} | {fmt(cond_spec)} | {fmt(gain(top1, spec), '{:+.1f} %')} | {fmt(mean('parameters_system'), '{:,.0f}')} | {fmt(mean('latency_ms_system'), '{:.3f} ms')} |",
+        f"| one network distilled from the system | {fmt(distilled)} | | {fmt(gain(top1, distilled), '{:+.1f} %')} | {fmt(mean('parameters_generalist'), '{:,.0f}')} | (the generalist's) |",
+        "",
+        f"- share of the specialists' gain the distilled network keeps: {fmt(kept, '{:.0%}')}" if kept is not None else "- share kept: — (no gain to share, or not measured)",
+        f"- validation top-1 (what the settings were compared on): {fmt(mean('valid_top1'))} → {fmt(mean('valid_top1_with_specialists'))} with specialists",
+        "- paper (JFT, Table 3): top-1 25.0 % → 26.1 % (+4.4 % relative), conditional 43.1 % → 45.9 %; distilling the specialists back was not done",
+        "",
+        "| specialists covering the true class | test images | generalist | with specialists | relative gain | paper (Table 4) |",
+        "|---|---|---|---|---|---|",
+    ]
+    bars: dict[int, tuple[float, float]] = {}
+    covering = sorted({int(v.removeprefix("covering")) for (c, v, _) in by if c == SPECIALISTS_CELL and v.startswith("covering")})
+    for k in covering:
+        n, g, w = mean("covering_n", f"covering{k}"), mean("covering_generalist", f"covering{k}"), mean("covering_with_specialists", f"covering{k}")
+        rel = gain(g, w)
+        paper = "0" if k == 0 else f"+{PAPER_COVERING_GAIN[min(k, 10)]} %"
+        lines.append(f"| {k} | {fmt(n, '{:.0f}')} | {fmt(g)} | {fmt(w)} | {fmt(rel, '{:+.1f} %')} | {paper} |")
+        if rel is not None and n is not None:
+            bars[k] = (rel, n)
+    return "\n".join(lines), bars
+
+
+SCALE_CELL = "specialists_synthetic_jft"
+
+
+def specialists_at_scale(rows: list[dict[str, str]], scale: str) -> str:
+    """What the 15,000-class cell measures: the wall time of clustering and of training the
+    specialists, and the whole system's test images/s (its accuracies are a generated task's)."""
+    by = latest(rows, scale)
+    mean = lambda metric: _mean(by.get((SCALE_CELL, "", metric), {}))  # noqa: E731
+    if mean("cluster_seconds") is None:
+        return ""
+    fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731
+    return "\n".join([
+        "| classes | specialists × classes | classes covered | clustering | specialists' training | system: test images/s | latency per image: generalist / system | test top-1: generalist / system |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 15,000 | {fmt(mean('specialists'), '{:.0f}')} × 300 | {fmt(mean('classes_covered'), '{:,.0f}')} | {fmt(mean('cluster_seconds'), '{:.0f} s')} | {fmt(mean('specialists_seconds'), '{:.0f} s')} | {fmt(mean('system_images_per_second'), '{:.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.1f}')} / {fmt(mean('latency_ms_system'), '{:.1f} ms')} | {fmt(mean('top1'), '{:.2f}')} / {fmt(mean('top1_with_specialists'), '{:.2f} %')} |",
+        "",
+        "- `synthetic_jft` is generated (JFT's label space only): it measures scale, and its accuracies claim nothing; wall times on this machine's CPU as the rows record it",
+    ])
+
+
+def plot_covering(bars: dict[int, tuple[float, float]], path: Path, scale: str) -> bool:
+    """Table 4 as a bar chart: relative top-1 gain by the number of specialists covering the true
+    class, ours beside the paper's."""
+    if (mpl := _pyplot()) is None or not bars:
+        return False
+    _, plt = mpl
+    ks = sorted(bars)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    width = 0.4
+    ax.bar([k - width / 2 for k in ks], [bars[k][0] for k in ks], width, label="ours (mnist100)")
+    ax.bar([k + width / 2 for k in ks], [0.0 if k == 0 else PAPER_COVERING_GAIN[min(k, 10)] for k in ks], width, label="paper (JFT, Table 4)", color="lightgray", edgecolor="gray")
+    for k in ks:
+        ax.annotate(f"n={bars[k][1]:.0f}", (k - width / 2, bars[k][0]), ha="center", va="bottom" if bars[k][0] >= 0 else "top", fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(ks)
+    ax.set_xlabel("specialists covering the true class")
+    ax.set_ylabel("relative top-1 gain (%)")
+    ax.set_title(f"Gain by covering specialists ({scale} scale, test images)")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
 
 
 def deployment_table(path: Path) -> str:
@@ -373,6 +467,18 @@ def write_report(exp_dir: Path) -> str:
         png = exp_dir / f"ensemble_members_{scale}.png"
         if plot_members(curves, png, scale):
             parts += [f"![accuracy by number of members, {scale} scale]({png.name})", ""]
+    for scale in ("full", "cpu", "smoke"):
+        table, bars = specialist_results(rows, scale)
+        if not table:
+            continue
+        parts += [f"### Specialists ({scale} scale): `{SPECIALISTS_CELL}`, Tables 3 and 4", "", table, ""]
+        png = exp_dir / f"specialists_covering_{scale}.png"
+        if plot_covering(bars, png, scale):
+            parts += [f"![relative gain by covering specialists, {scale} scale]({png.name})", ""]
+    for scale in ("full", "cpu", "smoke"):
+        table = specialists_at_scale(rows, scale)
+        if table:
+            parts += [f"### Specialists at JFT's label space ({scale} scale): `{SCALE_CELL}`", "", table, ""]
     deployment = deployment_table(exp_dir / "deployment.csv")
     if deployment:
         parts += [deployment]

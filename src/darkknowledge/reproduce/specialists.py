@@ -78,18 +78,19 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     generalist = load_model(gen["run_dir"])
 
     # clusters and specialists, keyed by what they depend on; trained once
-    key = hashlib.sha256(json.dumps({"generalist": gen["config_hash"], "clusters": cl, "train": tr}, sort_keys=True).encode()).hexdigest()
+    # "recipe" numbers how clusters and specialists are made: bump it when that code changes
+    key = hashlib.sha256(json.dumps({"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 2}, sort_keys=True).encode()).hexdigest()
     where = Path(gen_cfg.run_dir).parent / f"{cell.id}_specialists-{key[:10]}"
     done = where / "summary.json"
     if done.is_file():
         saved = json.loads(done.read_text())
         clusters = torch.tensor(saved["clusters"], dtype=torch.bool)
         specialists = BatchedMLP.from_models([load_model(where / "replicas" / str(m)) for m in range(len(clusters))])
-        seconds = saved["seconds"]
+        seconds, cluster_seconds = saved["seconds"], saved["cluster_seconds"]
     else:
         t0 = time.perf_counter()
-        probs = predict_logits(generalist, splits.train).softmax(dim=1)
-        clusters = confusable_clusters(probs, int(cl["k"]), int(cl["size"]), seed=int(cl.get("seed", 0)))
+        probs = predict_logits(generalist, _cluster_images(splits, cl)).softmax(dim=1)
+        clusters = confusable_clusters(probs, int(cl["k"]), int(cl["size"]), seed=int(cl.get("seed", 0)), normalize=bool(cl.get("normalize", True)))
         clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
         cluster_seconds = time.perf_counter() - t0
         settings = SpecialistSettings(**tr)
@@ -103,10 +104,39 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
         print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of {int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one batched model in {info['seconds']:.1f}s", flush=True)
     stage = _stage(ctx, seconds, key)
     ctx.record(cell.id, "specialists", len(clusters), stage)
+    ctx.record(cell.id, "cluster_seconds", cluster_seconds, stage)
+    ctx.record(cell.id, "specialists_seconds", seconds - cluster_seconds, stage)
     ctx.record(cell.id, "classes_covered", int(clusters.any(dim=0).sum()), stage)
 
-    test = predict(generalist, specialists, clusters, splits.test, top_n)
-    t = specialist_tables(test["p_general"], test["q"], splits.test.labels, clusters, test["active"])
+    t = _evaluate(ctx, cell, stage, (generalist, specialists, clusters, top_n), splits)
+    distilled = _distill_into_one(ctx, cell, (generalist, specialists, clusters, top_n), splits, st, t, key, where, gen_cfg) if st else None
+
+    # inference cost: parameters and single-image latency on this CPU
+    x = splits.test.features(torch.arange(min(200, len(splits.test))))
+    gen_params = sum(p.numel() for p in generalist.parameters())
+    ctx.record(cell.id, "parameters_generalist", gen_params, stage)
+    ctx.record(cell.id, "parameters_system", gen_params + sum(p.numel() for p in specialists.parameters()), stage)
+    ctx.record(cell.id, "latency_ms_generalist", _latency_ms(generalist, x), stage)
+    ctx.record(cell.id, "latency_ms_system", _latency_ms(lambda xi: predict(generalist, specialists, clusters, _One(xi), top_n, keep_probs=False), x), stage)
+    one = f"; one distilled network {distilled:.2f}%" if distilled is not None else ""
+    print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → {100 * t['top1_with_specialists']:.2f}% with specialists (conditional {100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%){one}", flush=True)
+
+
+def _evaluate(ctx: Context, cell: Cell, stage: dict[str, Any], system: tuple, splits: Any) -> dict[str, Any]:
+    """Tables 3 and 4 on the test images (and top-1 on the validation images, on which every
+    setting of the cell is compared); records them and the system's test images per second."""
+    generalist, specialists, clusters, top_n = system
+    if splits.valid is not None:
+        valid = predict(generalist, specialists, clusters, splits.valid, top_n, keep_probs=False)
+        v = specialist_tables(valid["pred_general"], valid["pred"], splits.valid.labels, clusters, valid["active"])
+        ctx.record(cell.id, "valid_top1", 100.0 * v["top1"], stage)
+        ctx.record(cell.id, "valid_top1_with_specialists", 100.0 * v["top1_with_specialists"], stage)
+        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: validation top-1 {100 * v['top1']:.2f}% → {100 * v['top1_with_specialists']:.2f}% with specialists", flush=True)
+    t0 = time.perf_counter()
+    test = predict(generalist, specialists, clusters, splits.test, top_n, keep_probs=False)
+    seconds = time.perf_counter() - t0
+    ctx.record(cell.id, "system_images_per_second", len(splits.test) / seconds, stage)
+    t = specialist_tables(test["pred_general"], test["pred"], splits.test.labels, clusters, test["active"])
     for name in ("top1", "top1_with_specialists", "relative_gain", "conditional", "conditional_with_specialists"):
         ctx.record(cell.id, name, 100.0 * t[name] if name != "relative_gain" else t[name], stage)
     for row in t["by_covering"]:
@@ -114,8 +144,14 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
             value = 100.0 * row[name] if name in ("generalist", "with_specialists") else row[name]
             if value == value:  # not NaN
                 ctx.record(cell.id, f"covering_{name}", value, stage, variant=f"covering{row['covering']}")
+    return t
 
-    # the debt: one network of the generalist's size from the whole system's distributions
+
+def _distill_into_one(ctx: Context, cell: Cell, system: tuple, splits: Any, st: dict[str, Any], t: dict[str, Any], key: str, where: Path, gen_cfg: Any) -> float:
+    """The debt the paper leaves: one network of the generalist's size trained on the whole
+    system's distributions over the training images; records its test top-1 and the share of
+    the specialists' gain it keeps."""
+    generalist, specialists, clusters, top_n = system
     t0 = time.perf_counter()
     q_train = predict(generalist, specialists, clusters, splits.train, top_n)["q"]
     torch.manual_seed(int(st.get("seed", ctx.seed)))
@@ -128,15 +164,17 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     gain = 100.0 * (t["top1_with_specialists"] - t["top1"])
     if gain > 0:
         ctx.record(cell.id, "gain_kept", (distilled - 100.0 * t["top1"]) / gain, student_stage)
+    return distilled
 
-    # inference cost: parameters and single-image latency on this CPU
-    x = splits.test.features(torch.arange(min(200, len(splits.test))))
-    gen_params = sum(p.numel() for p in generalist.parameters())
-    ctx.record(cell.id, "parameters_generalist", gen_params, stage)
-    ctx.record(cell.id, "parameters_system", gen_params + sum(p.numel() for p in specialists.parameters()), stage)
-    ctx.record(cell.id, "latency_ms_generalist", _latency_ms(generalist, x), stage)
-    ctx.record(cell.id, "latency_ms_system", _latency_ms(lambda xi: predict(generalist, specialists, clusters, _One(xi), top_n), x), stage)
-    print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → {100 * t['top1_with_specialists']:.2f}% with specialists (conditional {100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%); one distilled network {distilled:.2f}%", flush=True)
+
+def _cluster_images(splits: Any, cl: dict[str, Any]) -> Any:
+    """The images whose predicted distributions give the clusters (no labels are read):
+    ``clusters.images: validation`` (the default when the run holds one out: the generalist's
+    hesitations on images it did not train on) or ``train``."""
+    source = cl.get("images", "validation" if splits.valid is not None else "train")
+    if source not in ("validation", "train") or (source == "validation" and splits.valid is None):
+        raise DKError(f"specialists.clusters.images={source!r} is not available", "use 'train', or 'validation' with data.validation_size > 0")
+    return splits.valid if source == "validation" else splits.train
 
 
 class _One:

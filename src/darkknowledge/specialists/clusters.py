@@ -3,9 +3,18 @@
 The generalist's predicted distributions over a dataset (no true labels needed) give a class ×
 class covariance matrix: two classes the generalist often hesitates between rise and fall
 together. K-means on its columns (an online, mini-batch K-means, as in the paper) groups such
-classes; every cluster then takes the ``size`` classes nearest its centre. Clusters may overlap:
-a class close to two centres lands in both (the paper's specialists overlap too), and a class
-far from every centre is covered by none (the generalist alone predicts it).
+classes. The columns are first scaled to unit variance (the correlation matrix): on raw
+covariance columns the hardest classes, whose columns are longest, draw every centre and the
+clusters collapse onto them (measured on mnist100: 10 clusters of 20 covered 57 classes, and
+held only 29 % of the generalist's validation errors within one cluster; on correlation columns
+20 clusters of 20 cover all 100 and hold 92 %). ``normalize=False`` keeps the paper's raw
+covariance.
+
+Every class belongs to the cluster of its nearest centre (a partition); each cluster is then
+filled up to ``size`` with the classes nearest its centre outside it, which is where overlaps
+come from (the paper's specialists overlap too: Table 4). A partition cell larger than ``size``
+keeps its ``size`` classes nearest the centre, so a class can end up covered by no cluster (the
+generalist alone predicts it).
 
 Everything is torch on the device of the inputs; nothing here reads labels.
 """
@@ -65,19 +74,34 @@ def kmeans(points: torch.Tensor, k: int, *, seed: int = 0, steps: int = 100, bat
     return centres
 
 
-def confusable_clusters(probs: torch.Tensor, k: int, size: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024) -> torch.Tensor:
+def correlation(cov: torch.Tensor) -> torch.Tensor:
+    """The correlation matrix of a covariance matrix; a class never predicted (zero variance)
+    gets a zero column."""
+    sd = cov.diagonal().clamp_min(0).sqrt()
+    scale = torch.where(sd > 0, 1 / sd.clamp_min(torch.finfo(cov.dtype).tiny), torch.zeros_like(sd))
+    return cov * scale[:, None] * scale[None, :]
+
+
+def confusable_clusters(probs: torch.Tensor, k: int, size: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024, normalize: bool = True) -> torch.Tensor:
     """``k`` clusters of ``size`` confusable classes each, from the generalist's predictions.
 
-    Returns a (k, C) bool membership matrix: row m holds the ``size`` classes whose covariance
-    columns lie nearest centre m. Overlaps are allowed (see the module docstring); clusters that
-    came out identical are kept (the caller may drop duplicates with ``unique(dim=0)``).
+    Returns a (k, C) bool membership matrix: row m holds the classes whose nearest centre is m
+    (nearest first, at most ``size``), filled up to ``size`` with the classes nearest centre m.
+    Overlaps come from the filling (see the module docstring); clusters that came out identical
+    are kept (the caller may drop duplicates with ``unique(dim=0)``).
     """
     c = probs.shape[-1]
     if not 2 <= size < c:
         raise DKError(f"cluster size {size} for {c} classes", f"use a size between 2 and {c - 1} (a specialist keeps a dustbin class for the rest)")
-    cov = prediction_covariance(probs)
-    centres = kmeans(cov, k, seed=seed, steps=steps, batch_size=batch_size)
-    nearest = torch.cdist(centres, cov).topk(size, dim=1, largest=False).indices
+    points = prediction_covariance(probs)
+    if normalize:
+        points = correlation(points)
+    centres = kmeans(points, k, seed=seed, steps=steps, batch_size=batch_size)
+    distance = torch.cdist(centres, points)  # (k, C)
+    own = distance.argmin(dim=0)[None, :] == torch.arange(k, device=distance.device)[:, None]
+    # own classes first (shifted below every other distance), then the nearest others
+    ranked = torch.where(own, distance - distance.max() - 1, distance)
+    nearest = ranked.topk(size, dim=1, largest=False).indices
     members = torch.zeros(k, c, dtype=torch.bool, device=probs.device)
     members.scatter_(1, nearest, True)
     return members

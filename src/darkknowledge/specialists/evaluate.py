@@ -15,10 +15,10 @@ import torch
 def specialist_tables(p_general: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, clusters: torch.Tensor, active: torch.Tensor) -> dict:
     """Table 3 and Table 4 numbers from the generalist's distributions ``p_general`` (N, C), the
     combined ones ``q`` (N, C), the true ``labels`` (N,), the (M, C) cluster membership and the
-    (N, M) active specialists."""
+    (N, M) active specialists. ``p_general`` and ``q`` may also be the predicted classes (N,)."""
     labels = labels.to(q.device)
-    gen_right = p_general.argmax(dim=1) == labels
-    comb_right = q.argmax(dim=1) == labels
+    gen_right = (p_general if p_general.dim() == 1 else p_general.argmax(dim=1)) == labels
+    comb_right = (q if q.dim() == 1 else q.argmax(dim=1)) == labels
     touched = active.any(dim=1)
 
     def acc(mask: torch.Tensor) -> tuple[float, float, int]:

@@ -21,27 +21,62 @@ from darkknowledge.data import TensorDataset
 from darkknowledge.errors import DKError
 from darkknowledge.losses import hard_target_loss, soft_target_loss
 from darkknowledge.models import BatchedMLP
-from darkknowledge.specialists.combine import active_specialists, combine, dense_specialist_probs
+from darkknowledge.specialists.combine import combine, dense_specialist_probs
 
 
 @torch.no_grad()
-def predict(generalist: nn.Module, specialists: BatchedMLP, clusters: torch.Tensor, data: TensorDataset, top_n: int = 1, chunk: int = 2000) -> dict[str, torch.Tensor]:
-    """``p_general`` (N, C), ``active`` (N, M) and the combined ``q`` (N, C) over ``data``."""
+def predict(generalist: nn.Module, specialists: BatchedMLP, clusters: torch.Tensor, data: TensorDataset, top_n: int = 1, *, keep_probs: bool = True, budget: int = 20_000_000) -> dict[str, torch.Tensor]:
+    """The whole system over ``data``: ``active`` (N, M), and either the distributions
+    ``p_general`` and ``q`` (N, C) or, with ``keep_probs=False``, only their argmaxes
+    ``pred_general`` and ``pred`` (N,) (what a 15,000-class label space can afford to keep).
+
+    The images are taken in order of the generalist's top class, so that a chunk's images share
+    few active specialists, and each chunk combines over those specialists only (an inactive
+    specialist adds nothing to the objective, so this is exact); a chunk holds as many images as
+    keep its dense (images × specialists × classes) layout within ``budget`` elements.
+    """
     generalist.eval()
     specialists.eval()
     device = next(generalist.parameters()).device
     clusters = clusters.to(device)
-    out: dict[str, list[torch.Tensor]] = {"p_general": [], "active": [], "q": []}
-    for start in range(0, len(data), chunk):
-        x = data.features(torch.arange(start, min(start + chunk, len(data)))).to(device)
+    n, classes = len(data), clusters.shape[1]
+    top = torch.cat([generalist(data.features(torch.arange(s, min(s + 2000, n))).to(device)).topk(top_n, dim=1).indices.cpu() for s in range(0, n, 2000)]) if n else torch.zeros(0, top_n, dtype=torch.long)
+    order = torch.argsort(top[:, 0], stable=True)
+    covering = clusters.T.cpu()  # (C, M)
+    active = covering[top].any(dim=1)  # (N, M)
+    out: dict[str, torch.Tensor] = {"active": active}
+    if keep_probs:
+        out["p_general"], out["q"] = torch.zeros(n, classes), torch.zeros(n, classes)
+    else:
+        out["pred_general"], out["pred"] = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    start = 0
+    while start < n:
+        stop = _chunk_end(active[order], start, classes, budget)
+        pos = order[start:stop]
+        x = data.features(pos).to(device)
         p_g = generalist(x).double().softmax(dim=1)
-        per = specialists(x.unsqueeze(0).expand(specialists.replicas, -1, -1)).double().softmax(dim=-1)  # (M, B, size + 1)
-        active = active_specialists(p_g, clusters, top_n)
-        p_s = dense_specialist_probs(list(per), clusters)
-        out["p_general"].append(p_g.float())
-        out["active"].append(active)
-        out["q"].append(combine(p_g, p_s, clusters, active).float())
-    return {k: torch.cat(v) for k, v in out.items()}
+        used = torch.nonzero(active[pos].any(dim=0)).flatten()
+        q = p_g
+        if len(used):
+            per = specialists(x.unsqueeze(0).expand(specialists.replicas, -1, -1))[used.to(device)].double().softmax(dim=-1)
+            p_s = dense_specialist_probs(list(per), clusters[used.to(device)])
+            q = combine(p_g, p_s, clusters[used.to(device)], active[pos][:, used].to(device))
+        if keep_probs:
+            out["p_general"][pos], out["q"][pos] = p_g.float().cpu(), q.float().cpu()
+        else:
+            out["pred_general"][pos], out["pred"][pos] = p_g.argmax(dim=1).cpu(), q.argmax(dim=1).cpu()
+        start = stop
+    return out
+
+
+def _chunk_end(active: torch.Tensor, start: int, classes: int, budget: int) -> int:
+    """The end of the chunk that starts at ``start`` (rows of ``active`` in processing order):
+    as many rows as keep rows × (their specialists in use) × classes within ``budget``, at
+    least one and at most 2,000."""
+    union = torch.cumsum(active[start : start + 2000].int(), dim=0) > 0  # specialists used so far
+    cost = torch.arange(1, len(union) + 1) * union.sum(dim=1).clamp_min(1) * classes
+    fits = int((cost <= budget).sum())
+    return start + max(1, fits)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from darkknowledge.data import TensorDataset
+from darkknowledge.data.augment import jitter
 from darkknowledge.errors import DKError
 from darkknowledge.models import MLP, BatchedMLP
 
@@ -85,8 +86,10 @@ def dustbin_offset(clusters: torch.Tensor, labels: torch.Tensor, cluster_share: 
 @dataclass(frozen=True)
 class SpecialistSettings:
     """How the specialists train: SGD with momentum, a cosine schedule over ``steps`` batched
-    steps of ``batch_size`` images each (half from the cluster), and optionally the generalist's
-    soft targets at ``temperature`` with weight ``soft_weight`` (0 = hard labels only)."""
+    steps of ``batch_size`` images each (``cluster_share`` of them from the cluster), each image
+    shifted by up to ``jitter`` pixels (fresh per draw; 0 = none), and optionally the
+    generalist's soft targets at ``temperature`` with weight ``soft_weight`` (0 = hard labels
+    only)."""
 
     steps: int = 1000
     batch_size: int = 100
@@ -95,11 +98,12 @@ class SpecialistSettings:
     cluster_share: float = 0.5
     soft_weight: float = 0.0
     temperature: float = 2.0
+    jitter: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or not self.lr > 0 or not 0 < self.cluster_share < 1 or self.soft_weight < 0 or not self.temperature > 0:
-            raise DKError(f"specialist settings out of range: {self}", "use steps ≥ 1, batch_size ≥ 2, lr > 0, 0 < cluster_share < 1, soft_weight ≥ 0, temperature > 0")
+        if self.steps < 1 or self.batch_size < 2 or not self.lr > 0 or not 0 < self.cluster_share < 1 or self.soft_weight < 0 or not self.temperature > 0 or not 0 <= self.jitter <= 8:
+            raise DKError(f"specialist settings out of range: {self}", "use steps ≥ 1, batch_size ≥ 2, lr > 0, 0 < cluster_share < 1, soft_weight ≥ 0, temperature > 0, 0 ≤ jitter ≤ 8")
 
 
 def _draw(pools: list[torch.Tensor], count: int, g: torch.Generator) -> torch.Tensor:
@@ -135,7 +139,9 @@ def train_specialists(generalist: MLP, clusters: torch.Tensor, train: TensorData
     m_idx = torch.arange(clusters.shape[0], device=device).unsqueeze(1)
     for _ in range(settings.steps):
         pos = torch.cat([_draw(inside, half, g), _draw(outside, settings.batch_size - half, g)], dim=1).to(device)  # (M, B)
-        x = train.features(pos.flatten()).to(device).view(*pos.shape, -1)
+        flat = pos.flatten().cpu()
+        images = jitter(train.images[flat], settings.jitter, g) if settings.jitter else None
+        x = (train.features(images=images) if images is not None else train.features(flat)).to(device).view(*pos.shape, -1)
         y = maps[m_idx, labels[pos]]  # (M, B): each specialist's own labels
         logits = model(x)
         per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(dim=1)
