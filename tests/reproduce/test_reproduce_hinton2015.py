@@ -37,6 +37,7 @@ def test_every_cell_of_the_issue_has_a_config():
     expected = {
         "teacher_1200", "student_800_hard", "student_800_soft_T20", "student_800_logit_matching",
         "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct", "ensemble_distill", "specialists_mnist100",
+        "specialists_synthetic_jft",
     }
     assert set(CELLS) == expected
 
