@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_teacher_outputs_info)
 
-    p = sub.add_parser("reproduce", help="reproduce a paper's experiments (hinton2015)")
+    p = sub.add_parser("reproduce", help="reproduce an experiment (hinton2015, lineage)")
     p.add_argument("experiment", help="experiment name, e.g. hinton2015")
     p.add_argument("--only", nargs="+", help="run only these cells")
     p.add_argument("--scale", default="smoke", choices=["smoke", "cpu", "full"], help="smoke: minutes on a CPU (shows the pipeline); cpu: the paper's data and models on a 2-core CPU in about 2 hours; full: the paper's schedule (a GPU)")
