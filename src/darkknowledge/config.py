@@ -169,9 +169,12 @@ class DataConfig:
     dataset: str = "mnist"  # a registered dataset (`dk ls`): mnist | fashion_mnist
     train_size: int | None = None  # stratified subset of the training split (smoke scale)
     test_size: int | None = None  # first N test images (smoke scale); null = all
-    validation_size: int = 0  # held out of training (stratified, fixed seed) for every selection decision
-    omit_classes: list[int] = field(default_factory=list)  # class ids left out of the transfer set (the omitted-3 experiment)
-    keep_classes: list[int] | None = None  # only these class ids in the transfer set (only 7s and 8s); null = all
+    # held out of training (stratified, fixed seed) for every selection decision
+    validation_size: int = 0
+    # class ids left out of the transfer set (the omitted-3 experiment)
+    omit_classes: list[int] = field(default_factory=list)
+    # only these class ids in the transfer set (only 7s and 8s); null = all
+    keep_classes: list[int] | None = None
     fraction: float = 1.0  # stratified fraction of the (remaining) training set
     unlabelled: bool = False  # drop the transfer set's labels (soft targets only, hard_weight 0)
     jitter: int = 0  # max integer shift in pixels, fresh per presentation
@@ -202,7 +205,8 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | constant (sgd, adam)
     epochs: int = 10  # passes over the transfer set
     batch_size: int = 100  # examples per step (the paper: 100)
-    micro_batch_size: int | None = None  # gradient accumulation: split each batch into chunks this size
+    # gradient accumulation: split each batch into chunks this size
+    micro_batch_size: int | None = None
     lr_decay: float = 0.998  # paper_dropout: lr_t = lr · lr_decay^epoch
     initial_momentum: float = 0.5  # paper_dropout: momentum at epoch 0
     final_momentum: float = 0.99  # paper_dropout: momentum from momentum_epochs on
@@ -232,13 +236,18 @@ class OptimConfig:
 class TeacherConfig:
     """Teacher checkpoints (one = single teacher, several = ensemble) and how targets are made."""
 
-    checkpoints: list[str] = field(default_factory=list)  # teacher model files or run directories (several, or an ensemble run directory: an ensemble)
+    # teacher model files or run directories (several, or an ensemble run directory: an ensemble)
+    checkpoints: list[str] = field(default_factory=list)
     combine: str = "arithmetic"  # arithmetic | geometric mean of member distributions
     outputs: str = "precompute"  # precompute (teacher-output store) | live (needed with jitter)
-    store: str | None = None  # teacher-output store directory; default: a fingerprint-named cache directory
-    store_dtype: str = field(default="float32", metadata=HASHED_IF_SET)  # float32 | float16 (stored values; loaded as float32; docs/performance.md)
-    store_topk: int | None = field(default=None, metadata=HASHED_IF_SET)  # null = dense logits (serve every temperature); k = top-k + tail mass at one T
-    store_temperature: float | None = field(default=None, metadata=HASHED_IF_SET)  # top-k stores only; null = the method's temperature
+    # teacher-output store directory; default: a fingerprint-named cache directory
+    store: str | None = None
+    # float32 | float16 (stored values; loaded as float32; docs/performance.md)
+    store_dtype: str = field(default="float32", metadata=HASHED_IF_SET)
+    # null = dense logits (serve every temperature); k = top-k + tail mass at one T
+    store_topk: int | None = field(default=None, metadata=HASHED_IF_SET)
+    # top-k stores only; null = the method's temperature
+    store_temperature: float | None = field(default=None, metadata=HASHED_IF_SET)
 
     def __post_init__(self) -> None:
         if self.combine not in ("arithmetic", "geometric"):
@@ -267,8 +276,10 @@ class ReplicasConfig:
     A key left out keeps the run's value for every replica (e.g. a temperature sweep on one seed).
     """
 
-    seeds: list[int] = field(default_factory=list)  # seed of each replica (init, dropout, data order)
-    method: dict[str, Any] = field(default_factory=dict)  # method hyperparameter -> list of K values
+    # seed of each replica (init, dropout, data order)
+    seeds: list[int] = field(default_factory=list)
+    # method hyperparameter -> list of K values
+    method: dict[str, Any] = field(default_factory=dict)
     # optim.lr -> list of K step sizes. SGD-family updates are linear in the gradient, so replica
     # k's step size is its loss scaled by lr_k / optim.lr in the sum that is backpropagated.
     optim: dict[str, Any] = field(default_factory=dict, metadata=HASHED_IF_SET)
@@ -304,7 +315,8 @@ class EnsembleConfig:
     --teacher RUN_DIR``, ``dk eval RUN_DIR``) and each member stays loadable from
     ``RUN_DIR/replicas/<k>`` (docs/guide.md, "Ensembles")."""
 
-    members: int = 0  # 0 = an ordinary run; N ≥ 2 = an ensemble of N models (seeds seed .. seed+N-1)
+    # 0 = an ordinary run; N ≥ 2 = an ensemble of N models (seeds seed .. seed+N-1)
+    members: int = 0
 
     def __post_init__(self) -> None:
         if self.members == 1 or self.members < 0:
@@ -320,7 +332,8 @@ PRECISIONS = ("fp32", "bf16")
 class RunConfig:
     """One training run: a teacher (``dk train``) or a student (``dk distill``)."""
 
-    run_dir: str = field(default="runs/default", metadata=NOT_HASHED)  # the run's directory: new, empty, or an earlier darkknowledge run (docs/reliability.md)
+    # the run's directory: new, empty, or an earlier darkknowledge run (docs/reliability.md)
+    run_dir: str = field(default="runs/default", metadata=NOT_HASHED)
     seed: int = 0  # seeds initialization, dropout and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch deterministic algorithms only (--deterministic)
@@ -330,25 +343,32 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
-    select_best_on: str | None = None  # early stopping: keep the epoch with fewest errors on this split ("valid")
+    # early stopping: keep the epoch with fewest errors on this split ("valid")
+    select_best_on: str | None = None
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0 = off)
     keep_checkpoints: int = 2  # how many of the newest checkpoints are kept
     log_every: int = 1  # steps between metric lines in metrics.jsonl
-    progress: bool = field(default=True, metadata=NOT_HASHED)  # progress bar (only shown on a terminal)
+    # progress bar (only shown on a terminal)
+    progress: bool = field(default=True, metadata=NOT_HASHED)
     # Stop after this many steps exactly as if SIGTERM arrived then: checkpoint, raise Interrupted
     # (dk exits 143). 0 = off. For tests of resume and for time-sliced jobs; not part of the hash.
     stop_after_steps: int = field(default=0, metadata=NOT_HASHED)
     # Fast path (docs/performance.md). Steps between host syncs of the loss/finite checks; null =
     # 1 on CPU (every step checked before its update), 50 on CUDA. Changes no result: not hashed.
     sync_every: int | None = field(default=None, metadata=NOT_HASHED)
-    train_step: str = field(default="eager", metadata=NOT_HASHED)  # eager | compile (torch.compile) | cuda_graph (compile + CUDA graphs; CUDA only)
+    # eager | compile (torch.compile) | cuda_graph (compile + CUDA graphs; CUDA only)
+    train_step: str = field(default="eager", metadata=NOT_HASHED)
     # CPU threads: auto (the cores other processes leave idle, at least 1) or a count. Not hashed.
     threads: int | str = field(default="auto", metadata=NOT_HASHED)
-    precision: str = field(default="fp32", metadata=HASHED_IF_SET)  # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
-    tensorboard: bool = field(default=False, metadata=NOT_HASHED)  # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard). Not hashed.
+    # fp32 | bf16 (autocast forward passes; losses and weights stay float32)
+    precision: str = field(default="fp32", metadata=HASHED_IF_SET)
+    # also log every metrics line as TensorBoard scalars (run_dir/tensorboard; needs tensorboard).
+    # Not hashed.
+    tensorboard: bool = field(default=False, metadata=NOT_HASHED)
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig, metadata=HASHED_IF_SET)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata=HASHED_IF_SET)  # ensemble.members=N: N seeds as one run
+    # ensemble.members=N: N seeds as one run
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata=HASHED_IF_SET)
     # ε of label smoothing (Szegedy et al. 2016): the hard-label targets of any method become
     # (1 − ε)·one-hot + ε/C; 0 = the labels as they are
     label_smoothing: float = field(default=0.0, metadata=HASHED_IF_SET)
@@ -481,7 +501,8 @@ def _construct_mapping(self: yaml.SafeLoader, node: Any, deep: bool = False) -> 
 
 _DataLoader.compose_node = _compose_node  # type: ignore[method-assign]
 _DataLoader.construct_mapping = _construct_mapping  # type: ignore[method-assign]
-MAX_CONFIG_BYTES = 1_000_000  # a config is a page of settings; a bigger file is a mistake (or an attack)
+# a config is a page of settings; a bigger file is a mistake (or an attack)
+MAX_CONFIG_BYTES = 1_000_000
 
 
 _DataLoader.add_implicit_resolver(
