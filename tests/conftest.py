@@ -25,7 +25,14 @@ from darkknowledge.train.batches import IndexedBatches
 os.environ.setdefault("DARKKNOWLEDGE_THREADS", "1")
 
 # A run that takes about a second on one CPU core: 300 images, 2 epochs of 6 steps.
-TINY = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=50", "progress=false"]
+TINY = [
+    "model.hidden=[32]",
+    "data.train_size=300",
+    "data.test_size=100",
+    "optim.epochs=2",
+    "optim.batch_size=50",
+    "progress=false",
+]
 _PREPARED: dict[str, object] = {}
 
 

@@ -42,7 +42,9 @@ def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
         )
     if max_shift == 0:
         return images
-    shifts = torch.randint(-max_shift, max_shift + 1, (images.shape[0], 2), generator=generator, device=images.device)
+    shifts = torch.randint(
+        -max_shift, max_shift + 1, (images.shape[0], 2), generator=generator, device=images.device
+    )
     return shift_images(images, shifts, max_shift)
 
 

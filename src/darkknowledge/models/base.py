@@ -21,7 +21,10 @@ def build_model(name: str, params: dict[str, Any], in_features: int, num_classes
     spec = build_dataclass(spec_cls, params, f"model ({name})")
     count = getattr(spec, "parameter_count", None)
     if count is not None:
-        check_fits_in_memory(f"model ({name}) {short(params, 60)} with {in_features} inputs and {num_classes} classes", count(in_features, num_classes))
+        check_fits_in_memory(
+            f"model ({name}) {short(params, 60)} with {in_features} inputs and {num_classes} classes",
+            count(in_features, num_classes),
+        )
     return spec.build(in_features=in_features, num_classes=num_classes)
 
 

@@ -57,20 +57,48 @@ class StoreOptions:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise DKError(f"teacher-output store dtype {self.dtype!r} is unknown", "choose float32 or float16")
-        if self.topk is not None and (isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1):
-            raise DKError(f"teacher-output store top-k {self.topk!r} must be a positive integer", "use e.g. topk=5, or none for dense logits")
+            raise DKError(
+                f"teacher-output store dtype {self.dtype!r} is unknown", "choose float32 or float16"
+            )
+        if self.topk is not None and (
+            isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1
+        ):
+            raise DKError(
+                f"teacher-output store top-k {self.topk!r} must be a positive integer",
+                "use e.g. topk=5, or none for dense logits",
+            )
         if self.topk is None and self.temperature is not None:
-            raise DKError(f"a dense teacher-output store has no temperature (got {self.temperature})", "drop the temperature: dense logits serve every temperature")
+            raise DKError(
+                f"a dense teacher-output store has no temperature (got {self.temperature})",
+                "drop the temperature: dense logits serve every temperature",
+            )
         if self.topk is not None:
             t = self.temperature
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-                raise DKError(f"a top-k teacher-output store needs a temperature > 0, got {t!r}", "give the temperature the students will use, e.g. 20")
+            if (
+                isinstance(t, bool)
+                or not isinstance(t, (int, float))
+                or not math.isfinite(t)
+                or t <= 0
+            ):
+                raise DKError(
+                    f"a top-k teacher-output store needs a temperature > 0, got {t!r}",
+                    "give the temperature the students will use, e.g. 20",
+                )
             object.__setattr__(self, "temperature", float(t))
         if self.combine not in COMBINES:
-            raise DKError(f"teacher-output store combine {self.combine!r} is unknown", "choose arithmetic or geometric")
-        if self.shard_size is not None and (isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1):
-            raise DKError(f"teacher-output store shard size {self.shard_size!r} must be a positive integer", "use a row count, or none for about 256 MiB per shard")
+            raise DKError(
+                f"teacher-output store combine {self.combine!r} is unknown",
+                "choose arithmetic or geometric",
+            )
+        if self.shard_size is not None and (
+            isinstance(self.shard_size, bool)
+            or not isinstance(self.shard_size, int)
+            or self.shard_size < 1
+        ):
+            raise DKError(
+                f"teacher-output store shard size {self.shard_size!r} must be a positive integer",
+                "use a row count, or none for about 256 MiB per shard",
+            )
 
     @property
     def kind(self) -> str:
@@ -112,7 +140,12 @@ def store_key(teacher: Teacher, dataset: TensorDataset, options: StoreOptions) -
 
 def options_of(key: dict[str, Any]) -> StoreOptions:
     """The content options recorded in a build key or manifest."""
-    return StoreOptions(dtype=key["dtype"], topk=key["topk"], temperature=key["temperature"], combine=key["combine"] or "arithmetic")
+    return StoreOptions(
+        dtype=key["dtype"],
+        topk=key["topk"],
+        temperature=key["temperature"],
+        combine=key["combine"] or "arithmetic",
+    )
 
 
 def auto_shard_size(key: dict[str, Any]) -> int:
@@ -187,16 +220,31 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     """DKError unless ``manifest`` is a complete, well-formed format-3 manifest."""
 
     def bad(what: str) -> DKError:
-        return DKError(f"teacher-output store {where} is corrupt ({MANIFEST}: {what})", "delete it; it is rebuilt from the teacher")
+        return DKError(
+            f"teacher-output store {where} is corrupt ({MANIFEST}: {what})",
+            "delete it; it is rebuilt from the teacher",
+        )
 
     if manifest.get("format") != FORMAT:
-        raise DKError(f"teacher-output store {where} is not a darkknowledge store (format {str(manifest.get('format'))[:60]!r})", "delete it or point teacher.store elsewhere")
+        raise DKError(
+            f"teacher-output store {where} is not a darkknowledge store (format {str(manifest.get('format'))[:60]!r})",
+            "delete it or point teacher.store elsewhere",
+        )
     if manifest.get("complete") is not True:
-        raise DKError(f"teacher-output store {where} is incomplete", "rerun `dk teacher-outputs build` (or the run) to finish it")
+        raise DKError(
+            f"teacher-output store {where} is incomplete",
+            "rerun `dk teacher-outputs build` (or the run) to finish it",
+        )
     ints = ("members", "classes", "n", "shard_size")
-    if any(isinstance(manifest.get(k), bool) or not isinstance(manifest.get(k), int) or manifest[k] < 1 for k in ints):
+    if any(
+        isinstance(manifest.get(k), bool) or not isinstance(manifest.get(k), int) or manifest[k] < 1
+        for k in ints
+    ):
         raise bad(f"{', '.join(ints)} must be positive integers")
-    if not all(isinstance(manifest.get(k), str) for k in ("teacher_fingerprint", "dataset_fingerprint", "dataset_name")):
+    if not all(
+        isinstance(manifest.get(k), str)
+        for k in ("teacher_fingerprint", "dataset_fingerprint", "dataset_name")
+    ):
         raise bad("fingerprints and dataset name must be strings")
     if manifest.get("kind") not in ("dense", "topk") or manifest.get("dtype") not in DTYPES:
         raise bad(f"kind {manifest.get('kind')!r} / dtype {manifest.get('dtype')!r} are unknown")
@@ -207,10 +255,21 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     if opts.kind != manifest["kind"] or (opts.topk is not None and opts.topk > manifest["classes"]):
         raise bad("kind and top-k disagree")
     shards = manifest.get("shards")
-    if not isinstance(shards, list) or len(shards) != len(plan(manifest["n"], manifest["shard_size"])):
+    if not isinstance(shards, list) or len(shards) != len(
+        plan(manifest["n"], manifest["shard_size"])
+    ):
         raise bad("the shard list does not cover the rows")
-    for i, (entry, (start, stop)) in enumerate(zip(shards, plan(manifest["n"], manifest["shard_size"]), strict=True)):
-        if not isinstance(entry, dict) or entry.get("file") != shard_name(i) or entry.get("start") != start or entry.get("stop") != stop:
+    for i, (entry, (start, stop)) in enumerate(
+        zip(shards, plan(manifest["n"], manifest["shard_size"]), strict=True)
+    ):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("file") != shard_name(i)
+            or entry.get("start") != start
+            or entry.get("stop") != stop
+        ):
             raise bad(f"shard {i} should be {shard_name(i)} with rows [{start}, {stop})")
-        if not isinstance(entry.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+        if not isinstance(entry.get("sha256"), str) or not re.fullmatch(
+            r"[0-9a-f]{64}", entry["sha256"]
+        ):
             raise bad(f"shard {i} has no sha256")

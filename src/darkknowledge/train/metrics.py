@@ -117,7 +117,10 @@ def tensorboard_writer(logdir: Path, purge_step: int | None = None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise DKError("tensorboard=true needs the tensorboard package", 'install it (pip install -e ".[tensorboard]"), or leave tensorboard off: metrics.jsonl has every line') from None
+        raise DKError(
+            "tensorboard=true needs the tensorboard package",
+            'install it (pip install -e ".[tensorboard]"), or leave tensorboard off: metrics.jsonl has every line',
+        ) from None
     return SummaryWriter(str(logdir), purge_step=purge_step)
 
 
@@ -130,7 +133,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         else:
             out.append(rec)
     if bad:
-        warnings.warn(f"{path}: skipped {bad} unreadable line(s) (a run killed mid-write)", stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped {bad} unreadable line(s) (a run killed mid-write)", stacklevel=2
+        )
     return out
 
 

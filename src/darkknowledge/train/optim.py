@@ -57,7 +57,6 @@ def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
     return {"foreach": True}
 
 
-
 def build_optimizer(
     cfg: OptimConfig, params: Iterable[torch.nn.Parameter], fused: bool = True
 ) -> torch.optim.Optimizer:
@@ -68,7 +67,14 @@ def build_optimizer(
         return PaperDropoutSGD(params, lr=cfg.lr, momentum=cfg.initial_momentum)
     impl = implementation(params) if fused else {"foreach": True}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False, **impl)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=False,
+            **impl,
+        )
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
 
 

@@ -70,7 +70,10 @@ def apply_threads(setting: int | str, device: torch.device) -> int:
     env = os.environ.get("DARKKNOWLEDGE_THREADS", "").strip()
     if setting == "auto" and env:
         if not env.isdigit() or int(env) < 1:
-            raise DKError(f"DARKKNOWLEDGE_THREADS={env!r} is not a thread count", "set it to a positive integer, or unset it for threads=auto")
+            raise DKError(
+                f"DARKKNOWLEDGE_THREADS={env!r} is not a thread count",
+                "set it to a positive integer, or unset it for threads=auto",
+            )
         setting = int(env)
     if _DEFAULT is None:
         _DEFAULT = torch.get_num_threads()
