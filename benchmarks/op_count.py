@@ -84,7 +84,8 @@ def main() -> int:
         handle.remove()
     launches = {k: v for k, v in counts.items() if not any(x in k for x in VIEWS)}
     print(
-        f"{args.cell}: {sum(counts.values()) / STEPS:.0f} operators per step, {sum(launches.values()) / STEPS:.0f} of them not views (≈ kernel launches on CUDA)"
+        f"{args.cell}: {sum(counts.values()) / STEPS:.0f} operators per step, "
+        f"{sum(launches.values()) / STEPS:.0f} of them not views (≈ kernel launches on CUDA)"
     )
     for name, n in sorted(launches.items(), key=lambda kv: -kv[1]):
         print(f"  {n / STEPS:5.1f}  {name}")

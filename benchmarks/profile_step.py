@@ -4,7 +4,8 @@
         [--skip 200] [--steps 50] [--out DIR] [KEY=VALUE ...]
 
 Runs a cell's config through ``darkknowledge.train.run`` (the teacher recipe, or the T = 20 student
-with stored outputs of an untrained teacher), skips ``--skip`` optimizer steps (warm-up, compilation,
+with stored outputs of an untrained teacher), skips ``--skip`` optimizer steps (warm-up,
+compilation,
 CUDA-graph capture), profiles the next ``--steps`` and prints:
 
 * wall time per step (host clock between optimizer steps, the device synchronized at both ends);
@@ -71,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     marks: list[float] = []
 
     def after_step(_opt, _args, _kwargs) -> None:  # every optimizer step advances the profiler
-        if (
-            len(marks) in (args.skip, args.skip + args.steps) and cuda
-        ):  # the marks the wall time uses
+        # the marks the wall time uses
+        if len(marks) in (args.skip, args.skip + args.steps) and cuda:
             torch.cuda.synchronize(device)
         marks.append(time.perf_counter())
         prof.step()
@@ -94,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
 
     events = prof.key_averages()
     lines = [
-        f"profile of {args.cell} on {device} ({torch.cuda.get_device_name(device) if cuda else 'cpu'}), torch {torch.__version__}, "
+        f"profile of {args.cell} on {device} "
+        f"({torch.cuda.get_device_name(device) if cuda else 'cpu'}), torch {torch.__version__}, "
         f"overrides {' '.join(args.overrides) or '(none)'}; {args.steps} steps after {args.skip}",
-        f"wall time per step: {wall * 1e6:.0f} us ({base['optim']['batch_size'] / wall:,.0f} samples/s)",
+        f"wall time per step: {wall * 1e6:.0f} us ({base['optim']['batch_size'] / wall:,.0f} "
+        "samples/s)",
     ]
     if cuda:
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.device_time for e in kernels) / args.steps  # microseconds
         lines.append(
-            f"device busy per step: {busy:.0f} us ({100 * busy / (wall * 1e6):.0f}% of the wall time); kernels per step: {len(kernels) / args.steps:.1f}"
+            f"device busy per step: {busy:.0f} us ({100 * busy / (wall * 1e6):.0f}% of the wall "
+            f"time); kernels per step: {len(kernels) / args.steps:.1f}"
         )
         lines += [
             "",

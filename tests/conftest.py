@@ -109,7 +109,9 @@ class _Payload:
 
 @pytest.fixture
 def canary_payload(tmp_path):
-    """(an object whose unpickling creates ``marker``, marker). The payload is checked to be live."""
+    """(an object whose unpickling creates ``marker``, marker). The payload is checked to be
+    live.
+    """
     live = tmp_path / "live-check"
     pickle.loads(pickle.dumps(_Payload(live)))
     assert live.exists(), "the canary payload does not fire; a test using it would prove nothing"
@@ -132,7 +134,9 @@ def snapshot():
 
 @pytest.fixture
 def inject_nan(monkeypatch):
-    """``inject_nan(at_call)``: the ``at_call``-th batch drawn gets a NaN pixel in its first example."""
+    """``inject_nan(at_call)``: the ``at_call``-th batch drawn gets a NaN pixel in its first
+    example.
+    """
 
     def inject(at_call):
         real = IndexedBatches.batch

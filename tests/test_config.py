@@ -1,4 +1,6 @@
-"""Config: every key validated, unknown keys with a suggestion, wrong types, overrides, YAML round trip."""
+"""Config: every key validated, unknown keys with a suggestion, wrong types, overrides, YAML round
+trip.
+"""
 
 from __future__ import annotations
 

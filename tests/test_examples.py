@@ -56,9 +56,8 @@ def _run(name: str) -> dict[str, int]:
 def test_the_example_runs_and_shows_the_papers_effect(name):
     errors = _run(name)
     assert set(errors) == {"teacher", "distilled student", "hard-label student"}
-    assert (
-        errors["distilled student"] < 0.85 * errors["hard-label student"]
-    )  # soft targets regularize
+    # soft targets regularize
+    assert errors["distilled student"] < 0.85 * errors["hard-label student"]
     assert errors["teacher"] < errors["distilled student"]
 
 

@@ -21,9 +21,8 @@ from darkknowledge.export import TOLERANCE, export  # noqa: E402
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)
-    model = build_model(
-        "mlp", {"hidden": [64, 32], "hidden_dropout": 0.5}, 784, 10
-    )  # dropout: identity once exported
+    # dropout: identity once exported
+    model = build_model("mlp", {"hidden": [64, 32], "hidden_dropout": 0.5}, 784, 10)
     return save_model(model, tmp_path / "m.safetensors")
 
 

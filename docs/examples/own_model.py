@@ -27,9 +27,8 @@ def mlp(width, dropout=0.0):
 
 torch.manual_seed(0)
 train = DataLoader(TensorDataset(*tensors("train", 3000)), batch_size=100, shuffle=True)
-few = DataLoader(
-    TensorDataset(*tensors("train", 300)), batch_size=50, shuffle=True
-)  # the student's data
+# the student's data
+few = DataLoader(TensorDataset(*tensors("train", 300)), batch_size=50, shuffle=True)
 test = DataLoader(TensorDataset(*tensors("test", 2000)), batch_size=500)
 teacher, student, baseline = mlp(512, dropout=0.3), mlp(64), mlp(64)
 dk.fit(teacher, train, epochs=10, lr=0.1)

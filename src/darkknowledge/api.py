@@ -2,10 +2,12 @@
 
     import darkknowledge as dk
     dk.fit(teacher, train_loader, epochs=10, lr=0.1)                     # hard labels
-    dk.distill(student, teacher, train_loader, temperature=4, epochs=10)  # soft targets (+ a little hard)
+    dk.distill(student, teacher, train_loader, temperature=4, epochs=10)  # soft targets (+ a little
+    hard)
     dk.distill(student, teacher, train_loader, method="decoupled")      # any method (dk ls)
     students, _ = dk.born_again(lambda: Net(), teacher, train_loader, generations=3)
-    dk.evaluate(student, test_loader)                                    # errors, accuracy, NLL, ECE
+    dk.evaluate(student, test_loader)                                    # errors, accuracy, NLL,
+    ECE
 
 Both are :func:`darkknowledge.train.fit_model` with the method spelled out as keywords; anything
 else ``fit_model`` takes (``eval_batches``, ``run_dir`` and ``resume``, ``device``, ``seed``,

@@ -1,4 +1,5 @@
-"""The ``dk`` command: list, fetch data, train, distill, evaluate, precompute teacher outputs, reproduce the paper.
+"""The ``dk`` command: list, fetch data, train, distill, evaluate, precompute teacher outputs,
+reproduce the paper.
 
 User errors print one line (``dk: error: ...``) and exit with code 2, before anything is written.
 A diverged run exits 3; a run stopped by SIGTERM/SIGINT exits 128 + signum after a checkpoint
@@ -71,7 +72,8 @@ def _report(summary: dict) -> None:
     for k, replica in enumerate(summary.get("replicas") or []):
         swept = {key: replica["method"][key] for key in replica["method"] if key != "name"}
         print(
-            f"replica {k} (seed {replica['seed']}{''.join(f', {key}={v}' for key, v in swept.items())}):"
+            f"replica {k} (seed "
+            f"{replica['seed']}{''.join(f', {key}={v}' for key, v in swept.items())}):"
         )
         _report_eval(replica["eval"], "  ")
     _report_eval(summary.get("eval") or {})
@@ -82,18 +84,22 @@ def _report_eval(evals: dict, indent: str = "") -> None:
     for split, m in evals.items():
         extra = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
         print(
-            f"{indent}{split}: {m['errors']} errors / {m['n']} ({100 * (1 - m['accuracy']):.2f}%), nll {m['nll']:.4f}, ece {m['ece']:.4f}{extra}"
+            f"{indent}{split}: {m['errors']} errors / {m['n']} ({100 * (1 - m['accuracy']):.2f}%), "
+            f"nll {m['nll']:.4f}, ece {m['ece']:.4f}{extra}"
         )
 
 
 def _finish(cfg: RunConfig, summary: dict, what: str) -> None:
-    """Print the outcome (rank 0 only under torchrun: the other processes trained the same model)."""
+    """Print the outcome (rank 0 only under torchrun: the other processes trained the same
+    model).
+    """
     if os.environ.get("RANK", "0") != "0":
         return
     _report(summary)
     if summary.get("replicas"):
         print(
-            f"{len(summary['replicas'])} {what}s saved to {cfg.run_dir}/replicas/<k>/model.safetensors"
+            f"{len(summary['replicas'])} {what}s saved to "
+            f"{cfg.run_dir}/replicas/<k>/model.safetensors"
         )
     else:
         print(f"{what} saved to {cfg.run_dir}/model.safetensors")
@@ -140,7 +146,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for f, model in zip(files, models, strict=True):
         if ds.num_classes != model.num_classes or ds.images[0].numel() != model.in_features:
             raise DKError(
-                f"model {f} predicts {model.num_classes} classes from {model.in_features} inputs; {args.dataset} has {ds.num_classes} classes, {ds.images[0].numel()} inputs",
+                f"model {f} predicts {model.num_classes} classes from {model.in_features} inputs; "
+                f"{args.dataset} has {ds.num_classes} classes, {ds.images[0].numel()} inputs",
                 "evaluate on the dataset the model was trained for",
             )
     if args.limit:
@@ -154,7 +161,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             or teacher.in_features != models[0].in_features
         ):
             raise DKError(
-                f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs, the model {models[0].num_classes} from {models[0].in_features}",
+                f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} "
+                f"inputs, the model {models[0].num_classes} from {models[0].in_features}",
                 "compare with a teacher trained on the same task",
             )
         t_logits = compute_teacher_logits(teacher, ds)
@@ -211,7 +219,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
-    """Precompute a teacher-output store; under ``torchrun`` every process builds its share of the shards."""
+    """Precompute a teacher-output store; under ``torchrun`` every process builds its share of the
+    shards.
+    """
     import contextlib
     import os
     from pathlib import Path
@@ -260,7 +270,8 @@ def cmd_teacher_outputs_build(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
             )
     print(
-        f"rank {rank}/{world_size}: computed {len(result.computed)} shard(s) {result.computed}, reused {len(result.reused)} of {result.shards}"
+        f"rank {rank}/{world_size}: computed {len(result.computed)} shard(s) {result.computed}, "
+        f"reused {len(result.reused)} of {result.shards}"
     )
     if rank == 0:
         print(describe_store(out))
@@ -281,12 +292,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c",
         "--config",
-        help="YAML run config, or an experiment cell (experiments/hinton2015/configs/*.yaml: its run: section)",
+        help=(
+            "YAML run config, or an experiment cell (experiments/hinton2015/configs/*.yaml: its "
+            "run: section)"
+        ),
     )
     p.add_argument(
         "--scale",
         choices=["smoke", "cpu", "full"],
-        help="with an experiment cell: apply that scale's overrides (default: the cell as written, the paper's setting)",
+        help=(
+            "with an experiment cell: apply that scale's overrides (default: the cell as written, "
+            "the paper's setting)"
+        ),
     )
     p.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 data.omit_classes=[3]"
@@ -295,7 +312,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         default="never",
-        help="never (default), auto (latest intact checkpoint in run_dir), or a checkpoint directory",
+        help=(
+            "never (default), auto (latest intact checkpoint in run_dir), or a checkpoint directory"
+        ),
     )
     p.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
 
@@ -346,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         action="store_true",
-        help="print every run-config key with its type, default and meaning (docs/config-reference.md)",
+        help=(
+            "print every run-config key with its type, default and meaning "
+            "(docs/config-reference.md)"
+        ),
     )
     p.set_defaults(func=cmd_ls)
 
@@ -412,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "model",
-        help="model.safetensors, a run directory, or an ensemble's run directory (every member, the arithmetic and the geometric ensemble)",
+        help=(
+            "model.safetensors, a run directory, or an ensemble's run directory (every member, the "
+            "arithmetic and the geometric ensemble)"
+        ),
     )
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -428,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "teacher-outputs",
-        help="precompute teacher outputs once (build, torchrun-parallel) or describe a store (info)",
+        help="precompute teacher outputs once (build, torchrun-parallel) or describe a store "
+        "(info)",
     )
     tsub = p.add_subparsers(dest="teacher_outputs_command", required=True)
     b = tsub.add_parser(
@@ -482,13 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         default="smoke",
         choices=["smoke", "cpu", "full"],
-        help="smoke: minutes on a CPU (shows the pipeline); cpu: the paper's data and models on a 2-core CPU in about 2 hours; full: the paper's schedule (a GPU)",
+        help=(
+            "smoke: minutes on a CPU (shows the pipeline); cpu: the paper's data and models on a "
+            "2-core CPU in about 2 hours; full: the paper's schedule (a GPU)"
+        ),
     )
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell")
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="train nothing: regenerate the experiment README's table from results.csv and print it",
+        help="train nothing: regenerate the experiment README's table from results.csv and "
+        "print it",
     )
     p.add_argument(
         "--no-batch-seeds",
@@ -499,7 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retrain-teacher",
         action="store_true",
-        help="smoke scale: train the smoke teacher instead of distilling from the shipped cpu-scale teacher",
+        help=(
+            "smoke scale: train the smoke teacher instead of distilling from the shipped cpu-scale "
+            "teacher"
+        ),
     )
     p.add_argument("--root", default=None, help="experiments folder (default: ./experiments)")
     p.add_argument("--device", default="auto")
@@ -509,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides",
         nargs="*",
-        help="key=value overrides applied to every cell after its scale's (e.g. data.train_size=500)",
+        help=(
+            "key=value overrides applied to every cell after its scale's (e.g. data.train_size=500)"
+        ),
     )
     p.set_defaults(func=cmd_reproduce)
     return parser
@@ -526,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may also come after the options (argparse takes a command's positional
-    # arguments in one run, so `dk reproduce hinton2015 --scale smoke optim.epochs=1` leaves them over)
+    # arguments in one run, so `dk reproduce hinton2015 --scale smoke optim.epochs=1` leaves them
+    # over)
     if (
         extra
         and hasattr(args, "overrides")
@@ -551,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:  # an I/O failure not translated where it happened
             where = f" {exc.filename}" if exc.filename else ""
             print(
-                f"dk: error: I/O error{where}: {exc.strerror or exc}; check the path, its permissions and free space",
+                f"dk: error: I/O error{where}: {exc.strerror or exc}; check the path, its "
+                "permissions and free space",
                 file=sys.stderr,
             )
             return DKError.exit_code

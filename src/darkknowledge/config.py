@@ -213,7 +213,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule. ``paper_dropout`` is the teacher recipe of Hinton et al. 2012, App. A.1."""
+    """Optimizer and schedule. ``paper_dropout`` is the teacher recipe of Hinton et al. 2012, App.
+    A.1.
+    """
 
     name: str = "sgd"  # sgd | adam | paper_dropout
     lr: float = 0.1  # step size (the base of the schedule; paper_dropout: ε0)
@@ -321,7 +323,8 @@ class TeacherConfig:
 
 @dataclass
 class ReplicasConfig:
-    """Several same-architecture models trained as one batched computation (``docs/performance.md``).
+    """Several same-architecture models trained as one batched computation
+    (``docs/performance.md``).
 
     Replica ``k`` is exactly the ordinary run with ``seed=seeds[k]`` and ``method.<key>=values[k]``
     for every swept key: its own initialization, data order, jitter, method hyperparameters. Lists
@@ -355,7 +358,8 @@ class ReplicasConfig:
                 )
             ):
                 raise DKError(
-                    f"replicas.optim.lr must be a non-empty list of positive step sizes, got {short(values)}",
+                    "replicas.optim.lr must be a non-empty list of positive step sizes, got "
+                    f"{short(values)}",
                     "write e.g. replicas.optim.lr=[0.01, 0.03, 0.1]",
                 )
         for key, values in self.method.items():
@@ -366,7 +370,8 @@ class ReplicasConfig:
                 )
             if not isinstance(values, list) or not values:
                 raise DKError(
-                    f"replicas.method.{key} must be a non-empty list of values, got {short(values)}",
+                    f"replicas.method.{key} must be a non-empty list of values, got "
+                    f"{short(values)}",
                     f"write e.g. replicas.method.{key}=[1, 2, 4]",
                 )
         lengths = {
@@ -380,7 +385,8 @@ class ReplicasConfig:
         }
         if len(set(lengths.values())) > 1:
             raise DKError(
-                f"replica lists differ in length ({', '.join(f'{k}: {n}' for k, n in lengths.items())})",
+                "replica lists differ in length "
+                f"({', '.join(f'{k}: {n}' for k, n in lengths.items())})",
                 "give every swept key one value per model (lists are zipped, not crossed)",
             )
 
@@ -540,7 +546,8 @@ class RunConfig:
             )
         if self.replicas.optim and self.optim.name not in ("sgd", "paper_dropout"):
             raise DKError(
-                f"replicas.optim.lr needs an update linear in the gradient (sgd, paper_dropout); optim.name={self.optim.name} is not",
+                "replicas.optim.lr needs an update linear in the gradient (sgd, paper_dropout); "
+                f"optim.name={self.optim.name} is not",
                 "run the step sizes one by one, or use optim.name=sgd",
             )
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -561,7 +568,9 @@ class RunConfig:
             )
         if self.replicas.optim and self.optim.weight_decay:
             raise DKError(
-                f"replicas.optim.lr cannot be combined with optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the step size)",
+                "replicas.optim.lr cannot be combined with "
+                f"optim.weight_decay={self.optim.weight_decay} (the decay would not scale with the "
+                "step size)",
                 "set optim.weight_decay=0, or run the step sizes one by one",
             )
 
@@ -574,8 +583,11 @@ class RunConfig:
         r = self.replicas
         if r.method or r.optim or (r.seeds and r.seeds != seeds):
             raise DKError(
-                f"ensemble.members={self.ensemble.members} and replicas are both set (replicas.seeds={short(r.seeds)}, method {short(r.method)}, optim {short(r.optim)})",
-                "an ensemble's members differ by seed only: drop the replicas section (members get seeds seed .. seed+N-1)",
+                f"ensemble.members={self.ensemble.members} and replicas are both set "
+                f"(replicas.seeds={short(r.seeds)}, method {short(r.method)}, optim "
+                f"{short(r.optim)})",
+                "an ensemble's members differ by seed only: drop the replicas section (members get "
+                "seeds seed .. seed+N-1)",
             )
         self.replicas = ReplicasConfig(seeds=seeds)
 
@@ -745,7 +757,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise DKError(
-            f"config file {path} is {size:,} bytes, more than a config may be ({MAX_CONFIG_BYTES:,})",
+            f"config file {path} is {size:,} bytes, more than a config may be "
+            f"({MAX_CONFIG_BYTES:,})",
             "a config holds settings, not data: point data options at files instead",
         )
     try:

@@ -127,7 +127,8 @@ def export(
     test = datasets.get(name)("test")
     if test.num_classes != model.num_classes or test.images[0].numel() != model.in_features:
         raise DKError(
-            f"the model predicts {model.num_classes} classes from {model.in_features} inputs; {name} has {test.num_classes} classes, {test.images[0].numel()} inputs",
+            f"the model predicts {model.num_classes} classes from {model.in_features} inputs; "
+            f"{name} has {test.num_classes} classes, {test.images[0].numel()} inputs",
             "pass --dataset, the dataset the model was trained on",
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -156,9 +157,8 @@ def export(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quiet = logging.getLogger().level
-            logging.getLogger().setLevel(
-                logging.ERROR
-            )  # its advice to pre-process is for conv nets
+            # its advice to pre-process is for conv nets
+            logging.getLogger().setLevel(logging.ERROR)
             try:
                 quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
             finally:
@@ -193,7 +193,8 @@ def _check(
     diff = float((logits - reference).abs().max())
     if exact and diff > TOLERANCE:
         raise DKError(
-            f"{path}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (more than {TOLERANCE:g})",
+            f"{path}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (more than "
+            f"{TOLERANCE:g})",
             "report this model; the file is not fit to serve",
         )
     return {
@@ -227,8 +228,10 @@ def describe(report: dict[str, Any]) -> str:
     if "int8" in report:
         rows.append(("ONNX int8 (dynamic)", report["int8"], report["int8"]["bytes"]))
     lines = [
-        f"{report['source']}: {report['parameters']:,} parameters; {report['dataset']} ({report['n']:,} images), {report['threads']} CPU thread(s)",
-        f"onnxruntime vs PyTorch: max |Δlogit| {report['onnx']['max_abs_diff']:.1e} (tolerance {report['tolerance']:g})",
+        f"{report['source']}: {report['parameters']:,} parameters; {report['dataset']} "
+        f"({report['n']:,} images), {report['threads']} CPU thread(s)",
+        f"onnxruntime vs PyTorch: max |Δlogit| {report['onnx']['max_abs_diff']:.1e} (tolerance "
+        f"{report['tolerance']:g})",
         "| runtime | size | test errors | batch 1 p50 / p95 (ms) | batch 64 p50 / p95 (ms) |",
         "|---|---|---|---|---|",
     ]
@@ -236,6 +239,7 @@ def describe(report: dict[str, Any]) -> str:
         s = "—" if size is None else f"{size / 1e6:.2f} MB"
         b1, b64 = r["batch_1"], r["batch_64"]
         lines.append(
-            f"| {label} | {s} | {r['test_errors']} | {b1['p50_ms']:.3f} / {b1['p95_ms']:.3f} | {b64['p50_ms']:.3f} / {b64['p95_ms']:.3f} |"
+            f"| {label} | {s} | {r['test_errors']} | {b1['p50_ms']:.3f} / {b1['p95_ms']:.3f} | "
+            f"{b64['p50_ms']:.3f} / {b64['p95_ms']:.3f} |"
         )
     return "\n".join(lines)

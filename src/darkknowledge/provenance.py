@@ -1,4 +1,6 @@
-"""Which code produced a result: the git commit of the darkknowledge source, recorded with each run."""
+"""Which code produced a result: the git commit of the darkknowledge source, recorded with each
+run.
+"""
 
 from __future__ import annotations
 

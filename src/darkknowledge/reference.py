@@ -121,11 +121,15 @@ def config_reference() -> str:
     parts = [
         "# Run-config reference",
         "",
-        "Every key of a run config (`dk train -c FILE`, `dk distill`, `key=value` overrides, the `run:`",
-        "section of an experiment cell), with its type, default and meaning. Generated from the code by",
+        "Every key of a run config (`dk train -c FILE`, `dk distill`, `key=value` overrides, the "
+        "`run:`",
+        "section of an experiment cell), with its type, default and meaning. Generated from the "
+        "code by",
         "`dk ls --config` (`tests/test_reference.py` keeps this file equal to it). `model.*` and",
-        '`method.*` take the fields of the chosen model and method: see `dk ls`. "In the run\'s hash"',
-        "says whether a key changes the config hash, which decides which finished runs are reused and",
+        "`method.*` take the fields of the chosen model and method: see `dk ls`. \"In the run's "
+        'hash"',
+        "says whether a key changes the config hash, which decides which finished runs are reused "
+        "and",
         "which checkpoints a run may resume from (declared on each field in `config.py`).",
         "",
     ]
@@ -150,7 +154,8 @@ def config_reference() -> str:
                     or f"the {f.name}: `{f.name}.name` (see `dk ls`) and its parameters"
                 )
                 parts.append(
-                    f"| `{f.name}` | mapping | `{_show(_default(f))}` | {HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |"
+                    f"| `{f.name}` | mapping | `{_show(_default(f))}` | "
+                    f"{HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |"
                 )
                 continue
             meaning, tp = (
@@ -158,7 +163,8 @@ def config_reference() -> str:
                 _type(hints[f.name]).replace("|", "\\|"),
             )
             parts.append(
-                f"| `{prefix}{f.name}` | {tp} | `{_show(_default(f))}` | {HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |"
+                f"| `{prefix}{f.name}` | {tp} | `{_show(_default(f))}` | "
+                f"{HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |"
             )
         parts.append("")
     return "\n".join(parts)

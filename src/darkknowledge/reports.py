@@ -1,4 +1,5 @@
-"""``dk report``: what a run (or an experiment) did, in Markdown and in one self-contained HTML file.
+"""``dk report``: what a run (or an experiment) did, in Markdown and in one self-contained HTML
+file.
 
 For a run directory: the training curves (loss per logged step, errors per evaluation), the test
 set's reliability diagram (the student's and, for a distilled run, its teacher's: calibration
@@ -207,17 +208,24 @@ def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     pics.append(("Errors per class and confusions", conf_png))
     errors = sum(per_class)
     facts = [
-        f"- run: `{run}`; method `{(cfg.get('method') or {}).get('name', '?')}`, model `{json.dumps(cfg.get('model') or {})}`",
-        f"- test set: {name}, {len(test):,} images; **{errors} errors** ({100 * errors / len(test):.2f} %)",
-        f"- trained {summary.get('epochs', '?')} epochs, {summary.get('steps', '?')} steps in {summary.get('train_seconds', 0):.0f} s on {summary.get('device', '?')} (commit {str(summary.get('git_sha', '?'))[:10]})",
+        f"- run: `{run}`; method `{(cfg.get('method') or {}).get('name', '?')}`, model "
+        f"`{json.dumps(cfg.get('model') or {})}`",
+        f"- test set: {name}, {len(test):,} images; **{errors} errors** "
+        f"({100 * errors / len(test):.2f} %)",
+        f"- trained {summary.get('epochs', '?')} epochs, {summary.get('steps', '?')} steps in "
+        f"{summary.get('train_seconds', 0):.0f} s on {summary.get('device', '?')} (commit "
+        f"{str(summary.get('git_sha', '?'))[:10]})",
         *(
             [
-                f"- its teacher ({', '.join(missing)}) is not there to compare calibration with (paths are relative to where it was trained)"
+                f"- its teacher ({', '.join(missing)}) is not there to compare calibration with "
+                "(paths are relative to where it was trained)"
             ]
             if missing
             else []
         ),
-        f"- most errors: class {max(range(len(per_class)), key=per_class.__getitem__)} ({max(per_class)}); fewest: class {min(range(len(per_class)), key=per_class.__getitem__)} ({min(per_class)})",
+        f"- most errors: class {max(range(len(per_class)), key=per_class.__getitem__)} "
+        f"({max(per_class)}); fewest: class "
+        f"{min(range(len(per_class)), key=per_class.__getitem__)} ({min(per_class)})",
     ]
     return _write(out, f"Report: {run.name}", facts, pics, [])
 
@@ -316,11 +324,17 @@ def _write(
     for caption, p in pics:
         data = base64.b64encode(p.read_bytes()).decode()
         body.append(
-            f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' "
+            f"src='data:image/png;base64,{data}'>"
         )
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em "
+        "auto;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid "
+        "#ccc;padding:3px 6px}img{max-width:100%}"
+    )
     (out / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+        "<!doctype html><html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
     return out / "report.md"
 

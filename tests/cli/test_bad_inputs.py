@@ -399,7 +399,8 @@ CASES = [
     (
         "read-only-run-dir",
         lambda t, mp: (_mkdir_read_only(mp), ["train", "--run-dir", "run", *TINY])[1],
-        "cannot write run/config.yaml: Read-only file system; make it writable or choose another run_dir",
+        "cannot write run/config.yaml: Read-only file system; make it writable or choose another "
+        "run_dir",
         False,
     ),
     (
@@ -490,7 +491,8 @@ CASES = [
     (
         "users-own-run-dir",
         lambda t, mp: _foreign_dir(t, "mine"),
-        "run directory mine holds files that are not a darkknowledge run (config.yaml, metrics.jsonl)",
+        "run directory mine holds files that are not a darkknowledge run (config.yaml, "
+        "metrics.jsonl)",
         False,
     ),
     (
@@ -523,7 +525,8 @@ CASES = [
         "yaml-alias-chain",
         lambda t, mp: _yaml(
             t,
-            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nseed: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c "
+            "[*b, *b, *b, *b, *b, *b, *b, *b, *b]\nseed: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
         ),
         "uses a YAML alias (*a) at line 2",
         False,
@@ -746,7 +749,8 @@ def test_overrides_may_follow_the_options_and_unknown_options_are_still_refused(
     tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    # the trailing override is read as an override (and --report-only refuses overrides), not as junk
+    # the trailing override is read as an override (and --report-only refuses overrides), not as
+    # junk
     assert main(["reproduce", "hinton2015", "--report-only", "optim.epochs=1"]) == 2
     assert "--report-only trains nothing" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -39,9 +39,8 @@ def test_train_distill_eval_ls_fetch(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test: " in out and f"model saved to {teacher}/model.safetensors" in out
     t_summary = json.loads((teacher / "summary.json").read_text())
-    assert (
-        t_summary["eval"]["test"]["errors"] < 250
-    )  # 2 epochs on 2000 images: far better than chance (450)
+    # 2 epochs on 2000 images: far better than chance (450)
+    assert t_summary["eval"]["test"]["errors"] < 250
 
     assert (
         main(
@@ -99,7 +98,7 @@ def test_train_distill_eval_ls_fetch(tmp_path, capsys):
 
 # First logged losses of `dk train` with PINNED_ARGS (seed 0, CPU, float32). Regenerate after an
 # intended change of the numerics with:
-#   .venv/bin/python -c "import sys; sys.path.insert(0, 'tests/cli'); import test_smoke; test_smoke.print_pinned()"
+#   PYTHONPATH=tests/cli .venv/bin/python -c "import test_smoke; test_smoke.print_pinned()"
 # (from the repo root) and paste the printed list below.
 PINNED_ARGS = [
     "model.hidden=[32]",

@@ -107,9 +107,8 @@ def test_the_cuda_default_defers_but_names_the_exact_nan_step(make_cfg, monkeypa
 @pytest.mark.parametrize("mode", ["compile", "cuda_graph"])
 def test_compiled_and_graphed_steps_equal_eager(make_cfg, mode):
     eager = make_cfg(*CUDA, "optim.batch_size=32", name="eager")
-    fast = make_cfg(
-        *CUDA, "optim.batch_size=32", f"train_step={mode}", name=mode
-    )  # 1000 = 31 × 32 + 8: a ragged last batch
+    # 1000 = 31 × 32 + 8: a ragged last batch
+    fast = make_cfg(*CUDA, "optim.batch_size=32", f"train_step={mode}", name=mode)
     run(eager)
     run(fast)
     assert _losses(fast) == pytest.approx(_losses(eager), rel=1e-4)

@@ -1,4 +1,6 @@
-"""train_step (eager / compile / cuda_graph), precision (fp32 / bf16), multi-tensor optimizer updates."""
+"""train_step (eager / compile / cuda_graph), precision (fp32 / bf16), multi-tensor optimizer
+updates.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def _compiled_equals_eager(make_cfg, teacher_file):
 
 def test_the_step_compiles_and_equals_eager(make_cfg, teacher_file, monkeypatch):
     """Dynamo traces forward + method loss, AOTAutograd derives the backward; no code generation
-    (backend aot_eager), so the default suite stays fast. The inductor run is the slow test below."""
+    (backend aot_eager), so the default suite stays fast. The inductor run is the slow test
+    below."""
     real = torch.compile
     calls = []
 
@@ -143,7 +146,8 @@ def test_every_compiled_run_compiles_its_own_step_past_the_recompile_limit(
     make_cfg, teacher_file, monkeypatch
 ):
     """Many compiled runs in one process (a `dk reproduce`): each still compiles, none falls back to
-    eager at dynamo's recompile limit (lowered to 1 here: the second run would be its first victim)."""
+    eager at dynamo's recompile limit (lowered to 1 here: the second run would be its first
+    victim)."""
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     real, compiled_graphs = torch.compile, []
 

@@ -41,13 +41,14 @@ def test_results_do_not_depend_on_sync_every(make_cfg, sync_every):
         assert (Path(lazy.run_dir) / name).read_bytes() == (
             Path(ref.run_dir) / name
         ).read_bytes(), name
-    assert (
-        ref.hash() == lazy.hash()
-    )  # sync_every changes no result, so a run may resume with another
+    # sync_every changes no result, so a run may resume with another
+    assert ref.hash() == lazy.hash()
 
 
 def _count_loop_syncs(monkeypatch):
-    """Count the host syncs (item, tolist, bool/float/int of a tensor) made by the training loop itself."""
+    """Count the host syncs (item, tolist, bool/float/int of a tensor) made by the training loop
+    itself.
+    """
     calls = []
     loop_file = str(Path(inspect.getfile(run)).with_name("loop.py"))
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):

@@ -13,7 +13,8 @@ from darkknowledge.losses import TopKTargets, soft_target_loss, soft_target_loss
 
 # Two examples over 3 classes. Teacher p, student q (at the loss temperature):
 #   p1 = (0.5, 0.3, 0.2), q1 = (0.25, 0.25, 0.5);  p2 = (0.9, 0.05, 0.05), q2 = (0.5, 0.3, 0.2).
-# k = 1 (class 0 for both): buckets p1 = (0.5 | 0.5), q1 = (0.25 | 0.75); p2 = (0.9 | 0.1), q2 = (0.5 | 0.5).
+# k = 1 (class 0 for both): buckets p1 = (0.5 | 0.5), q1 = (0.25 | 0.75); p2 = (0.9 | 0.1), q2 =
+# (0.5 | 0.5).
 #   KL1 = 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 ln(4/3)            = 0.143841036225890
 #   KL2 = 0.9 ln(0.9/0.5) + 0.1 ln(0.1/0.5) = 0.9 ln 1.8 + 0.1 ln 0.2 = 0.368064207168498
 #   batch mean = 0.255952621697194, times T².
@@ -38,7 +39,8 @@ def test_hand_computed_k1(temperature):
 
 def test_hand_computed_k2_single_tail_class_is_the_dense_kl():
     # k = 2 leaves one class in the tail, so the buckets are the classes: the full KL.
-    # KL1 = 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4 = 0.218011911;  KL2 = 0.9 ln 1.8 + 0.05 ln(1/6) + 0.05 ln 0.25
+    # KL1 = 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4 = 0.218011911;  KL2 = 0.9 ln 1.8 + 0.05 ln(1/6) +
+    # 0.05 ln 0.25
     kl1 = 0.5 * math.log(2) + 0.3 * math.log(1.2) + 0.2 * math.log(0.4)
     kl2 = 0.9 * math.log(1.8) + 0.05 * math.log(0.05 / 0.3) + 0.05 * math.log(0.05 / 0.2)
     assert kl1 == pytest.approx(0.218011911, abs=1e-9)
@@ -92,7 +94,9 @@ def test_fewer_buckets_never_exceed_the_dense_kl(temperature):
 
 
 def test_gradient_is_the_bucketed_q_minus_p():
-    """dL/dz_j = (T/B) (q_j − p_B q_j / Q_B) for class j in bucket B (top-k buckets are single classes)."""
+    """dL/dz_j = (T/B) (q_j − p_B q_j / Q_B) for class j in bucket B (top-k buckets are single
+    classes).
+    """
     g = torch.Generator().manual_seed(2)
     teacher = torch.randn(5, 9, generator=g, dtype=torch.float64) * 3
     student = (torch.randn(5, 9, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
@@ -273,12 +277,18 @@ def test_a_loss_at_another_temperature_or_combine_is_refused():
     t = topk_targets(torch.randn(2, 4, 6), 3, 20.0, "arithmetic")
     with pytest.raises(
         DKError,
-        match=r"stored at temperature 20 but the loss uses temperature 4; set the method's temperature to 20",
+        match=(
+            r"stored at temperature 20 but the loss uses temperature 4; set the method's "
+            r"temperature to 20"
+        ),
     ):
         t.at(4.0)
     with pytest.raises(
         DKError,
-        match=r"combine 2 members by the arithmetic mean but the run asks for geometric; set teacher.combine=arithmetic",
+        match=(
+            r"combine 2 members by the arithmetic mean but the run asks for geometric; set "
+            r"teacher.combine=arithmetic"
+        ),
     ):
         t.at(20.0, "geometric")
     one = topk_targets(torch.randn(4, 6), 3, 20.0)

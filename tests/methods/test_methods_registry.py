@@ -64,7 +64,8 @@ def _not_imported(name: str, path: list[str], extra_path: str = "") -> list[str]
 def test_every_module_under_methods_is_imported_by_the_package():
     missing = _not_imported(package.__name__, package.__path__)
     assert missing == [], (
-        f"add `from darkknowledge.methods.{missing[0] if missing else ''} import ...` to methods/__init__.py"
+        f"add `from darkknowledge.methods.{missing[0] if missing else ''} import ...` to "
+        "methods/__init__.py"
     )
 
 

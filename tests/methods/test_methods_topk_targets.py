@@ -69,7 +69,10 @@ def test_logit_matching_needs_dense_logits():
     teacher, student, _, pos = _batch()
     with pytest.raises(
         DKError,
-        match=r"logit_matching needs the teacher's dense logits, got top-k targets; use a dense teacher-output store",
+        match=(
+            r"logit_matching needs the teacher's dense logits, got top-k targets; use a dense "
+            r"teacher-output store"
+        ),
     ):
         top3 = topk_targets(teacher, 3, 1.0)[:, pos]
         build_method("logit_matching")(StepInputs.of(student, top3))

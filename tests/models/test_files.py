@@ -81,7 +81,10 @@ def test_config_and_tensors_must_agree(tmp_path):
     tensors["layers.0.weight"] = torch.zeros(8, 7)
     with pytest.raises(
         DKError,
-        match=r"layers.0.weight is torch.float32 \(8, 7\) but its config needs torch.float32 \(8, 6\)",
+        match=(
+            r"layers.0.weight is torch.float32 \(8, 7\) but its "
+            r"config needs torch.float32 \(8, 6\)"
+        ),
     ):
         load_model(_header_file(tmp_path, tensors, meta))
     tensors.pop("layers.0.weight")

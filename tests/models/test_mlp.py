@@ -87,9 +87,8 @@ def test_max_norm_projection_bounds_every_hidden_unit():
     for w in model.max_norm_weights():
         assert float(w.detach().norm(dim=1).max()) <= spec.max_norm * (1 + 1e-6)
     assert torch.equal(model.layers[0].weight[0], small_row)  # rows already inside are untouched
-    assert (
-        float(model.layers[-1].weight.detach().norm(dim=1).max()) > spec.max_norm
-    )  # the output layer is not constrained
+    # the output layer is not constrained
+    assert float(model.layers[-1].weight.detach().norm(dim=1).max()) > spec.max_norm
 
 
 def test_max_norm_holds_through_paper_training_steps():

@@ -35,8 +35,10 @@ def _one_error_line(capsys):
 
 
 def test_run_outputs_go_through_atomic_writes(tmp_path, monkeypatch):
-    """config.yaml, model.safetensors and summary.json are written with atomic_write_bytes (temp file,
-    fsync, rename; tests/data/test_data_cache.py::test_failed_write_keeps_the_old_file proves it)."""
+    """config.yaml, model.safetensors and summary.json are written with atomic_write_bytes (temp
+    file,
+    fsync, rename; tests/data/test_data_cache.py::test_failed_write_keeps_the_old_file proves
+    it)."""
     written = []
     real = run_module.atomic_write_bytes
 
@@ -47,9 +49,8 @@ def test_run_outputs_go_through_atomic_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "atomic_write_bytes", record)
     from darkknowledge import data as data_module
 
-    monkeypatch.setattr(
-        data_module, "atomic_write_bytes", record
-    )  # save_model imports it from here
+    # save_model imports it from here
+    monkeypatch.setattr(data_module, "atomic_write_bytes", record)
     assert main(["train", "--run-dir", str(tmp_path / "r"), *ARGS]) == 0
     assert written == ["config.yaml", "model.safetensors", "summary.json"]
     assert [p.name for p in (tmp_path / "r").glob(".*")] == [
@@ -77,8 +78,8 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_is_exact(
     assert main(["train", "--run-dir", str(run_dir), *ARGS]) == 2
     err = _one_error_line(capsys)
     assert (
-        f"disk full writing checkpoint {run_dir}/checkpoints/step-000000006; free space or choose another run_dir"
-        in err
+        f"disk full writing checkpoint {run_dir}/checkpoints/step-000000006; free space or choose "
+        "another run_dir" in err
     )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "step-000000002",

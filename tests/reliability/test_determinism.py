@@ -1,4 +1,6 @@
-"""Determinism: `--deterministic` runs repeat bit for bit; so do plain CPU runs (same machine, same threads)."""
+"""Determinism: `--deterministic` runs repeat bit for bit; so do plain CPU runs (same machine, same
+threads).
+"""
 
 from __future__ import annotations
 
@@ -29,9 +31,8 @@ def test_deterministic_runs_are_bitwise_equal(tmp_path):
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == (
         tmp_path / "b" / "metrics.jsonl"
     ).read_text()
-    assert (
-        not torch.are_deterministic_algorithms_enabled()
-    )  # the switch does not leak out of the run
+    # the switch does not leak out of the run
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_plain_cpu_runs_repeat_and_seeds_differ(tmp_path):

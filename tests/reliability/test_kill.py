@@ -1,4 +1,6 @@
-"""Real signals to a real `dk` process: finish the step, checkpoint, exit 128 + signum, resume exactly."""
+"""Real signals to a real `dk` process: finish the step, checkpoint, exit 128 + signum, resume
+exactly.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def _dk(*args):
 
 
 def _start_and_signal(args, run_dir, signum, min_lines=1, timeout=60.0):
-    """Start `dk`, wait until metrics.jsonl shows progress, send ``signum``; returns (returncode, stderr)."""
+    """Start `dk`, wait until metrics.jsonl shows progress, send ``signum``; returns (returncode,
+    stderr).
+    """
     proc = subprocess.Popen(_dk(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = Path(run_dir) / "metrics.jsonl"
     deadline = time.monotonic() + timeout

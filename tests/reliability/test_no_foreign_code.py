@@ -109,9 +109,15 @@ def test_the_only_unpickler_is_the_restricted_mnist_one():
 
 
 def test_the_scanner_catches_what_it_should():
-    bad = "import torch, pickle, yaml\ntorch.load(f)\ntorch.load(f, weights_only=False)\npickle.loads(b)\nyaml.load(t)\neval('1')\n"
+    bad = (
+        "import torch, pickle, yaml\ntorch.load(f)\ntorch.load(f, "
+        "weights_only=False)\npickle.loads(b)\nyaml.load(t)\neval('1')\n"
+    )
     assert len(list(_unsafe_calls(ast.parse(bad)))) == 5
-    good = "torch.load(f, weights_only=True)\nyaml.safe_load(t)\nmodel.eval()\nyaml.load(t, Loader=_DataLoader)\n"
+    good = (
+        "torch.load(f, weights_only=True)\nyaml.safe_load(t)\nmodel.eval()\nyaml.load(t, "
+        "Loader=_DataLoader)\n"
+    )
     assert list(_unsafe_calls(ast.parse(good))) == []
 
 
@@ -149,18 +155,16 @@ def test_checkpoint_files_replaced_by_pickles(tmp_path, canary, capsys, victim):
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "stop_after_steps=3"]) == 143
     (ckpt,) = list_checkpoints(run_dir / "checkpoints")
     (ckpt / victim).write_bytes(payload)
-    if (
-        victim != "manifest.json"
-    ):  # the attacker also fixes the manifest, so only the format check is left
+    # the attacker also fixes the manifest, so only the format check is left
+    if victim != "manifest.json":
         manifest = json.loads((ckpt / "manifest.json").read_text())
         manifest[victim] = hashlib.sha256(payload).hexdigest()
         (ckpt / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", str(ckpt)]) == 2
     assert f"checkpoint {ckpt}" in capsys.readouterr().err
-    assert (
-        main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", "auto"]) == 2
-    )  # skipped, none left
+    # skipped, none left
+    assert main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", "auto"]) == 2
     assert not marker.exists()
 
 

@@ -29,7 +29,10 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def _holder_process(run_dir: Path) -> subprocess.Popen:
     """Another process that takes the run directory's lock and keeps it until killed."""
-    code = "import sys, time\nfrom pathlib import Path\nfrom darkknowledge.train.rundir import hold\nwith hold(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom darkknowledge.train.rundir import "
+        "hold\nwith hold(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env
@@ -64,9 +67,8 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_holder_blocks_
 
 def test_the_lock_is_released_when_the_run_ends_however_it_ends(tmp_path):
     run_dir = tmp_path / "run"
-    assert (
-        main(["train", "--run-dir", str(run_dir), *ARGS, "stop_after_steps=2"]) == 143
-    )  # interrupted
+    # interrupted
+    assert main(["train", "--run-dir", str(run_dir), *ARGS, "stop_after_steps=2"]) == 143
     with hold(run_dir):  # free again: this process can take it
         pass
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "optim.lr=-1"]) == 2  # refused
@@ -85,7 +87,6 @@ def test_fit_model_never_writes_into_a_users_directory(tmp_path):
     with pytest.raises(DKError, match="holds files that are not a darkknowledge run"):
         fit_model(model, batches, optim={"epochs": 1}, run_dir=mine)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
-    fit_model(
-        model, batches, optim={"epochs": 1}, run_dir=tmp_path / "new"
-    )  # a new directory is ours
+    # a new directory is ours
+    fit_model(model, batches, optim={"epochs": 1}, run_dir=tmp_path / "new")
     assert (tmp_path / "new" / ".darkknowledge-run").is_file()

@@ -167,9 +167,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_cfg, re
         run(load_config(None, ["stop_after_steps=10"], base=_as_dict(cfg)))
     latest = list_checkpoints(Path(cfg.run_dir) / "checkpoints")[-1]
     victim = latest / "state.safetensors"
-    victim.write_bytes(
-        victim.read_bytes()[:100]
-    )  # truncated, as by a crash mid-write without atomic rename
+    # truncated, as by a crash mid-write without atomic rename
+    victim.write_bytes(victim.read_bytes()[:100])
     with pytest.warns(
         UserWarning,
         match=f"skipping checkpoint: checkpoint file .*{latest.name}/state.safetensors is corrupt",

@@ -1,4 +1,6 @@
-"""scripts/device_session.sh, the prepared GPU-session script, run end to end on CPU at a tiny size."""
+"""scripts/device_session.sh, the prepared GPU-session script, run end to end on CPU at a tiny
+size.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import pytest
 from darkknowledge.provenance import source_sha
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = "data.train_size=600 data.test_size=1000 data.validation_size=200 model.hidden=[32,32] optim.epochs=1 eval_every=1 checkpoint_every=1"
+TINY = (
+    "data.train_size=600 data.test_size=1000 data.validation_size=200 model.hidden=[32,32] "
+    "optim.epochs=1 eval_every=1 checkpoint_every=1"
+)
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("bash", "timeout", "tar")),
@@ -86,10 +91,11 @@ def test_a_session_runs_its_stages_packs_its_results_and_collect_merges_them(tmp
     assert teacher == {"0", "1"} and all(
         r["git_sha"] == source_sha() and r["scale"] == "smoke-custom" for r in rows
     )
+    # each finished teacher comes back as one file, to be carried into the next session
     for k in (
         0,
         1,
-    ):  # each finished teacher comes back as one file, to be carried into the next session
+    ):
         with tarfile.open(out / f"teacher-seed{k}.tar") as t:
             assert {Path(n).name for n in t.getnames()} == {
                 "model.safetensors",

@@ -69,10 +69,11 @@ def test_config_resolves_at_every_scale(cell_id, scale, tmp_path):
     assert method.needs_teacher == bool(cell.teacher) or cell.kind == "regularizer"
     build_model(cfg.model["name"], {k: v for k, v in cfg.model.items() if k != "name"}, 784, 10)
     assert str(tmp_path) in cfg.run_dir and cfg.hash()[:10] in cfg.run_dir
+    # the paper's data: all 60k images, all test images, never jitter a student
     if scale in (
         "full",
         "cpu",
-    ):  # the paper's data: all 60k images, all test images, never jitter a student
+    ):
         assert cfg.data.train_size is None and cfg.data.test_size is None
         if cell.teacher:
             assert cfg.data.jitter == 0
@@ -157,13 +158,11 @@ def test_reduced_reproduction_runs_records_and_reports(tmp_path):
         )
         assert float(r["wall_seconds"]) > 0
     on3 = {r["metric"]: float(r["value"]) for r in rows if r["cell"] == "omit3"}
-    assert (
-        on3["test_errors_on_3_test_tuned_offset"] <= on3["test_errors_on_3"]
-    )  # the test-tuned offset can only help on test
+    # the test-tuned offset can only help on test
+    assert on3["test_errors_on_3_test_tuned_offset"] <= on3["test_errors_on_3"]
     readme = (exp / "README.md").read_text()
-    assert (
-        "| `omit3` | test_errors_on_3" in readme and "(1 seed)" not in readme
-    )  # custom rows stay out of the columns
+    # custom rows stay out of the columns
+    assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" not in readme
     assert f"{len(rows)} rows of runs with overridden settings (`smoke-custom`)" in readme
     assert readme.count("results:start") == 1
     # A second call reuses the finished runs: nothing retrained, and no row written twice (each
@@ -341,22 +340,18 @@ def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tm
         results[batched] = {
             cell: _rows(exp, cell, "test_errors") for cell in ("teacher_1200", "student_800_hard")
         }
-        assert (
-            len(set(_rows(exp, "student_800_hard", "selected_optim.lr").values())) == 1
-        )  # chosen once, for both seeds
-        assert (
-            len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 1
-        )  # 4 candidates in one run, seed 0 only
+        # chosen once, for both seeds
+        assert len(set(_rows(exp, "student_800_hard", "selected_optim.lr").values())) == 1
+        # 4 candidates in one run, seed 0 only
+        assert len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 1
         placed = json.loads(next(runs.glob("smoke/seed1/teacher_1200-*/summary.json")).read_text())
         assert ("trained_as" in placed) == batched
         assert bool(list(runs.glob("smoke/seed0/teacher_1200_seeds-*"))) == batched
     for cell, by_seed in results[False].items():
         assert set(by_seed) == {"0", "1"}
         for seed, errors in by_seed.items():
-            assert abs(results[True][cell][seed] - errors) <= 1, (
-                cell,
-                seed,
-            )  # float-tolerance equal models
+            # float-tolerance equal models
+            assert abs(results[True][cell][seed] - errors) <= 1, (cell, seed)
 
 
 @pytest.mark.parametrize(
@@ -534,9 +529,8 @@ def _ship_teacher(exp: Path, tmp_path: Path) -> Path:
     ).hexdigest()
     (shipped / "summary.json").write_text(json.dumps(summary))
     teacher_cfg = exp / "configs" / "teacher_1200.yaml"
-    assert (
-        "shipped: {path: shipped/teacher_1200_cpu, scales: [smoke]" in teacher_cfg.read_text()
-    )  # the repository's own
+    # the repository's own
+    assert "shipped: {path: shipped/teacher_1200_cpu, scales: [smoke]" in teacher_cfg.read_text()
     return shipped
 
 
@@ -627,9 +621,10 @@ def test_the_soft_arm_of_the_regularizer_chooses_its_step_size_on_validation(tmp
     }
     chosen = rows[("soft_selected_optim.lr", "")]
     assert valid[chosen] == min(valid.values())
+    # one batched run
     assert (
         len(list((tmp_path / "runs").glob("smoke/seed0/soft_regularizer_3pct_soft_select-*"))) == 1
-    )  # one batched run
+    )
     assert (
         ("soft_test_errors", "") in rows
         and ("gap_closed", "") in rows
@@ -655,18 +650,16 @@ def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_
 
     rows = [
         row("cpu", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
-        row(
-            "smoke", "student", "test_errors", 400, 600, "old", "2026-11-01T00:00Z"
-        ),  # replaced below
-        row(
-            "smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T13:00Z"
-        ),  # the shipped teacher
+        # replaced below
+        row("smoke", "student", "test_errors", 400, 600, "old", "2026-11-01T00:00Z"),
+        # the shipped teacher
+        row("smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T13:00Z"),
         row("smoke", "student", "test_errors", 180, 60, "new", "2026-12-01T13:01Z"),
         row("smoke", "student", "samples_per_s", 9000, 60, "new", "2026-12-01T13:01Z"),
     ]
-    assert (
-        training_time(rows, "smoke")
-        == "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` is another scale's run (the shipped teacher), not counted"
+    assert training_time(rows, "smoke") == (
+        "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` "
+        "is another scale's run (the shipped teacher), not counted"
     )
     assert training_time(rows, "cpu").startswith("seed 0's 1 runs took 50 minutes")
     # rows that carry the trained run's own date tie, whatever their order: the scale that
@@ -683,9 +676,13 @@ def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_
 def test_the_deployment_table_shows_the_latest_measurement_of_each_model(tmp_path):
     from darkknowledge.reproduce.report import deployment_table
 
-    cols = "cell,scale,runtime,parameters,bytes,test_errors,ece,b1_p50_ms,b1_p95_ms,b64_p50_ms,b64_p95_ms,threads,machine,git_sha,date"
+    cols = (
+        "cell,scale,runtime,parameters,bytes,test_errors,ece,"
+        "b1_p50_ms,b1_p95_ms,b64_p50_ms,b64_p95_ms,threads,machine,git_sha,date"
+    )
     rows = [
-        "student_800_hard,cpu,pytorch,1276810,5110000,140,0.01,0.9,1.0,9.0,9.5,1,x86_64,abc,2026-12-01T00:00:00Z",  # replaced below
+        # replaced below
+        "student_800_hard,cpu,pytorch,1276810,5110000,140,0.01,0.9,1.0,9.0,9.5,1,x86_64,abc,2026-12-01T00:00:00Z",
         "student_800_hard,cpu,pytorch,1276810,5110000,129,0.0111,0.5,0.6,5.0,5.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
         "student_800_hard,cpu,onnx,1276810,5108000,129,0.0111,0.4,0.5,4.0,4.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
         "student_800_hard,cpu,onnx-int8,1276810,1290000,131,,0.2,0.3,1.0,1.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
@@ -693,8 +690,8 @@ def test_the_deployment_table_shows_the_latest_measurement_of_each_model(tmp_pat
     (tmp_path / "deployment.csv").write_text("\n".join([cols, *rows]) + "\n")
     text = deployment_table(tmp_path / "deployment.csv")
     assert (
-        "| `student_800_hard` | 1,276,810 | 5.11 MB / 5.11 MB / 1.29 MB | 129 / 131 | 0.0111 | 0.500 / 0.400 / 0.200 | 5.000 / 4.000 / 1.000 |"
-        in text
+        "| `student_800_hard` | 1,276,810 | 5.11 MB / 5.11 MB / 1.29 MB | 129 / 131 | 0.0111 | "
+        "0.500 / 0.400 / 0.200 | 5.000 / 4.000 / 1.000 |" in text
     )
     assert "2026-12-02 (commit abcdef1234)" in text
     assert deployment_table(tmp_path / "absent.csv") == ""
@@ -731,9 +728,8 @@ def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(t
         for r in rows
         if r["cell"] == "ensemble_distill"
     }
-    assert (
-        len([k for k in got if k[1] == "select_valid_errors"]) == 4
-    )  # 2 temperatures × 2 step sizes, one batched run
+    # 2 temperatures × 2 step sizes, one batched run
+    assert len([k for k in got if k[1] == "select_valid_errors"]) == 4
     base, ens, dist = (
         got[("", "baseline_accuracy_mnist")],
         got[("", "ensemble_accuracy_mnist")],

@@ -58,9 +58,8 @@ def test_the_summary_holds_every_member_and_both_combinations(ensemble_dir):
 
 def test_config_round_trip_and_refusals(ensemble_dir, make_cfg):
     cfg, _ = ensemble_dir
-    again = load_config(
-        Path(cfg.run_dir) / "config.yaml"
-    )  # holds ensemble.members and replicas.seeds
+    # holds ensemble.members and replicas.seeds
+    again = load_config(Path(cfg.run_dir) / "config.yaml")
     assert again.hash() == cfg.hash()
     with pytest.raises(DKError, match="not an ensemble"):
         make_cfg("ensemble.members=1")

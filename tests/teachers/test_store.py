@@ -110,9 +110,8 @@ def test_rows_are_keyed_by_dataset_position_and_index():
     assert torch.equal(shard["index"], torch.tensor([7, 3, 30, 12]))
     for pos, src in enumerate([7, 3, 30, 12]):
         expected = teacher(full.features(torch.tensor([src])))[:, 0]
-        assert torch.allclose(
-            logits[:, pos], expected, rtol=0, atol=1e-6
-        )  # batch size may change the last bits
+        # batch size may change the last bits
+        assert torch.allclose(logits[:, pos], expected, rtol=0, atol=1e-6)
 
 
 def test_explicit_store_from_another_teacher_is_refused(tmp_path):
@@ -185,7 +184,10 @@ def test_corrupt_default_store_is_repaired_with_a_warning(shard_computes):
     (path / "shard-00001.safetensors").write_bytes(raw[: len(raw) // 2])
     with pytest.warns(
         UserWarning,
-        match=f"rebuilding teacher-output store: teacher-output store {path} is corrupt \\(shard-00001.safetensors does not match the sha256",
+        match=(
+            f"rebuilding teacher-output store: teacher-output store {path} is corrupt "
+            "\\(shard-00001.safetensors does not match the sha256"
+        ),
     ):
         again = teacher_outputs(teacher, data, options=options)
     assert torch.equal(again, good)
@@ -206,12 +208,14 @@ def test_corrupt_explicit_store_is_an_error(tmp_path):
         DKError, match=r"store .*store is corrupt \(manifest.json is not a JSON object\)"
     ):
         teacher_outputs(teacher, data, path)
-    (path / "s.safetensors").write_bytes(
-        b"\x00" * 100
-    )  # a file of the user's, not a store: not called corrupt
+    # a file of the user's, not a store: not called corrupt
+    (path / "s.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(
         DKError,
-        match="s.safetensors is a file that is not a teacher-output store; point teacher.store at a new or empty directory",
+        match=(
+            "s.safetensors is a file that is not a teacher-output store; point teacher.store at a "
+            "new or empty directory"
+        ),
     ):
         teacher_outputs(teacher, data, path / "s.safetensors")
     assert (path / "s.safetensors").read_bytes() == b"\x00" * 100
@@ -245,7 +249,9 @@ def test_store_locks_live_inside_the_store_and_a_refused_build_leaves_nothing(tm
 
 
 def test_a_killed_precompute_leaves_ignored_temp_files(shard_computes):
-    """atomic_write_bytes writes .<name>.<random>.tmp then renames; a kill leaves only temp files."""
+    """atomic_write_bytes writes .<name>.<random>.tmp then renames; a kill leaves only temp
+    files.
+    """
     teacher, data = _teacher(), _data()
     path = default_store_path(teacher, data)
     path.mkdir(parents=True)
@@ -268,7 +274,10 @@ def test_non_finite_teacher_outputs_are_refused_before_training(tmp_path):
         teacher.members[0].layers[-1].bias[3] = float("nan")
     with pytest.raises(
         DKError,
-        match=r"teacher teacher0 outputs non-finite logits for 30 examples of toy/train, first at source index 0",
+        match=(
+            r"teacher teacher0 outputs non-finite logits for 30 examples of toy/train, first at "
+            r"source index 0"
+        ),
     ):
         teacher_outputs(teacher, data, tmp_path / "s")
     assert not (tmp_path / "s").exists()
@@ -296,7 +305,10 @@ def test_a_full_disk_at_an_explicit_store_is_an_error(monkeypatch, tmp_path):
     _fail_writes(monkeypatch, errno.ENOSPC)
     with pytest.raises(
         DKError,
-        match=r"disk full writing teacher-output store .*s; free space or set teacher.store to a writable path",
+        match=(
+            r"disk full writing teacher-output store .*s; free space or set teacher.store to a "
+            r"writable path"
+        ),
     ):
         teacher_outputs(_teacher(), _data(), tmp_path / "s")
 

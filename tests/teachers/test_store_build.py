@@ -328,7 +328,10 @@ def test_store_options_come_from_the_config_and_the_method():
         )
     with pytest.raises(
         DKError,
-        match=r"teacher.store_topk=5 stores soft targets at one temperature but LogitMatching uses no temperature",
+        match=(
+            r"teacher.store_topk=5 stores soft targets at one temperature but LogitMatching uses "
+            r"no temperature"
+        ),
     ):
         store_options(cfg, build_method("logit_matching"))
 
@@ -421,7 +424,10 @@ def test_a_run_at_another_temperature_than_its_topk_store_is_refused_before_trai
     )
     with pytest.raises(
         DKError,
-        match=r"holds top-3 float32 log-probabilities at T=4 but the run asks for top-3 float32 log-probabilities at T=20",
+        match=(
+            r"holds top-3 float32 log-probabilities at T=4 but the run asks for top-3 float32 "
+            r"log-probabilities at T=20"
+        ),
     ):
         run(other, kind="distill")
     assert not (tmp_path / "b").exists()
@@ -438,9 +444,8 @@ def test_store_files_replaced_by_pickles_never_run(tmp_path, canary, victim, sha
     teacher, data, out = _teacher(), _data(), tmp_path / "s"
     teacher_outputs(teacher, data, out, StoreOptions(shard_size=20))
     (out / victim).write_bytes(payload)
-    if victim.endswith(
-        ".safetensors"
-    ):  # the attacker fixes the manifest too: only the format check is left
+    # the attacker fixes the manifest too: only the format check is left
+    if victim.endswith(".safetensors"):
         manifest = json.loads((out / "manifest.json").read_text())
         manifest["shards"][1]["sha256"] = hashlib.sha256(payload).hexdigest()
         (out / "manifest.json").write_text(json.dumps(manifest))
@@ -604,7 +609,8 @@ def test_cli_info_on_something_else(tmp_path, capsys):
     assert main(["teacher-outputs", "info", str(tmp_path / "missing")]) == 2
 
 
-# ---------------------------------------------------------------- separate processes: kill, torchrun
+# ---------------------------------------------------------------- separate processes: kill,
+# torchrun
 
 
 def _env(**extra):
@@ -680,11 +686,11 @@ def test_a_killed_process_leaves_shards_and_the_rerun_finishes_them(tmp_path, te
 
 
 def test_torchrun_builds_the_same_store_as_one_process(tmp_path, teacher_file):
-    """Two gloo processes (rank r builds shards r, r+2, ...) write the one-process store bit for bit."""
-    a, b = (
-        teacher_file("a.safetensors", seed=0),
-        teacher_file("b.safetensors", seed=1),
-    )  # an ensemble
+    """Two gloo processes (rank r builds shards r, r+2, ...) write the one-process store bit for
+    bit.
+    """
+    # an ensemble
+    a, b = teacher_file("a.safetensors", seed=0), teacher_file("b.safetensors", seed=1)
     args = [
         "teacher-outputs",
         "build",
@@ -758,7 +764,8 @@ b.compute_shard = slow
 torch.manual_seed(0)
 teacher = Teacher([build_model("mlp", {"hidden": [8]}, 16, 10)])
 g = torch.Generator().manual_seed(0)
-data = TensorDataset(torch.randint(0, 256, (50, 4, 4), dtype=torch.uint8, generator=g), None, torch.arange(50), 10, "toy/train")
+images = torch.randint(0, 256, (50, 4, 4), dtype=torch.uint8, generator=g)
+data = TensorDataset(images, None, torch.arange(50), 10, "toy/train")
 print("sum", float(teacher_outputs(teacher, data, options=StoreOptions(shard_size=10)).sum()))
 """
 

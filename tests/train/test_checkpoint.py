@@ -1,4 +1,6 @@
-"""Checkpoints: safetensors + JSON, atomic, previous ones kept, broken ones skipped with a warning."""
+"""Checkpoints: safetensors + JSON, atomic, previous ones kept, broken ones skipped with a
+warning.
+"""
 
 from __future__ import annotations
 
@@ -148,7 +150,8 @@ def test_disk_full_while_writing_keeps_the_previous_and_leaves_no_temp(tmp_path,
     monkeypatch.setattr(checkpoint_module, "_fsync_write", fail_on_second_file)
     with pytest.raises(
         DKError,
-        match=r"disk full writing checkpoint .*step-000000002; free space or choose another run_dir",
+        match=r"disk full writing checkpoint .*step-000000002; free space or choose another "
+        r"run_dir",
     ):
         _save(tmp_path, 2)
     monkeypatch.undo()

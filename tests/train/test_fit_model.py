@@ -1,4 +1,6 @@
-"""fit_model: a user's own nn.Module trained from a plain Python list of batches, by the one loop."""
+"""fit_model: a user's own nn.Module trained from a plain Python list of batches, by the one
+loop.
+"""
 
 from __future__ import annotations
 
@@ -80,13 +82,14 @@ def test_distilling_from_a_users_teacher_module():
     )
     assert history["eval"]["valid"]["agreement"] >= 0.9
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())  # never trained
-    assert teacher.training and all(
-        p.requires_grad for p in teacher.parameters()
-    )  # given back as it was
+    # given back as it was
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
 
 
 def test_the_dataset_path_and_the_generic_path_are_one_loop(make_cfg):
-    """``dk train`` on MNIST equals fit_model fed the very same batches in the same order: bitwise."""
+    """``dk train`` on MNIST equals fit_model fed the very same batches in the same order:
+    bitwise.
+    """
     cfg = make_cfg("optim.name=sgd", "optim.lr=0.2")
     run(cfg)
     train = prepare_data(cfg.data).train

@@ -55,9 +55,8 @@ def test_a_teacher_module_is_frozen_during_the_distillation_and_given_back_as_it
     teacher.train()
     _distil(teacher)
     assert teacher.seen and not any(teacher.seen)  # eval mode (no dropout) on every batch
-    assert teacher.training and all(
-        m.training for m in teacher.modules()
-    )  # given back in train mode
+    # given back in train mode
+    assert teacher.training and all(m.training for m in teacher.modules())
     assert all(p.requires_grad for p in teacher.parameters())
     teacher.eval()
     teacher.train()  # .train() works again
@@ -142,7 +141,8 @@ def test_unlabelled_batches_work_wherever_labelled_ones_do():
 def test_a_batch_of_another_shape_is_refused_saying_what_to_yield():
     with pytest.raises(
         DKError,
-        match=r"a batch must be x, \(x,\) or \(x, y\) \(inputs and labels\), got a tuple of 3 items",
+        match=r"a batch must be x, \(x,\) or \(x, y\) \(inputs and labels\), got a tuple of 3 "
+        r"items",
     ):
         fit_model(
             _student(), [(X, Y, Y)], "hard_targets", {"epochs": 1}, device="cpu", progress=False

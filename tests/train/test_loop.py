@@ -51,7 +51,9 @@ def _weights(run_dir):
 
 
 def test_gradient_accumulation_equals_one_large_batch(make_cfg):
-    """batch 100 in chunks of 30 (30+30+30+10), and the last batch of 50 in 30+20, equals whole batches."""
+    """batch 100 in chunks of 30 (30+30+30+10), and the last batch of 50 in 30+20, equals whole
+    batches.
+    """
     common = [
         "data.train_size=250",
         "optim.batch_size=100",
@@ -113,12 +115,13 @@ def test_resume_auto_in_an_empty_or_missing_dir_starts_fresh(make_cfg):
 
 
 def test_a_fresh_start_discards_a_stale_log(make_cfg):
-    """A run killed before its first checkpoint leaves metrics.jsonl; the next start must not append to it."""
+    """A run killed before its first checkpoint leaves metrics.jsonl; the next start must not append
+    to it.
+    """
     cfg = make_cfg("optim.epochs=1")
     Path(cfg.run_dir).mkdir(parents=True)
-    (Path(cfg.run_dir) / ".darkknowledge-run").write_text(
-        "pid 1 on host since then\n"
-    )  # written first by every run
+    # written first by every run
+    (Path(cfg.run_dir) / ".darkknowledge-run").write_text("pid 1 on host since then\n")
     (Path(cfg.run_dir) / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "lo')
     run(cfg, resume="auto")
     losses = [r["loss"] for r in read_metrics(Path(cfg.run_dir) / "metrics.jsonl") if "loss" in r]
@@ -138,7 +141,9 @@ def test_resume_auto_on_a_finished_run_returns_its_summary_untouched(make_cfg):
 
 
 def test_resume_auto_finishes_a_run_killed_after_its_last_checkpoint(make_cfg):
-    """Killed between the final checkpoint and the model/summary writes: resume evaluates and saves."""
+    """Killed between the final checkpoint and the model/summary writes: resume evaluates and
+    saves.
+    """
     cfg = make_cfg("optim.epochs=1")
     run(cfg)
     root = Path(cfg.run_dir)

@@ -1,4 +1,6 @@
-"""metrics.jsonl: appended per step, tolerant of a killed writer's half line, truncated on resume."""
+"""metrics.jsonl: appended per step, tolerant of a killed writer's half line, truncated on
+resume.
+"""
 
 from __future__ import annotations
 
@@ -51,9 +53,8 @@ def test_truncate_keeps_an_evaluation_only_if_the_checkpoint_followed_it(tmp_pat
     _write(path, records)
     MetricsLog(path).truncate_after(10, epoch=1)  # checkpoint after the epoch-end evaluation
     assert read_metrics(path) == records
-    MetricsLog(path).truncate_after(
-        10, epoch=0
-    )  # checkpoint at the last step, before the evaluation
+    # checkpoint at the last step, before the evaluation
+    MetricsLog(path).truncate_after(10, epoch=0)
     assert read_metrics(path) == records[:1]
 
 

@@ -56,9 +56,8 @@ def _check_equals_alone(cfg, kind="train"):
             None, [f"run_dir={rc.run_dir}"], base=_plain(rc)
         )
         for split, m in ref["eval"].items():
-            assert (
-                abs(mine["eval"][split]["errors"] - m["errors"]) <= 1
-            )  # a tie flipped by rounding at most
+            # a tie flipped by rounding at most
+            assert abs(mine["eval"][split]["errors"] - m["errors"]) <= 1
             assert mine["eval"][split]["nll"] == pytest.approx(m["nll"], rel=1e-4)
 
 
@@ -105,7 +104,8 @@ def test_a_temperature_sweep_with_soft_targets_equals_each_run_alone(
 )
 def test_step_sizes_as_replicas_equal_each_run_alone(make_cfg, optim):
     """replicas.optim.lr: one batched run of K step sizes (how a `select:` on optim.lr trains its
-    candidates); the SGD update is linear in the gradient, so scaling each model's loss is its step size."""
+    candidates); the SGD update is linear in the gradient, so scaling each model's loss is its step
+    size."""
     cfg = make_cfg(
         *optim,
         "replicas.optim.lr=[0.05, 0.2, 0.6]",
@@ -248,7 +248,9 @@ def test_replicas_that_disagree_on_labels_or_with_a_bad_value_are_refused_before
 
 
 def test_the_hash_of_a_config_without_the_new_fields_is_unchanged():
-    """Fast-path fields at their defaults do not enter the hash: old run dirs and checkpoints stay valid."""
+    """Fast-path fields at their defaults do not enter the hash: old run dirs and checkpoints stay
+    valid.
+    """
     cfg = load_config(None, [])
     assert cfg.hash() == "8e88c51fa101c18c06835601711d7524c9669ad3dee23f08dd5849ae1c8db3c0"
     for same in ("sync_every=10", "train_step=compile", "progress=false"):  # how it runs, not what

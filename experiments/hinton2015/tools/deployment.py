@@ -1,6 +1,7 @@
 """The deployment table: what each MNIST model of the table costs to serve, measured.
 
-    .venv/bin/python experiments/hinton2015/tools/deployment.py [--scale cpu] [--runs-root runs/hinton2015]
+    .venv/bin/python experiments/hinton2015/tools/deployment.py [--scale cpu] [--runs-root
+    runs/hinton2015]
 
 For the teacher and the 800-800 students of a scale (seed 0, the runs behind the current rows of
 results.csv), exports each to ONNX with ``dk export`` (fp32 and dynamic int8; logits checked
@@ -59,12 +60,14 @@ def run_dir_of(cell: str, scale: str, runs_root: Path) -> Path:
     ]
     if not rows:
         sys.exit(
-            f"deployment: no {scale} row of {cell} in results.csv; run dk reproduce hinton2015 --scale {scale} first"
+            f"deployment: no {scale} row of {cell} in results.csv; run dk reproduce hinton2015 "
+            f"--scale {scale} first"
         )
     found = sorted(runs_root.glob(f"{scale}/seed0/{cell}-{rows[-1]['config_hash']}*"))
     if not found:
         sys.exit(
-            f"deployment: the run of {cell} ({rows[-1]['config_hash']}) is not under {runs_root}/{scale}/seed0"
+            f"deployment: the run of {cell} ({rows[-1]['config_hash']}) is not under "
+            f"{runs_root}/{scale}/seed0"
         )
     return found[0]
 
@@ -108,7 +111,11 @@ def main() -> int:
                 }
             )
         print(
-            f"{cell}: {report['parameters']:,} parameters, {report['pytorch']['test_errors']} test errors; batch 1 p50 {report['pytorch']['batch_1']['p50_ms']:.3f} ms (PyTorch), {report['onnx']['batch_1']['p50_ms']:.3f} ms (ONNX), {report['int8']['batch_1']['p50_ms']:.3f} ms (int8, {report['int8']['test_errors_change']:+d} errors)",
+            f"{cell}: {report['parameters']:,} parameters, {report['pytorch']['test_errors']} test "
+            f"errors; batch 1 p50 {report['pytorch']['batch_1']['p50_ms']:.3f} ms (PyTorch), "
+            f"{report['onnx']['batch_1']['p50_ms']:.3f} ms (ONNX), "
+            f"{report['int8']['batch_1']['p50_ms']:.3f} ms (int8, "
+            f"{report['int8']['test_errors_change']:+d} errors)",
             flush=True,
         )
     path = EXP / "deployment.csv"

@@ -1,6 +1,8 @@
-"""Ship a finished cpu-scale teacher run as the smoke scale's teacher (``shipped/teacher_1200_cpu``).
+"""Ship a finished cpu-scale teacher run as the smoke scale's teacher
+(``shipped/teacher_1200_cpu``).
 
-    .venv/bin/python experiments/hinton2015/tools/ship_teacher.py runs/hinton2015/cpu/seed0/teacher_1200-<hash>
+    .venv/bin/python experiments/hinton2015/tools/ship_teacher.py
+    runs/hinton2015/cpu/seed0/teacher_1200-<hash>
 
 Copies the run's ``model.safetensors``, ``config.yaml`` and ``summary.json`` (with the model's
 sha256 added, which ``dk reproduce`` verifies before using it). The run must be the cpu scale's
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         lr = read_yaml(src / "config.yaml")["optim"]["lr"]  # the step size its select: chose
     except (OSError, ValueError, KeyError) as exc:
         print(
-            f"ship_teacher: error: {src} holds no finished run ({exc.__class__.__name__}); give the run directory of a finished teacher",
+            f"ship_teacher: error: {src} holds no finished run ({exc.__class__.__name__}); give "
+            "the run directory of a finished teacher",
             file=sys.stderr,
         )
         return 2
@@ -48,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         or lr not in cells["teacher_1200"].select["values"]
     ):
         print(
-            f"ship_teacher: error: {src} is not the cpu scale's teacher_1200 of these configs (config hash differs); run `dk reproduce hinton2015 --scale cpu --only teacher_1200` first",
+            f"ship_teacher: error: {src} is not the cpu scale's teacher_1200 of these configs "
+            "(config hash differs); run `dk reproduce hinton2015 --scale cpu --only teacher_1200` "
+            "first",
             file=sys.stderr,
         )
         return 2
     size = (src / "model.safetensors").stat().st_size
     if size > LIMIT:
         print(
-            f"ship_teacher: error: the model file is {size:,} bytes, over the {LIMIT:,}-byte limit for the repository",
+            f"ship_teacher: error: the model file is {size:,} bytes, over the {LIMIT:,}-byte limit "
+            "for the repository",
             file=sys.stderr,
         )
         return 2
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["shipped_from"] = str(src)
     (dst / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
-        f"shipped {src} -> {dst}: {summary['eval']['test']['errors']} test errors, {size:,} bytes, sha256 {summary['model_sha256'][:16]}…, trained at {summary.get('git_sha', '?')}"
+        f"shipped {src} -> {dst}: {summary['eval']['test']['errors']} test errors, {size:,} bytes, "
+        f"sha256 {summary['model_sha256'][:16]}…, trained at {summary.get('git_sha', '?')}"
     )
     return 0
 

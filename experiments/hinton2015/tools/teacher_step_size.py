@@ -1,6 +1,7 @@
 """Why the teacher cannot use the printed ε0 = 10: dead ReLUs within the first 50 steps.
 
-    .venv/bin/python experiments/hinton2015/tools/teacher_step_size.py [--lr 10] [--steps 400] [--constrain-output]
+    .venv/bin/python experiments/hinton2015/tools/teacher_step_size.py [--lr 10] [--steps 400]
+    [--constrain-output]
 
 Trains the teacher net (784-1200-1200-10, ReLU, 20%/50% dropout, max-norm √15 on the hidden
 units, N(0, 0.01²) init, 2-pixel jitter) with the dropout paper's optimizer at a fixed epoch-0
@@ -59,8 +60,10 @@ def main() -> None:
                 h2 = torch.relu(net.layers[1](h1))
             dead = [(h.sum(0) == 0).float().mean().item() for h in (h1, h2)]
             print(
-                f"ε0 {args.lr:g} step {step:4d}: loss {loss.item():.3f}, units never active: layer 1 {dead[0]:.0%}, layer 2 {dead[1]:.0%}; "
-                f"min layer-1 bias {net.layers[0].bias.min().item():.1f}, output weight norm {net.layers[-1].weight.norm().item():.1f}"
+                f"ε0 {args.lr:g} step {step:4d}: loss {loss.item():.3f}, units never active: layer "
+                f"1 {dead[0]:.0%}, layer 2 {dead[1]:.0%}; "
+                f"min layer-1 bias {net.layers[0].bias.min().item():.1f}, output weight norm "
+                f"{net.layers[-1].weight.norm().item():.1f}"
             )
 
 

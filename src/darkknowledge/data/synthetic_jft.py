@@ -51,7 +51,9 @@ def group_of(classes: torch.Tensor) -> torch.Tensor:
 
 @datasets.register("synthetic_jft")
 def load_synthetic_jft(split: str) -> TensorDataset:
-    """``synthetic_jft`` ``split``: "train" (150,000 examples) or "test" (30,000), 15,000 classes."""
+    """``synthetic_jft`` ``split``: "train" (150,000 examples) or "test" (30,000), 15,000
+    classes.
+    """
     if split not in PER_CLASS:
         raise DKError(
             f"unknown synthetic_jft split {split!r}",

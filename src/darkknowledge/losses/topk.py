@@ -38,7 +38,8 @@ class TopKTargets:
         log_probs: (1, N, k) float, ``log p_i`` of those classes at ``temperature``.
         tail_log_prob: (1, N) float, ``log`` of the mass outside the top k (−inf if k = C).
         temperature: the T at which ``p`` was computed; a loss at another T is refused.
-        combine: how ensemble members were combined ("arithmetic"/"geometric"); None for one teacher.
+        combine: how ensemble members were combined ("arithmetic"/"geometric"); None for one
+        teacher.
         members: number of teacher members combined.
     """
 
@@ -64,11 +65,13 @@ class TopKTargets:
             )
         if lp.shape != idx.shape or not lp.is_floating_point():
             raise DKError(
-                f"TopKTargets log_probs must be float {tuple(idx.shape)} like the indices, got {lp.dtype} {tuple(lp.shape)}"
+                f"TopKTargets log_probs must be float {tuple(idx.shape)} like the indices, got "
+                f"{lp.dtype} {tuple(lp.shape)}"
             )
         if tuple(tail.shape) != tuple(idx.shape[:2]) or not tail.is_floating_point():
             raise DKError(
-                f"TopKTargets tail_log_prob must be float {tuple(idx.shape[:2])}, got {tail.dtype} {tuple(tail.shape)}"
+                f"TopKTargets tail_log_prob must be float {tuple(idx.shape[:2])}, got {tail.dtype} "
+                f"{tuple(tail.shape)}"
             )
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
 
@@ -116,7 +119,9 @@ class TopKTargets:
         )
 
     def detach(self) -> TopKTargets:
-        """The targets themselves: stored outputs never carry gradients (mirrors ``Tensor.detach``)."""
+        """The targets themselves: stored outputs never carry gradients (mirrors
+        ``Tensor.detach``).
+        """
         return self
 
     def at(
@@ -131,12 +136,15 @@ class TopKTargets:
         combine = check_combine(combine)
         if t != self.temperature:
             raise DKError(
-                f"top-k teacher outputs were stored at temperature {self.temperature:g} but the loss uses temperature {t:g}",
-                f"set the method's temperature to {self.temperature:g}, or rebuild the store at {t:g} (a dense store serves every temperature)",
+                f"top-k teacher outputs were stored at temperature {self.temperature:g} but the "
+                f"loss uses temperature {t:g}",
+                f"set the method's temperature to {self.temperature:g}, or rebuild the store at "
+                f"{t:g} (a dense store serves every temperature)",
             )
         if self.members > 1 and self.combine is not None and combine != self.combine:
             raise DKError(
-                f"top-k teacher outputs combine {self.members} members by the {self.combine} mean but the run asks for {combine}",
+                f"top-k teacher outputs combine {self.members} members by the {self.combine} mean "
+                f"but the run asks for {combine}",
                 f"set teacher.combine={self.combine}, or rebuild the store with combine {combine}",
             )
         return self.indices[0], self.log_probs[0], self.tail_log_prob[0]
@@ -186,7 +194,8 @@ def soft_target_loss_topk(
 ) -> torch.Tensor:
     """T² · KL over the k + 1 buckets (the teacher's top-k classes and one tail), batch mean.
 
-    ``loss = T² · (1/B) · sum_b [ sum_{i ∈ top-k} p_bi (log p_bi − log q_bi) + p_b,tail (log p_b,tail − log q_b,tail) ]``
+    ``loss = T² · (1/B) · sum_b [ sum_{i ∈ top-k} p_bi (log p_bi − log q_bi) + p_b,tail (log
+    p_b,tail − log q_b,tail) ]``
 
     with ``q = softmax(z/T)`` the student distribution, ``q_tail = 1 − sum_{top-k} q`` (computed
     as a logsumexp over the student's non-top-k classes) and ``0 · log 0 = 0`` (an empty tail,
@@ -226,12 +235,14 @@ def soft_target_loss_topk(
         or not 1 <= topk_indices.shape[1] <= classes
     ):
         raise DKError(
-            f"topk_indices must be (batch, k) with batch {batch} and 1 ≤ k ≤ {classes}, got shape {tuple(topk_indices.shape)}",
+            f"topk_indices must be (batch, k) with batch {batch} and 1 ≤ k ≤ {classes}, got shape "
+            f"{tuple(topk_indices.shape)}",
             "compute the teacher's top-k on the same examples and label set as the student",
         )
     if teacher.shape != topk_indices.shape or tuple(tail.shape) != (batch,):
         raise DKError(
-            f"topk_log_probs must be {tuple(topk_indices.shape)} and tail_log_prob ({batch},), got {tuple(teacher.shape)} and {tuple(tail.shape)}"
+            f"topk_log_probs must be {tuple(topk_indices.shape)} and tail_log_prob ({batch},), got "
+            f"{tuple(teacher.shape)} and {tuple(tail.shape)}"
         )
     dtype = compute_dtype(student, teacher, tail)
     student_log_probs = log_softmax_with_temperature(student.to(dtype), t)

@@ -37,7 +37,8 @@ class BatchedMLP(nn.Module):
     """K MLPs of one :class:`MLPSpec` with stacked weights; dropout is drawn per element.
 
     Built from K ordinary models (:meth:`from_models`), so each replica keeps its own
-    initialization (its own seed). Input ``(K, batch, in_features)``, output ``(K, batch, classes)``.
+    initialization (its own seed). Input ``(K, batch, in_features)``, output ``(K, batch,
+    classes)``.
     """
 
     def __init__(

@@ -36,7 +36,8 @@ def resolve_model_path(path: str | Path) -> Path:
     if not p.is_file():
         raise DKError(
             f"model checkpoint {path} not found",
-            "give a model.safetensors file or a finished run directory (train it first with `dk train`)",
+            "give a model.safetensors file or a finished run directory (train it first with `dk "
+            "train`)",
         )
     return p
 
@@ -52,7 +53,8 @@ def model_bytes(model: nn.Module) -> bytes:
     digest = hashlib.sha256(
         _tensor_bytes(st_save(tensors, metadata={"darkknowledge.model": "{}"}))
     ).hexdigest()  # the layout does not depend on the metadata
-    # one metadata key (safetensors writes several in no fixed order): the file's bytes stay deterministic
+    # one metadata key (safetensors writes several in no fixed order): the file's bytes stay
+    # deterministic
     return st_save(
         tensors,
         metadata={
@@ -94,7 +96,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
         cfg = json.loads(meta["darkknowledge.model"]) if "darkknowledge.model" in meta else None
     except (SafetensorError, ValueError) as exc:
         raise DKError(
-            f"model checkpoint {p} is corrupt or not a darkknowledge model file ({exc.__class__.__name__}: {exc})",
+            f"model checkpoint {p} is corrupt or not a darkknowledge model file "
+            f"({exc.__class__.__name__}: {exc})",
             fix,
         ) from None
     if cfg is None:
@@ -102,12 +105,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
             f"model checkpoint {p} has no darkknowledge model config",
             "save models with darkknowledge (dk train / dk distill)",
         )
-    digest = (
-        cfg.get(DIGEST_KEY) if isinstance(cfg, dict) else None
-    )  # files written before digests existed have none
+    # files written before digests existed have none
+    digest = cfg.get(DIGEST_KEY) if isinstance(cfg, dict) else None
     if digest is not None and hashlib.sha256(_tensor_bytes(raw)).hexdigest() != digest:
         raise DKError(
-            f"model checkpoint {p} is corrupt: its weights do not match the sha256 they were saved with",
+            f"model checkpoint {p} is corrupt: its weights do not match the sha256 they were saved "
+            "with",
             fix,
         )
     if (
@@ -130,13 +133,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:
         raise DKError(
-            f"model checkpoint {p} does not match its config (missing {sorted(missing)}, unexpected {sorted(unexpected)})",
+            f"model checkpoint {p} does not match its config (missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)})",
             "re-create the checkpoint",
         )
     for k, v in expected.items():
         if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:
             raise DKError(
-                f"model checkpoint {p}: {k} is {tensors[k].dtype} {tuple(tensors[k].shape)} but its config needs {v.dtype} {tuple(v.shape)}",
+                f"model checkpoint {p}: {k} is {tensors[k].dtype} {tuple(tensors[k].shape)} but "
+                f"its config needs {v.dtype} {tuple(v.shape)}",
                 "re-create the checkpoint",
             )
     model.load_state_dict(tensors)

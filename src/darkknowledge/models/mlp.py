@@ -114,7 +114,9 @@ class MLP(nn.Module):
         return self.layers[-1](x)
 
     def max_norm_weights(self) -> list[torch.Tensor]:
-        """Weights whose rows (each hidden unit's incoming vector) the max-norm constraint bounds."""
+        """Weights whose rows (each hidden unit's incoming vector) the max-norm constraint
+        bounds.
+        """
         return [layer.weight for layer in self.layers[:-1]] if self.spec.max_norm else []
 
     @torch.no_grad()

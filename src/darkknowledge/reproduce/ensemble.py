@@ -11,7 +11,8 @@ For each dataset of the scale:
    at every T of the grid and every step size of ``step_sizes`` as one batched run; both are
    chosen on the validation split, which every run of the cell holds out, so the chosen student
    is the one reported (nothing retrained, nothing chosen on test);
-3. students distilled from the first m members (m < N) at the chosen T and step size, and the ensembles of
+3. students distilled from the first m members (m < N) at the chosen T and step size, and the
+ensembles of
    the first m members (their models are already trained), give accuracy against member count.
 
 Rows: ``<metric>_<dataset>`` (accuracy in %, the gain in points, the share of the gain kept as
@@ -147,7 +148,9 @@ def _one_dataset(
         else "the ensemble gained nothing"
     )
     print(
-        f"[{ctx.scale} seed {ctx.seed}] {cell.id} {tag}: baseline {baseline:.2f}% (members {min(member_acc):.2f}-{max(member_acc):.2f}), ensemble of {members} {ensemble:.2f}%, distilled at T={chosen:g}, step size {chosen_lr:g}: {distilled:.2f}%; {kept}",
+        f"[{ctx.scale} seed {ctx.seed}] {cell.id} {tag}: baseline {baseline:.2f}% (members "
+        f"{min(member_acc):.2f}-{max(member_acc):.2f}), ensemble of {members} {ensemble:.2f}%, "
+        f"distilled at T={chosen:g}, step size {chosen_lr:g}: {distilled:.2f}%; {kept}",
         flush=True,
     )
 
@@ -208,7 +211,8 @@ def _students(
             if k is None:
                 raise
             print(
-                f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the student at T={grid[k][0]:g}, step size {grid[k][1]:g} diverged ({exc}); the others train again",
+                f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the student at T={grid[k][0]:g}, step "
+                f"size {grid[k][1]:g} diverged ({exc}); the others train again",
                 flush=True,
             )
             grid.pop(k)

@@ -86,7 +86,8 @@ def _target(
 def claims_table(claims: list[Claim], rows: list[dict[str, str]]) -> str:
     by = {scale: latest(rows, scale) for scale in ("full", "cpu", "smoke")}
     lines = [
-        "| cell | metric | paper | ours, full scale | ours, cpu scale | ours, smoke scale | target, cpu scale | target, full scale |",
+        "| cell | metric | paper | ours, full scale | ours, cpu scale | ours, smoke scale | "
+        "target, cpu scale | target, full scale |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in claims:
@@ -136,9 +137,8 @@ def training_time(rows: list[dict[str, str]], scale: str) -> str:
     metric; each run once, by config hash). A run first recorded at another scale (the shipped
     teacher the smoke scale borrows) is named, not counted."""
     owner: dict[str, str] = {}
-    for r in sorted(
-        rows, key=lambda r: r["date"]
-    ):  # a run belongs to the scale that recorded it first
+    # a run belongs to the scale that recorded it first
+    for r in sorted(rows, key=lambda r: r["date"]):
         owner.setdefault(r["config_hash"], r["scale"])
     for r in rows:  # or, surely, to the scale that trained it (a borrowed run records no speed)
         if r["metric"] == "samples_per_s":
@@ -163,7 +163,10 @@ def training_time(rows: list[dict[str, str]], scale: str) -> str:
         if borrowed
         else ""
     )
-    return f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum of their wall times){teacher}{from_other}"
+    return (
+        f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum "
+        f"of their wall times){teacher}{from_other}"
+    )
 
 
 def sweep_shape(grid: dict[int, dict[float, float]]) -> str:
@@ -174,7 +177,8 @@ def sweep_shape(grid: dict[int, dict[float, float]]) -> str:
         best = min(grid[w], key=lambda t: (grid[w][t], t))
         if w < 300:
             parts.append(
-                f"{w} units: best T = {best:g} (paper: 2.5–4, {'inside' if 2.5 <= best <= 4 else 'outside'})"
+                f"{w} units: best T = {best:g} (paper: 2.5–4, "
+                f"{'inside' if 2.5 <= best <= 4 else 'outside'})"
             )
         else:
             high = [grid[w][t] for t in grid[w] if t >= 8]
@@ -239,7 +243,8 @@ def ensemble_results(
     rows: list[dict[str, str]], scale: str
 ) -> tuple[str, dict[str, dict[str, dict[int, float]]]]:
     """The ensemble cell's table (baseline, ensemble, distilled, gain, share kept, per dataset;
-    means over seeds) and its accuracy by member count: dataset → {"ensemble"|"distilled": {m: %}}."""
+    means over seeds) and its accuracy by member count: dataset → {"ensemble"|"distilled": {m:
+    %}}."""
     by = latest(rows, scale)
     mean = lambda metric, variant="": _mean(by.get((ENSEMBLE_CELL, variant, metric), {}))  # noqa: E731
     datasets = sorted(
@@ -251,7 +256,8 @@ def ensemble_results(
     )
     curves: dict[str, dict[str, dict[int, float]]] = {}
     lines = [
-        "| dataset | baseline: a member (mean; range) | ensemble of 10: arithmetic / geometric | distilled (T, step size) | ensemble's gain | share of the gain kept |",
+        "| dataset | baseline: a member (mean; range) | ensemble of 10: arithmetic / geometric | "
+        "distilled (T, step size) | ensemble's gain | share of the gain kept |",
         "|---|---|---|---|---|---|",
     ]
     fmt = lambda v, f="{:.2f}": "—" if v is None else f.format(v)  # noqa: E731
@@ -274,7 +280,8 @@ def ensemble_results(
         )
         chosen = f" (T = {t:g}, {lr:g})" if t is not None and lr is not None else ""
         lines.append(
-            f"| {ds} | {fmt(base)} % ({fmt(lo)}–{fmt(hi)}) | {fmt(ens)} / {fmt(geo)} % | {fmt(dist)} %{chosen} | {fmt(gain, '{:+.2f}')} points | {fmt(kept, '{:.0%}')} |"
+            f"| {ds} | {fmt(base)} % ({fmt(lo)}–{fmt(hi)}) | {fmt(ens)} / {fmt(geo)} % | "
+            f"{fmt(dist)} %{chosen} | {fmt(gain, '{:+.2f}')} points | {fmt(kept, '{:.0%}')} |"
         )
         for kind in ("ensemble", "distilled"):
             pts = {}
@@ -290,7 +297,10 @@ def ensemble_results(
             curves[ds]["baseline"] = {0: base}  # the members' mean: one model trained on the labels
     if not datasets:
         return "", {}
-    paper = "paper (speech, Table 1): baseline 58.9 %, ensemble of 10 61.1 %, distilled 60.8 % frame accuracy: 86 % of the gain kept"
+    paper = (
+        "paper (speech, Table 1): baseline 58.9 %, ensemble of 10 61.1 %, distilled 60.8 % frame "
+        "accuracy: 86 % of the gain kept"
+    )
     return "\n".join(lines) + f"\n\n- test accuracy; {paper}", curves
 
 
@@ -375,21 +385,33 @@ def specialist_results(
     cond, cond_spec = mean("conditional"), mean("conditional_with_specialists")
     distilled, kept = mean("top1_distilled"), mean("gain_kept")
     lines = [
-        f"{fmt(mean('specialists'), '{:.0f}')} specialists over clusters of confusable classes, {fmt(mean('classes_covered'), '{:.0f}')} of 100 classes covered; test images of `mnist100`.",
+        f"{fmt(mean('specialists'), '{:.0f}')} specialists over clusters of confusable classes, "
+        f"{fmt(mean('classes_covered'), '{:.0f}')} of 100 classes covered; test images of "
+        "`mnist100`.",
         "",
-        "| system | test top-1 | conditional test accuracy | relative gain (top-1) | parameters | latency per image (CPU) |",
+        "| system | test top-1 | conditional test accuracy | relative gain (top-1) | parameters | "
+        "latency per image (CPU) |",
         "|---|---|---|---|---|---|",
-        f"| generalist | {fmt(top1)} | {fmt(cond)} | | {fmt(mean('parameters_generalist'), '{:,.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.3f} ms')} |",
-        f"| generalist + specialists | {fmt(spec)} | {fmt(cond_spec)} | {fmt(gain(top1, spec), '{:+.1f} %')} | {fmt(mean('parameters_system'), '{:,.0f}')} | {fmt(mean('latency_ms_system'), '{:.3f} ms')} |",
-        f"| one network distilled from the system | {fmt(distilled)} | | {fmt(gain(top1, distilled), '{:+.1f} %')} | {fmt(mean('parameters_generalist'), '{:,.0f}')} | (the generalist's) |",
+        f"| generalist | {fmt(top1)} | {fmt(cond)} | | "
+        f"{fmt(mean('parameters_generalist'), '{:,.0f}')} | "
+        f"{fmt(mean('latency_ms_generalist'), '{:.3f} ms')} |",
+        f"| generalist + specialists | {fmt(spec)} | {fmt(cond_spec)} | "
+        f"{fmt(gain(top1, spec), '{:+.1f} %')} | {fmt(mean('parameters_system'), '{:,.0f}')} | "
+        f"{fmt(mean('latency_ms_system'), '{:.3f} ms')} |",
+        f"| one network distilled from the system | {fmt(distilled)} | | "
+        f"{fmt(gain(top1, distilled), '{:+.1f} %')} | "
+        f"{fmt(mean('parameters_generalist'), '{:,.0f}')} | (the generalist's) |",
         "",
         f"- share of the specialists' gain the distilled network keeps: {fmt(kept, '{:.0%}')}"
         if kept is not None
         else "- share kept: — (no gain to share, or not measured)",
-        f"- validation top-1 (what the settings were compared on): {fmt(mean('valid_top1'))} → {fmt(mean('valid_top1_with_specialists'))} with specialists",
-        "- paper (JFT, Table 3): top-1 25.0 % → 26.1 % (+4.4 % relative), conditional 43.1 % → 45.9 %; distilling the specialists back was not done",
+        f"- validation top-1 (what the settings were compared on): {fmt(mean('valid_top1'))} → "
+        f"{fmt(mean('valid_top1_with_specialists'))} with specialists",
+        "- paper (JFT, Table 3): top-1 25.0 % → 26.1 % (+4.4 % relative), conditional 43.1 % → "
+        "45.9 %; distilling the specialists back was not done",
         "",
-        "| specialists covering the true class | test images | generalist | with specialists | relative gain | paper (Table 4) |",
+        "| specialists covering the true class | test images | generalist | with specialists | "
+        "relative gain | paper (Table 4) |",
         "|---|---|---|---|---|---|",
     ]
     bars: dict[int, tuple[float, float]] = {}
@@ -409,7 +431,8 @@ def specialist_results(
         rel = gain(g, w)
         paper = "0" if k == 0 else f"+{PAPER_COVERING_GAIN[min(k, 10)]} %"
         lines.append(
-            f"| {k} | {fmt(n, '{:.0f}')} | {fmt(g)} | {fmt(w)} | {fmt(rel, '{:+.1f} %')} | {paper} |"
+            f"| {k} | {fmt(n, '{:.0f}')} | {fmt(g)} | {fmt(w)} | {fmt(rel, '{:+.1f} %')} | {paper} "
+            "|"
         )
         if rel is not None and n is not None:
             bars[k] = (rel, n)
@@ -429,11 +452,21 @@ def specialists_at_scale(rows: list[dict[str, str]], scale: str) -> str:
     fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731
     return "\n".join(
         [
-            "| classes | specialists × classes | classes covered | clustering | specialists' training | system: test images/s | latency per image: generalist / system | test top-1: generalist / system |",
+            "| classes | specialists × classes | classes covered | clustering | specialists' "
+            "training | system: test images/s | latency per image: generalist / system | test "
+            "top-1: generalist / system |",
             "|---|---|---|---|---|---|---|---|",
-            f"| 15,000 | {fmt(mean('specialists'), '{:.0f}')} × 300 | {fmt(mean('classes_covered'), '{:,.0f}')} | {fmt(mean('cluster_seconds'), '{:.0f} s')} | {fmt(mean('specialists_seconds'), '{:.0f} s')} | {fmt(mean('system_images_per_second'), '{:.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.1f}')} / {fmt(mean('latency_ms_system'), '{:.1f} ms')} | {fmt(mean('top1'), '{:.2f}')} / {fmt(mean('top1_with_specialists'), '{:.2f} %')} |",
+            f"| 15,000 | {fmt(mean('specialists'), '{:.0f}')} × 300 | "
+            f"{fmt(mean('classes_covered'), '{:,.0f}')} | "
+            f"{fmt(mean('cluster_seconds'), '{:.0f} s')} | "
+            f"{fmt(mean('specialists_seconds'), '{:.0f} s')} | "
+            f"{fmt(mean('system_images_per_second'), '{:.0f}')} | "
+            f"{fmt(mean('latency_ms_generalist'), '{:.1f}')} / "
+            f"{fmt(mean('latency_ms_system'), '{:.1f} ms')} | {fmt(mean('top1'), '{:.2f}')} / "
+            f"{fmt(mean('top1_with_specialists'), '{:.2f} %')} |",
             "",
-            "- `synthetic_jft` is generated (JFT's label space only): it measures scale, and its accuracies claim nothing; wall times on this machine's CPU as the rows record it",
+            "- `synthetic_jft` is generated (JFT's label space only): it measures scale, and its "
+            "accuracies claim nothing; wall times on this machine's CPU as the rows record it",
         ]
     )
 
@@ -475,7 +508,8 @@ def plot_covering(bars: dict[int, tuple[float, float]], path: Path, scale: str) 
 
 def deployment_table(path: Path) -> str:
     """What each model costs to serve (``tools/deployment.py`` rows, the latest per model and
-    runtime): parameters, size on disk, test errors, ECE and CPU latency, PyTorch vs ONNX vs int8."""
+    runtime): parameters, size on disk, test errors, ECE and CPU latency, PyTorch vs ONNX vs
+    int8."""
     if not path.exists():
         return ""
     with open(path, newline="") as f:
@@ -489,7 +523,9 @@ def deployment_table(path: Path) -> str:
         out += [
             f"### Deployment ({scale} scale): what each model costs to serve",
             "",
-            "| model | parameters | size: safetensors / ONNX / ONNX int8 | test errors: fp32 / int8 | ECE | batch 1 p50 ms: PyTorch / ONNX / int8 | batch 64 p50 ms: PyTorch / ONNX / int8 |",
+            "| model | parameters | size: safetensors / ONNX / ONNX int8 | test errors: fp32 / "
+            "int8 | ECE | batch 1 p50 ms: PyTorch / ONNX / int8 | batch 64 p50 ms: PyTorch / ONNX "
+            "/ int8 |",
             "|---|---|---|---|---|---|---|",
         ]
         for cell in cells:
@@ -502,11 +538,15 @@ def deployment_table(path: Path) -> str:
                 for b in ("b1", "b64")
             }
             out.append(
-                f"| `{cell}` | {int(r['pytorch']['parameters']):,} | {size} | {r['onnx']['test_errors']} / {r['onnx-int8']['test_errors']} | {float(r['pytorch']['ece']):.4f} | {lat['b1']} | {lat['b64']} |"
+                f"| `{cell}` | {int(r['pytorch']['parameters']):,} | {size} | "
+                f"{r['onnx']['test_errors']} / {r['onnx-int8']['test_errors']} | "
+                f"{float(r['pytorch']['ece']):.4f} | {lat['b1']} | {lat['b64']} |"
             )
         out += [
             "",
-            f"- measured by `tools/deployment.py` on {first['machine']}, {first['threads']} CPU thread, {first['date'][:10]} (commit {first['git_sha'][:10]}); ONNX files by `dk export` (logits within 1e-4 of PyTorch's), int8 by onnxruntime's dynamic quantization",
+            f"- measured by `tools/deployment.py` on {first['machine']}, {first['threads']} CPU "
+            f"thread, {first['date'][:10]} (commit {first['git_sha'][:10]}); ONNX files by `dk "
+            "export` (logits within 1e-4 of PyTorch's), int8 by onnxruntime's dynamic quantization",
             "",
         ]
     return "\n".join(out)
@@ -600,7 +640,8 @@ def write_report(exp_dir: Path) -> str:
     if custom:
         n = sum(r["scale"] in custom for r in rows)
         parts.append(
-            f"- {n} rows of runs with overridden settings ({', '.join(f'`{c}`' for c in custom)}) are in results.csv, not in these tables"
+            f"- {n} rows of runs with overridden settings ({', '.join(f'`{c}`' for c in custom)}) "
+            "are in results.csv, not in these tables"
         )
     parts.append("")
     for scale in ("full", "cpu", "smoke"):

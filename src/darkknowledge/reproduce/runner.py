@@ -76,15 +76,12 @@ class Cell:
     sweep: dict[str, Any] = field(default_factory=dict)
     offset: dict[str, Any] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
-    shipped: dict[str, Any] = field(
-        default_factory=dict
-    )  # {path, scales}: a trained run in the repository
-    ensemble: dict[str, Any] = field(
-        default_factory=dict
-    )  # an ensemble cell: members, datasets, temperatures, ...
-    specialists: dict[str, Any] = field(
-        default_factory=dict
-    )  # a specialists cell: clusters, train, student
+    # {path, scales}: a trained run in the repository
+    shipped: dict[str, Any] = field(default_factory=dict)
+    # an ensemble cell: members, datasets, temperatures, ...
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    # a specialists cell: clusters, train, student
+    specialists: dict[str, Any] = field(default_factory=dict)
     # scales at which the cell runs only when named (--only): kept out of that scale's whole table
     on_request: list[str] = field(default_factory=list)
 
@@ -228,7 +225,9 @@ class Context:
 
 
 def finished_run(cfg: RunConfig, run_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """The summary of a finished run of exactly ``cfg`` in ``run_dir`` (default: its own), else None."""
+    """The summary of a finished run of exactly ``cfg`` in ``run_dir`` (default: its own), else
+    None.
+    """
     path = Path(run_dir or cfg.run_dir) / "summary.json"
     if not path.exists():
         return None
@@ -258,9 +257,8 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
     sel = cell.select
     if not sel or cell.id in ctx.selected:  # nothing to choose, or chosen on an earlier seed
         return
-    if (
-        "scales" in sel and ctx.scale not in sel["scales"]
-    ):  # this scale keeps the value as configured
+    # this scale keeps the value as configured
+    if "scales" in sel and ctx.scale not in sel["scales"]:
         return
     key, values = sel["key"], sel["values"]
     scores = _select_batched(ctx, cell, kind, key, values) if sel.get("batched", True) else None
@@ -328,7 +326,9 @@ def _select_batched(
         ctx.record(cell.id, "select_valid_errors", scores[-1], r, variant=f"{key}={value}")
         ctx.last_summary = r
         print(
-            f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {r['eval']['valid']['n']} (candidates as one batched run, {r['wall_seconds']:.1f}s on {r['device']})",
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} "
+            f"validation errors / {r['eval']['valid']['n']} (candidates as one batched run, "
+            f"{r['wall_seconds']:.1f}s on {r['device']})",
             flush=True,
         )
     return scores
@@ -360,7 +360,8 @@ def _batched_step_sizes(
             if k is None:
                 return None
             print(
-                f"[{ctx.scale} seed {ctx.seed}] {cell.id} {what} optim.lr={values[left[k]]}: diverged ({exc}); the others train again",
+                f"[{ctx.scale} seed {ctx.seed}] {cell.id} {what} optim.lr={values[left[k]]}: "
+                f"diverged ({exc}); the others train again",
                 flush=True,
             )
             runs[left.pop(k)] = None
@@ -392,16 +393,16 @@ def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: li
         ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
         ctx.last_summary = s
         print(
-            f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on {s['device']}",
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} "
+            f"validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on "
+            f"{s['device']}",
             flush=True,
         )
     return scores
 
 
-REJECT_FACTOR, REJECT_SLACK = (
-    1.5,
-    5,
-)  # a final run worse than this on the validation images is rejected
+# a final run worse than this on the validation images is rejected
+REJECT_FACTOR, REJECT_SLACK = 1.5, 5
 
 
 def train_selected(ctx: Context, cell: Cell, kind: str) -> dict[str, Any]:
@@ -430,7 +431,11 @@ def train_selected(ctx: Context, cell: Cell, kind: str) -> dict[str, Any]:
             seen, n, s, why = math.inf, 0, ctx.last_summary, f"diverged ({exc})"
         else:
             seen, n = _errors_on_validation_images(ctx, cell, cfg.run_dir)
-            why = f"{seen} errors on the {n} validation images it trained on, more than {REJECT_FACTOR:g} × {held_out:g} + {REJECT_SLACK} (its candidate's errors on them, unseen)"
+            why = (
+                f"{seen} errors on the {n} validation images it trained on, more than "
+                f"{REJECT_FACTOR:g} × {held_out:g} + {REJECT_SLACK} (its candidate's errors on "
+                "them, unseen)"
+            )
         if seen <= REJECT_FACTOR * held_out + REJECT_SLACK:
             ctx.ranking[cell.id] = ranking[i:]  # later seeds start from the value that held
             ctx.record(cell.id, f"selected_{key}", float(value), s)
@@ -443,11 +448,13 @@ def train_selected(ctx: Context, cell: Cell, kind: str) -> dict[str, Any]:
             else ""
         )
         print(
-            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: WARNING the run with the selected {key}={value} is rejected: {why}{nxt}",
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: WARNING the run with the selected "
+            f"{key}={value} is rejected: {why}{nxt}",
             flush=True,
         )
     raise DKError(
-        f"cell {cell.id}: every {key} candidate that did well on validation trained to a rejected run on the whole transfer set",
+        f"cell {cell.id}: every {key} candidate that did well on validation trained to a rejected "
+        "run on the whole transfer set",
         f"add smaller values to select.values in {cell.id}.yaml",
     )
 
@@ -483,19 +490,24 @@ def shipped_run(ctx: Context, cell: Cell) -> dict[str, Any] | None:
         ) from None
     if digest != summary.get("model_sha256"):
         raise DKError(
-            f"the shipped model of {cell.id} ({where / 'model.safetensors'}) does not match its checksum",
+            f"the shipped model of {cell.id} ({where / 'model.safetensors'}) does not match its "
+            "checksum",
             fix,
         )
     test = prepare_data(ctx.config(cell).data).test
     logits = predict_logits(load_model(where), test)
     errors = int((logits.argmax(dim=1) != test.labels).sum())
-    try:  # the path as the user's runs name it: relative, so config hashes do not depend on the clone's place
+    # the path as the user's runs name it: relative, so config hashes do not depend on the clone's
+    # place
+    try:
         run_dir = str(where.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         run_dir = str(where)
     t0 = summary["eval"]["test"]
     print(
-        f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the shipped {spec.get('trained_at', '')} run ({where}, trained at {summary.get('git_sha', '?')[:10]}): {errors} test errors / {len(test)} (its summary: {t0['errors']} / {t0['n']})",
+        f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the shipped {spec.get('trained_at', '')} run "
+        f"({where}, trained at {summary.get('git_sha', '?')[:10]}): {errors} test errors / "
+        f"{len(test)} (its summary: {t0['errors']} / {t0['n']})",
         flush=True,
     )
     return {
@@ -553,7 +565,8 @@ def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:
     batched = first.config(cell, [f"replicas.seeds={json.dumps(seeds)}"], name=f"{cell.id}_seeds")
     s = first.train(batched, "train")
     print(
-        f"[{first.scale}] {cell.id}: seeds {seeds} trained as one batched run, {s['wall_seconds']:.1f}s on {s['device']}",
+        f"[{first.scale}] {cell.id}: seeds {seeds} trained as one batched run, "
+        f"{s['wall_seconds']:.1f}s on {s['device']}",
         flush=True,
     )
     for target, replica in zip(targets, batched.replica_configs(), strict=True):
@@ -561,7 +574,8 @@ def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:
             continue
         if finished_run(target, replica.run_dir) is None:
             print(
-                f"[{first.scale}] {cell.id} seed {replica.seed}: the batched replica's config differs from the seed's run; training it alone",
+                f"[{first.scale}] {cell.id} seed {replica.seed}: the batched replica's config "
+                "differs from the seed's run; training it alone",
                 flush=True,
             )
             continue
@@ -581,9 +595,8 @@ def cell_sweep(ctx: Context, cell: Cell) -> None:
     exactly as its own run would (docs/performance.md); rows then share that run's wall time."""
     temps = cell.sweep["temperatures"]
     widths = cell.sweep["widths"]
-    widths = (
-        widths[ctx.scale] if isinstance(widths, dict) else widths
-    )  # per scale, or one list for all
+    # per scale, or one list for all
+    widths = widths[ctx.scale] if isinstance(widths, dict) else widths
     for width in widths:
         hidden = [f"model.hidden=[{width},{width}]", *_width_overrides(cell, width, ctx.scale)]
         if cell.sweep.get("batched", True):
@@ -618,7 +631,8 @@ def _width_overrides(cell: Cell, width: int, scale: str) -> list[str]:
     extra = extra.get(scale, []) if isinstance(extra, dict) else extra
     if not isinstance(extra, list) or not all(isinstance(o, str) for o in extra):
         raise DKError(
-            f"cell {cell.id}: sweep.per_width.{width} must be a list of key=value overrides (or scale: list)",
+            f"cell {cell.id}: sweep.per_width.{width} must be a list of key=value overrides (or "
+            "scale: list)",
             "write it as e.g. {30: [optim.lr=0.02]}",
         )
     return extra
@@ -780,7 +794,8 @@ def _say(ctx: Context, what: str, s: dict[str, Any]) -> None:
     t = s["eval"]["test"]
     tag = " (reused)" if s.get("reused") else ""
     print(
-        f"[{ctx.scale} seed {ctx.seed}] {what}: {t['errors']} test errors / {t['n']}, {s['wall_seconds']:.1f}s on {s['device']}{tag}",
+        f"[{ctx.scale} seed {ctx.seed}] {what}: {t['errors']} test errors / {t['n']}, "
+        f"{s['wall_seconds']:.1f}s on {s['device']}{tag}",
         flush=True,
     )
 
@@ -871,7 +886,8 @@ def reproduce(
     table = write_report(exp_dir)
     print(table)
     print(
-        f"\n{len(order)} cells × {seeds} seed(s) at {scale} scale in {time.perf_counter() - started:.0f}s; rows appended to {exp_dir / 'results.csv'}"
+        f"\n{len(order)} cells × {seeds} seed(s) at {scale} scale in "
+        f"{time.perf_counter() - started:.0f}s; rows appended to {exp_dir / 'results.csv'}"
     )
     return 0
 

@@ -141,7 +141,9 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
             ).encode(),
         )
         print(
-            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of {int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one batched model in {info['seconds']:.1f}s",
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of "
+            f"{int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one "
+            f"batched model in {info['seconds']:.1f}s",
             flush=True,
         )
     stage = _stage(ctx, seconds, key)
@@ -191,7 +193,9 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     )
     one = f"; one distilled network {distilled:.2f}%" if distilled is not None else ""
     print(
-        f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → {100 * t['top1_with_specialists']:.2f}% with specialists (conditional {100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%){one}",
+        f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → "
+        f"{100 * t['top1_with_specialists']:.2f}% with specialists (conditional "
+        f"{100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%){one}",
         flush=True,
     )
 
@@ -212,7 +216,8 @@ def _evaluate(
             cell.id, "valid_top1_with_specialists", 100.0 * v["top1_with_specialists"], stage
         )
         print(
-            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: validation top-1 {100 * v['top1']:.2f}% → {100 * v['top1_with_specialists']:.2f}% with specialists",
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: validation top-1 {100 * v['top1']:.2f}% → "
+            f"{100 * v['top1_with_specialists']:.2f}% with specialists",
             flush=True,
         )
     t0 = time.perf_counter()

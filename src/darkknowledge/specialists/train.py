@@ -33,7 +33,8 @@ def label_maps(clusters: torch.Tensor) -> torch.Tensor:
     sizes = clusters.sum(dim=1)
     if clusters.dim() != 2 or clusters.dtype != torch.bool or len(set(sizes.tolist())) != 1:
         raise DKError(
-            f"clusters must be an (M, C) bool matrix of equal-size rows, got {clusters.dtype} {tuple(clusters.shape)} sizes {sorted(set(sizes.tolist()))}",
+            f"clusters must be an (M, C) bool matrix of equal-size rows, got {clusters.dtype} "
+            f"{tuple(clusters.shape)} sizes {sorted(set(sizes.tolist()))}",
             "build them with confusable_clusters(probs, k, size)",
         )
     size = int(sizes[0])
@@ -71,7 +72,8 @@ def from_generalist(generalist: MLP, clusters: torch.Tensor) -> BatchedMLP:
         )
     if clusters.shape[1] != generalist.num_classes:
         raise DKError(
-            f"clusters cover {clusters.shape[1]} classes, the generalist predicts {generalist.num_classes}",
+            f"clusters cover {clusters.shape[1]} classes, the generalist predicts "
+            f"{generalist.num_classes}",
             "find the clusters from this generalist's predictions",
         )
     size = int(clusters[0].sum())
@@ -142,7 +144,8 @@ class SpecialistSettings:
         ):
             raise DKError(
                 f"specialist settings out of range: {self}",
-                "use steps ≥ 1, batch_size ≥ 2, lr > 0, 0 < cluster_share < 1, soft_weight ≥ 0, temperature > 0, 0 ≤ jitter ≤ 8",
+                "use steps ≥ 1, batch_size ≥ 2, lr > 0, 0 < cluster_share < 1, soft_weight ≥ 0, "
+                "temperature > 0, 0 ≤ jitter ≤ 8",
             )
 
 

@@ -67,7 +67,8 @@ def check_teacher_fits(teacher: Teacher, dataset: TensorDataset) -> None:
     in_features = dataset.images[0].numel() if len(dataset) else 0
     if teacher.num_classes != dataset.num_classes or teacher.in_features != in_features:
         raise DKError(
-            f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but {dataset.name} has {dataset.num_classes} classes and {in_features} inputs",
+            f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but "
+            f"{dataset.name} has {dataset.num_classes} classes and {in_features} inputs",
             "use a teacher trained on this dataset",
         )
 
@@ -82,7 +83,8 @@ def _check_finite(
     member, pos = (int(v) for v in (~finite).nonzero()[0])
     count = int((~finite.all(dim=0)).sum())
     raise DKError(
-        f"teacher {teacher.sources[member]} outputs non-finite logits for {count} examples of {dataset.name}, first at source index {int(dataset.index[start + pos])}",
+        f"teacher {teacher.sources[member]} outputs non-finite logits for {count} examples of "
+        f"{dataset.name}, first at source index {int(dataset.index[start + pos])}",
         "the teacher checkpoint is broken (it may have diverged); retrain it or pick another",
     )
 
@@ -118,7 +120,8 @@ def compute_shard(
     if options.topk is None:
         if dtype == torch.float16 and float(logits.abs().max()) > FLOAT16_MAX:
             raise DKError(
-                f"teacher logits of {dataset.name} reach {float(logits.abs().max()):.4g}, beyond float16's range ({FLOAT16_MAX:g})",
+                f"teacher logits of {dataset.name} reach {float(logits.abs().max()):.4g}, beyond "
+                f"float16's range ({FLOAT16_MAX:g})",
                 "use the float32 store dtype",
             )
         out["logits"] = logits.to(dtype).cpu()
@@ -203,7 +206,9 @@ def check_not_foreign(out: Path) -> None:
 
 
 def _check_target(out: Path, key: dict[str, Any], overwrite: bool) -> str:
-    """``done``, ``build`` or ``rebuild`` (a complete store of other content is replaced); DKError when refused."""
+    """``done``, ``build`` or ``rebuild`` (a complete store of other content is replaced); DKError
+    when refused.
+    """
     if out.exists() and not out.is_dir():
         if not overwrite:
             raise DKError(
@@ -233,7 +238,9 @@ def _check_target(out: Path, key: dict[str, Any], overwrite: bool) -> str:
 
 
 def _intact(out: Path, key: dict[str, Any], manifest: dict[str, Any]) -> bool:
-    """Whether a complete manifest is well-formed and every shard matches both its sidecar and the manifest."""
+    """Whether a complete manifest is well-formed and every shard matches both its sidecar and the
+    manifest.
+    """
     try:
         check_manifest(manifest, out)
     except DKError:
@@ -387,7 +394,8 @@ def store_lock(out: Path) -> Iterator[None]:
 def process_group_from_env(
     timeout: timedelta = timedelta(hours=24),
 ) -> Iterator[tuple[int, int, Callable[[], None]]]:
-    """``(rank, world_size, barrier)`` of a ``torchrun`` launch (gloo; its barriers only), else ``(0, 1, no-op)``.
+    """``(rank, world_size, barrier)`` of a ``torchrun`` launch (gloo; its barriers only), else
+    ``(0, 1, no-op)``.
 
     The timeout is long because a rank with nothing left to build waits at the barrier for the
     others; a rank that fails ends the whole job through torchrun.

@@ -43,10 +43,13 @@ class StoreOptions:
 
     Attributes:
         dtype: ``float32`` or ``float16`` (stored values; always float32 once loaded).
-        topk: None for dense logits (serve every temperature), or k for top-k + tail at ``temperature``.
+        topk: None for dense logits (serve every temperature), or k for top-k + tail at
+        ``temperature``.
         temperature: the temperature of a top-k store; must be None for a dense one.
-        combine: how a top-k store combines ensemble members (ignored for dense stores and one teacher).
-        shard_size: rows per shard; None = about 256 MiB per shard (or the size of a partial build found).
+        combine: how a top-k store combines ensemble members (ignored for dense stores and one
+        teacher).
+        shard_size: rows per shard; None = about 256 MiB per shard (or the size of a partial build
+        found).
     """
 
     dtype: str = "float32"
@@ -119,7 +122,9 @@ class StoreOptions:
 
 
 def store_key(teacher: Teacher, dataset: TensorDataset, options: StoreOptions) -> dict[str, Any]:
-    """Everything that determines a store's content: two builds with equal keys are interchangeable."""
+    """Everything that determines a store's content: two builds with equal keys are
+    interchangeable.
+    """
     members = len(teacher)
     return {
         "format": FORMAT,
@@ -196,14 +201,18 @@ def file_sha256(path: Path) -> str:
 
 
 def row_digests(images: torch.Tensor) -> torch.Tensor:
-    """(N, 32) uint8: the sha256 of each example's pixels, to prove a transfer set's rows are the stored ones."""
+    """(N, 32) uint8: the sha256 of each example's pixels, to prove a transfer set's rows are the
+    stored ones.
+    """
     rows = images.detach().cpu().contiguous().numpy()
     joined = b"".join(hashlib.sha256(row).digest() for row in rows)
     return torch.frombuffer(bytearray(joined), dtype=torch.uint8).reshape(len(rows), 32)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None when the file is missing, unreadable or not a JSON object."""
+    """A JSON object from ``path``, or None when the file is missing, unreadable or not a JSON
+    object.
+    """
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -227,7 +236,8 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
 
     if manifest.get("format") != FORMAT:
         raise DKError(
-            f"teacher-output store {where} is not a darkknowledge store (format {str(manifest.get('format'))[:60]!r})",
+            f"teacher-output store {where} is not a darkknowledge store (format "
+            f"{str(manifest.get('format'))[:60]!r})",
             "delete it or point teacher.store elsewhere",
         )
     if manifest.get("complete") is not True:

@@ -10,7 +10,8 @@ transfer set drawn from that split: its rows are found by source index and prove
 images by per-row sha256 digests.
 
 A store holds dense logits (float32 or float16; they serve every temperature) or the top-k
-log-probabilities plus the tail mass at one temperature (:class:`~darkknowledge.losses.TopKTargets`).
+log-probabilities plus the tail mass at one temperature
+(:class:`~darkknowledge.losses.TopKTargets`).
 The single-file stores of format 2 (earlier releases) are still read when given as an explicit
 path; they are never written any more.
 """
@@ -78,7 +79,9 @@ def compute_teacher_logits(
 def default_store_path(
     teacher: Teacher, dataset: TensorDataset, options: StoreOptions | None = None
 ) -> Path:
-    """``<cache>/teacher_outputs/<teacher fp>-<dataset fp>-<content options>``: one directory per content."""
+    """``<cache>/teacher_outputs/<teacher fp>-<dataset fp>-<content options>``: one directory per
+    content.
+    """
     tag = (options or StoreOptions()).tag(len(teacher))
     return (
         cache_dir()
@@ -88,7 +91,8 @@ def default_store_path(
 
 
 def store_options(teacher_cfg: Any, method: object | None = None) -> StoreOptions:
-    """The :class:`StoreOptions` of a run: ``teacher.store_dtype``, ``store_topk``, ``store_temperature``.
+    """The :class:`StoreOptions` of a run: ``teacher.store_dtype``, ``store_topk``,
+    ``store_temperature``.
 
     A top-k store is made at the method's temperature (``store_temperature: null``); a method
     without a temperature, or a different explicit one, is a :class:`DKError` before any work.
@@ -102,14 +106,16 @@ def store_options(teacher_cfg: Any, method: object | None = None) -> StoreOption
     name = type(method).__name__ if method is not None else "the method"
     if method is not None and method_t is None:
         raise DKError(
-            f"teacher.store_topk={topk} stores soft targets at one temperature but {name} uses no temperature",
+            f"teacher.store_topk={topk} stores soft targets at one temperature but {name} uses no "
+            "temperature",
             "use soft_targets, or teacher.store_topk: null (dense logits)",
         )
     if stored_t is None:
         stored_t = method_t
     elif method_t is not None and float(stored_t) != float(method_t):
         raise DKError(
-            f"teacher.store_temperature={stored_t:g} but method.temperature={method_t:g}; a top-k store serves one temperature",
+            f"teacher.store_temperature={stored_t:g} but method.temperature={method_t:g}; a top-k "
+            "store serves one temperature",
             "set them equal, or teacher.store_temperature: null (the method's temperature)",
         )
     return StoreOptions(
@@ -151,9 +157,8 @@ def teacher_outputs(
                 raise
             warnings.warn(f"rebuilding teacher-output store: {exc}", stacklevel=2)
     try:
-        with store_lock(
-            path
-        ):  # a concurrent builder of the same store finishes first; this one then reuses it
+        # a concurrent builder of the same store finishes first; this one then reuses it
+        with store_lock(path):
             build_store(teacher, dataset, path, options, overwrite=not explicit)
     except OSError as exc:
         if explicit:
@@ -161,7 +166,8 @@ def teacher_outputs(
                 exc, f"teacher-output store {path}", "set teacher.store to a writable path"
             ) from None
         warnings.warn(
-            f"teacher-output store not saved ({write_error(exc, path)}); the outputs are used from memory",
+            f"teacher-output store not saved ({write_error(exc, path)}); the outputs are used from "
+            "memory",
             stacklevel=2,
         )
         tensors = compute_shard(teacher, dataset, 0, len(dataset), options)
@@ -223,7 +229,10 @@ def _other_data(
     path: Path, manifest: dict[str, Any], dataset: TensorDataset, why: str = ""
 ) -> DKError:
     return DKError(
-        f"teacher-output store {path} was made over other data ({manifest.get('dataset_name', '?')}, fingerprint {str(manifest.get('dataset_fingerprint', '?'))[:12]}) than the transfer set {dataset.name} ({dataset.fingerprint()[:12]}){why}",
+        f"teacher-output store {path} was made over other data "
+        f"({manifest.get('dataset_name', '?')}, fingerprint "
+        f"{str(manifest.get('dataset_fingerprint', '?'))[:12]}) than the transfer set "
+        f"{dataset.name} ({dataset.fingerprint()[:12]}){why}",
         _REBUILD,
     )
 
@@ -231,16 +240,20 @@ def _other_data(
 def _rows_for(
     path: Path, manifest: dict[str, Any], teacher: Teacher, dataset: TensorDataset
 ) -> torch.Tensor | None:
-    """Which store rows serve ``dataset``: None = all, in order (same data); else (N,) row numbers."""
+    """Which store rows serve ``dataset``: None = all, in order (same data); else (N,) row
+    numbers.
+    """
     if manifest["teacher_fingerprint"] != teacher.fingerprint:
         raise DKError(
-            f"teacher-output store {path} was made by another teacher (fingerprint {manifest['teacher_fingerprint'][:12]} ≠ {teacher.fingerprint[:12]})",
+            f"teacher-output store {path} was made by another teacher (fingerprint "
+            f"{manifest['teacher_fingerprint'][:12]} ≠ {teacher.fingerprint[:12]})",
             "delete the store or set teacher.store to a new path so it is rebuilt",
         )
     if manifest["members"] != len(teacher) or manifest["classes"] != teacher.num_classes:
         raise _corrupt(
             path,
-            f"it records {manifest['members']} members × {manifest['classes']} classes for this teacher's fingerprint",
+            f"it records {manifest['members']} members × {manifest['classes']} classes for this "
+            "teacher's fingerprint",
         )
     if manifest["dataset_fingerprint"] == dataset.fingerprint():
         return None
@@ -272,8 +285,10 @@ def _check_options(
         same = held.combine == options.combine
     if not same:
         raise DKError(
-            f"teacher-output store {path} holds {held.describe(members)} but the run asks for {options.describe(members)}",
-            "set teacher.store_dtype / store_topk / store_temperature (and teacher.combine) to match it, or point teacher.store at a new directory",
+            f"teacher-output store {path} holds {held.describe(members)} but the run asks for "
+            f"{options.describe(members)}",
+            "set teacher.store_dtype / store_topk / store_temperature (and teacher.combine) to "
+            "match it, or point teacher.store at a new directory",
         )
     return held
 
@@ -322,7 +337,8 @@ def _read_shard(
                 if tuple(sl.get_shape()) != shape or sl.get_dtype() != _SAFETENSORS_DTYPES[dtype]:
                     raise _corrupt(
                         path,
-                        f"{entry['file']}: {name} is {sl.get_dtype()} {tuple(sl.get_shape())}, expected {_SAFETENSORS_DTYPES[dtype]} {shape}",
+                        f"{entry['file']}: {name} is {sl.get_dtype()} {tuple(sl.get_shape())}, "
+                        f"expected {_SAFETENSORS_DTYPES[dtype]} {shape}",
                     )
                 t = f.get_tensor(name)
                 out[name] = (
@@ -345,7 +361,8 @@ def load_store(
     *,
     verify: bool = True,
 ) -> Outputs:
-    """Stored outputs for ``dataset``, in dataset order; refused if made by another teacher or over other data.
+    """Stored outputs for ``dataset``, in dataset order; refused if made by another teacher or over
+    other data.
 
     ``options`` (when given) must match what the store holds. ``verify`` checks every shard
     against the sha256 in the manifest as it is read. Shards are read one at a time (mapped, not
@@ -490,7 +507,8 @@ def check_finite_outputs(logits: torch.Tensor, teacher: Teacher, dataset: Tensor
     member, pos = (int(v) for v in (~finite).nonzero()[0])
     count = int((~finite.all(dim=0)).sum())
     raise DKError(
-        f"teacher {teacher.sources[member]} outputs non-finite logits for {count} examples of {dataset.name}, first at source index {int(dataset.index[pos])}",
+        f"teacher {teacher.sources[member]} outputs non-finite logits for {count} examples of "
+        f"{dataset.name}, first at source index {int(dataset.index[pos])}",
         "the teacher checkpoint is broken (it may have diverged); retrain it or pick another",
     )
 
@@ -506,7 +524,8 @@ def _load_single_file(
         raw = path.read_bytes()
     except OSError as exc:
         raise DKError(
-            f"teacher-output store {path} cannot be read ({exc.strerror or exc.__class__.__name__})",
+            f"teacher-output store {path} cannot be read "
+            f"({exc.strerror or exc.__class__.__name__})",
             "check the path in teacher.store",
         ) from None
     try:
@@ -519,21 +538,25 @@ def _load_single_file(
     except (SafetensorError, ValueError, AttributeError):
         raise DKError(
             f"teacher.store {path} is a file that is not a teacher-output store",
-            "point teacher.store at a new or empty directory (darkknowledge does not touch this file)",
+            "point teacher.store at a new or empty directory (darkknowledge does not touch this "
+            "file)",
         ) from None
     if meta.get("format") != LEGACY_FORMAT or "logits" not in tensors or "index" not in tensors:
         raise DKError(
             f"teacher.store {path} is a safetensors file that is not a teacher-output store",
-            "point teacher.store at a new or empty directory (darkknowledge does not touch this file)",
+            "point teacher.store at a new or empty directory (darkknowledge does not touch this "
+            "file)",
         )
     if options is not None and (options.kind, options.dtype) != ("dense", "float32"):
         raise DKError(
-            f"teacher-output store {path} is a single-file store (format 2) of dense float32 logits but the run asks for {options.describe(len(teacher))}",
+            f"teacher-output store {path} is a single-file store (format 2) of dense float32 "
+            f"logits but the run asks for {options.describe(len(teacher))}",
             "point teacher.store at a new directory to build a store with these options",
         )
     if meta.get("teacher_fingerprint") != teacher.fingerprint:
         raise DKError(
-            f"teacher-output store {path} was made by another teacher (fingerprint {str(meta.get('teacher_fingerprint', '?'))[:12]} ≠ {teacher.fingerprint[:12]})",
+            f"teacher-output store {path} was made by another teacher (fingerprint "
+            f"{str(meta.get('teacher_fingerprint', '?'))[:12]} ≠ {teacher.fingerprint[:12]})",
             "delete the store or set teacher.store to a new path so it is rebuilt",
         )
     if meta.get("dataset_fingerprint") != dataset.fingerprint():
@@ -572,8 +595,10 @@ def describe_store(path: str | Path) -> str:
         f"teacher-output store {path}: complete ({m['format']})",
         f"  content   {opts.describe(m['members'])}"
         + (" (one combined distribution)" if opts.topk is not None and m["members"] > 1 else ""),
-        f"  dataset   {m['dataset_name']}, {m['n']} examples of shape {tuple(m.get('image_shape') or ())}, fingerprint {m['dataset_fingerprint'][:16]}",
-        f"  teacher   {m['members']} member(s), {m['classes']} classes, fingerprint {m['teacher_fingerprint'][:16]}: {', '.join(map(str, m.get('teacher_sources') or []))}",
+        f"  dataset   {m['dataset_name']}, {m['n']} examples of shape "
+        f"{tuple(m.get('image_shape') or ())}, fingerprint {m['dataset_fingerprint'][:16]}",
+        f"  teacher   {m['members']} member(s), {m['classes']} classes, fingerprint "
+        f"{m['teacher_fingerprint'][:16]}: {', '.join(map(str, m.get('teacher_sources') or []))}",
         f"  shards    {len(m['shards'])} × up to {m['shard_size']} rows, {size / 2**20:.2f} MiB",
     ]
     return "\n".join(lines)
@@ -593,8 +618,10 @@ def _describe_partial(path: Path) -> str:
     total = len(plan(int(key.get("n", 0)), size)) if isinstance(size, int) and size > 0 else "?"
     done = sum(1 for s in sides if s.get("key") == key)
     return (
-        f"teacher-output store {path}: incomplete, {done} of {total} shards built (no {MANIFEST}: the build was stopped)\n"
-        f"  dataset   {key.get('dataset_name')}, {key.get('n')} examples; {key.get('kind')} {key.get('dtype')}\n"
+        f"teacher-output store {path}: incomplete, {done} of {total} shards built (no {MANIFEST}: "
+        "the build was stopped)\n"
+        f"  dataset   {key.get('dataset_name')}, {key.get('n')} examples; {key.get('kind')} "
+        f"{key.get('dtype')}\n"
         "  rerun `dk teacher-outputs build` with the same arguments to finish it"
     )
 
@@ -617,8 +644,10 @@ def _describe_single_file(path: Path) -> str:
             "give a store directory (or a format-2 store file)",
         )
     return (
-        f"teacher-output store {path}: single file ({LEGACY_FORMAT}, read only; rebuild as a directory store for fp16/top-k/sharding)\n"
+        f"teacher-output store {path}: single file ({LEGACY_FORMAT}, read only; rebuild as a "
+        "directory store for fp16/top-k/sharding)\n"
         f"  content   dense float32 logits {tuple(shape)}\n"
-        f"  dataset   {meta.get('dataset_name')}, fingerprint {str(meta.get('dataset_fingerprint'))[:16]}\n"
+        f"  dataset   {meta.get('dataset_name')}, fingerprint "
+        f"{str(meta.get('dataset_fingerprint'))[:16]}\n"
         f"  teacher   fingerprint {str(meta.get('teacher_fingerprint'))[:16]}"
     )

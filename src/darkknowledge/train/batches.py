@@ -7,7 +7,8 @@ Every source answers ``epoch_order()`` (the state to draw an epoch from, or None
 ``IndexedBatches`` is the fast path: the dataset lives on the device, an epoch is one plan drawn
 on the device (a permutation and, with jitter, every presentation's shift), the epoch's examples
 are gathered and shifted in one vectorized pass, and a step only slices them: no per-sample
-Python and no data kernels per step (on CUDA, fewer launches per step). ``ReplicaBatches`` is the same for K models trained
+Python and no data kernels per step (on CUDA, fewer launches per step). ``ReplicaBatches`` is the
+same for K models trained
 as one batched computation, each with its own generator (its own order and jitter draws).
 ``IterableBatches`` is the generic path for any re-iterable of ``(inputs, labels)`` batches
 (teacher outputs are then computed live).
@@ -29,7 +30,8 @@ def draw_plan(
     n: int, max_shift: int, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
     """One epoch's plan, drawn from ``generator``: a permutation of the ``n`` positions, (n,), or
-    with jitter the permutation and each presentation's shift, (n, 3) rows ``(position, dx, dy)``."""
+    with jitter the permutation and each presentation's shift, (n, 3) rows ``(position, dx,
+    dy)``."""
     perm = torch.randperm(n, generator=generator, device=device)
     if not max_shift:
         return perm
@@ -95,7 +97,9 @@ class IndexedBatches:
     def batch(
         self, order: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(positions, inputs (B, D) float32, labels (B,) or None) for step ``step`` of the epoch."""
+        """(positions, inputs (B, D) float32, labels (B,) or None) for step ``step`` of the
+        epoch.
+        """
         rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
         images, labels = self._examples(order)
         pos = plan_positions(order[rows], bool(self.max_shift))
@@ -186,11 +190,13 @@ def split_batch(item: object) -> tuple[torch.Tensor, torch.Tensor | None]:
         )
         raise DKError(
             f"a batch must be x, (x,) or (x, y) (inputs and labels), got {what}",
-            "yield (inputs, labels), or inputs alone for unlabelled data, e.g. DataLoader(TensorDataset(X, Y))",
+            "yield (inputs, labels), or inputs alone for unlabelled data, e.g. "
+            "DataLoader(TensorDataset(X, Y))",
         )
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise DKError(
-            f"batch inputs must be a floating-point tensor, got {x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}",
+            "batch inputs must be a floating-point tensor, got "
+            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}",
             "convert inputs to float32",
         )
     if y is not None and (
@@ -276,7 +282,8 @@ class IterableBatches:
             item = next(self._it)
         except StopIteration:
             raise DKError(
-                f"the batch source ended after {self._next} batches but promised {self.steps_per_epoch} per epoch",
+                f"the batch source ended after {self._next} batches but promised "
+                f"{self.steps_per_epoch} per epoch",
                 "make every epoch yield steps_per_epoch batches",
             ) from None
         self._next += 1

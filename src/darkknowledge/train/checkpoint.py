@@ -202,14 +202,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     if state["format"] != FORMAT:
         raise DKError(
-            f"checkpoint {path} has format {short(state['format'])}, this darkknowledge reads format {FORMAT}",
+            f"checkpoint {path} has format {short(state['format'])}, this darkknowledge reads "
+            f"format {FORMAT}",
             "start a new run (or resume with the darkknowledge version that wrote it)",
         )
     bad = _invalid_state_field(state)
     if bad is not None:
         raise DKError(
             f"checkpoint file {path / 'state.json'}: {bad}",
-            "it was edited or not written by darkknowledge; resume from another checkpoint or start a new run",
+            "it was edited or not written by darkknowledge; resume from another checkpoint or "
+            "start a new run",
         )
     return out
 
@@ -237,7 +239,10 @@ def _invalid_state_field(state: dict[str, Any]) -> str | None:
         or not all(isinstance(g, dict) for g in opt.get("param_groups", []))
         or not isinstance(opt.get("state", {}), dict)
     ):
-        return f"optimizer must be a mapping (param_groups: a list of mappings, state: a mapping), got {short(opt)}"
+        return (
+            "optimizer must be a mapping (param_groups: a list of mappings, state: a mapping), "
+            f"got {short(opt)}"
+        )
     if not isinstance(state["config_hash"], str):
         return f"config_hash must be a string, got {short(state['config_hash'])}"
     fp = state["fingerprints"]

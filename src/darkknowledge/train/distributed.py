@@ -123,13 +123,15 @@ def from_environment(device_name: str) -> Distributed | None:
             )
         except (ValueError, RuntimeError) as exc:
             raise DKError(
-                f"cannot join the process group of WORLD_SIZE={world} ({' '.join(str(exc).split())[:200]})",
+                f"cannot join the process group of WORLD_SIZE={world} "
+                f"({' '.join(str(exc).split())[:200]})",
                 "launch with torchrun --nproc_per_node=N, or unset WORLD_SIZE/RANK",
             ) from None
         created = True
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise DKError(
-            f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with RANK={rank}, WORLD_SIZE={world}",
+            f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with "
+            f"RANK={rank}, WORLD_SIZE={world}",
             "launch with torchrun",
         )
     return Distributed(rank, world, local, device, created)
@@ -141,7 +143,9 @@ def shutdown(d: Distributed | None) -> None:
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:
-    """Rank ``rank``'s contiguous share of ``n`` examples: sizes differ by at most one, in rank order."""
+    """Rank ``rank``'s contiguous share of ``n`` examples: sizes differ by at most one, in rank
+    order.
+    """
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))

@@ -115,7 +115,9 @@ def evaluate_batches(
     batches: Iterable,
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """:func:`evaluate` over any iterable of ``(inputs, labels)`` batches (and the teacher's agreement)."""
+    """:func:`evaluate` over any iterable of ``(inputs, labels)`` batches (and the teacher's
+    agreement).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

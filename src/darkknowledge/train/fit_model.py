@@ -1,8 +1,10 @@
-"""Your model, your batches, our loop: ``fit_model`` for users who bring their own nn.Module and data.
+"""Your model, your batches, our loop: ``fit_model`` for users who bring their own nn.Module and
+data.
 
     from darkknowledge.train import fit_model
     history = fit_model(my_net, [(x0, y0), (x1, y1), ...], "hard_targets", {"lr": 0.1, "epochs": 5})
-    history = fit_model(student, batches, "soft_targets", {"epochs": 5}, method_params={"temperature": 4},
+    history = fit_model(student, batches, "soft_targets", {"epochs": 5},
+    method_params={"temperature": 4},
                         teacher=my_teacher_net)
 
 Underneath is :func:`darkknowledge.train.loop.fit`, the very loop ``dk train`` runs: same
@@ -49,7 +51,8 @@ def _as_teacher(
         members = list(teacher)
         if not members or not all(callable(m) for m in members):
             raise DKError(
-                f"teacher=[...] must be a non-empty list of modules (an ensemble), got {short(members)}",
+                "teacher=[...] must be a non-empty list of modules (an ensemble), got "
+                f"{short(members)}",
                 "pass teacher=[net_a, net_b, ...]",
             )
 
@@ -60,7 +63,8 @@ def _as_teacher(
         return ensemble, [m for member in members for m in modules_of(member)]
     if not callable(teacher):
         raise DKError(
-            f"teacher must be a module, a list of modules or a callable returning logits, got {type(teacher).__name__}",
+            "teacher must be a module, a list of modules or a callable returning logits, got "
+            f"{type(teacher).__name__}",
             "pass teacher=my_net",
         )
 
@@ -105,13 +109,15 @@ def fit_model(
     """Train ``model`` on ``batches`` with a registered method (or a method instance).
 
     Args:
-        model: any ``nn.Module`` mapping inputs (B, ...) to logits (B, classes); moved to ``device``.
+        model: any ``nn.Module`` mapping inputs (B, ...) to logits (B, classes); moved to
+        ``device``.
             A ``project_max_norm_()`` method, if it has one, runs after every step.
         batches: a re-iterable of ``(inputs, labels)`` (labels may be None for teacher-only
             methods), e.g. a list or a DataLoader, or a zero-argument function returning one
             epoch's batches (then give ``steps_per_epoch``). Iterated once per epoch.
         method: a method name (``dk ls``) with ``method_params``, or a method instance.
-        optim: ``OptimConfig`` or its fields as a mapping, e.g. ``{"name": "adam", "lr": 1e-3, "epochs": 3}``
+        optim: ``OptimConfig`` or its fields as a mapping, e.g. ``{"name": "adam", "lr": 1e-3,
+        "epochs": 3}``
             (no ``batch_size``: the batches are yours; an ``OptimConfig``'s is not used).
         teacher: a module, a list of modules (an ensemble), or a callable returning logits
             (B, classes) or (members, B, classes); run under ``torch.inference_mode`` on every
@@ -148,12 +154,13 @@ def fit_model(
         if isinstance(optim, OptimConfig)
         else build_dataclass(OptimConfig, dict(optim or {}), "optim")
     )
-    if not isinstance(optim, OptimConfig) and "batch_size" in (
-        optim or {}
-    ):  # a config object always has one
+    # a config object always has one
+    if not isinstance(optim, OptimConfig) and "batch_size" in (optim or {}):
         raise DKError(
-            f"optim batch_size={optim_cfg.batch_size} has no effect here: fit_model trains on your batches as they come",
-            "leave batch_size out and set it where the batches are made (e.g. DataLoader(..., batch_size=...))",
+            f"optim batch_size={optim_cfg.batch_size} has no effect here: fit_model trains on your "
+            "batches as they come",
+            "leave batch_size out and set it where the batches are made (e.g. DataLoader(..., "
+            "batch_size=...))",
         )
     for key in (
         "data",
@@ -185,7 +192,8 @@ def fit_model(
             "model": {"name": type(model).__name__},
             "method": method_config(method),
             "optim": dataclasses.asdict(optim_cfg),
-            # RunConfig wants a validation split for select_best_on; here it is eval_batches["valid"]
+            # RunConfig wants a validation split for select_best_on; here it is
+            # eval_batches["valid"]
             "data": {"validation_size": 1} if settings.get("select_best_on") else {},
             "teacher": {"combine": combine},
             **settings,
@@ -201,13 +209,13 @@ def fit_model(
     }
     if cfg.select_best_on and cfg.select_best_on not in evals:
         raise DKError(
-            f"select_best_on={cfg.select_best_on} but eval_batches has no {cfg.select_best_on!r} entry",
+            f"select_best_on={cfg.select_best_on} but eval_batches has no {cfg.select_best_on!r} "
+            "entry",
             f"pass eval_batches={{'{cfg.select_best_on}': ...}}",
         )
     model.to(dev)
-    if isinstance(
-        teacher, (str, os.PathLike)
-    ):  # a saved teacher: a model file or a run directory (an ensemble's: all members)
+    # a saved teacher: a model file or a run directory (an ensemble's: all members)
+    if isinstance(teacher, (str, os.PathLike)):
         teacher = load_members(teacher, dev)
     teacher_fn, teacher_modules = _as_teacher(teacher)
     members = _members(teacher)

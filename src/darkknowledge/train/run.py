@@ -148,7 +148,9 @@ def _check_same_run(cfg: RunConfig, ckpt: dict[str, Any], fingerprints: dict[str
 
 
 def _finished_summary(cfg: RunConfig, run_dir: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved summary of a run that already finished (its final checkpoint, model and summary exist)."""
+    """The saved summary of a run that already finished (its final checkpoint, model and summary
+    exist).
+    """
     state = ckpt["state"]
     if (
         state["epoch"] != cfg.optim.epochs
@@ -252,7 +254,8 @@ def _run(
     if replica_methods:
         if cfg.model["name"] != "mlp":
             raise DKError(
-                f"replicas train MLPs as one batched model; model.name={cfg.model['name']} is not supported",
+                f"replicas train MLPs as one batched model; model.name={cfg.model['name']} is not "
+                "supported",
                 "use model.name=mlp, or run the models one by one",
             )
         if len({m.needs_labels() for m in replica_methods}) > 1:
@@ -279,7 +282,8 @@ def _run(
         )
     if method.needs_teacher and cfg.data.jitter and cfg.teacher.outputs == "precompute":
         raise DKError(
-            "data.jitter>0 with teacher.outputs=precompute: stored teacher outputs are for un-jittered inputs",
+            "data.jitter>0 with teacher.outputs=precompute: stored teacher outputs are for "
+            "un-jittered inputs",
             "set teacher.outputs=live, or data.jitter=0 (the paper's student uses no jitter)",
         )
     device = group.device if group is not None else resolve_device(cfg.device)
@@ -319,7 +323,8 @@ def _run(
         and not method.needs_teacher
     ):
         raise DKError(
-            f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training cannot learn from it",
+            f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training "
+            "cannot learn from it",
             "keep at least two classes",
         )
     in_features = train.images[0].numel()
@@ -329,7 +334,8 @@ def _run(
         teacher = Teacher.from_checkpoints(cfg.teacher.checkpoints, device)
         if teacher.num_classes != train.num_classes or teacher.in_features != in_features:
             raise DKError(
-                f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but {cfg.data.dataset} has {train.num_classes} classes and {in_features} inputs",
+                f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs "
+                f"but {cfg.data.dataset} has {train.num_classes} classes and {in_features} inputs",
                 "distill from a teacher trained on the same dataset",
             )
     spec = {k: v for k, v in cfg.model.items() if k != "name"}
@@ -405,7 +411,8 @@ def _run(
                 now = _check_resume(run_dir, resume, cfg)
                 if (now or {}).get("path") != (ckpt or {}).get("path"):
                     raise DKError(
-                        f"run directory {run_dir} changed while this run was being prepared (another process wrote to it)",
+                        f"run directory {run_dir} changed while this run was being prepared "
+                        "(another process wrote to it)",
                         "check what wrote it, then run again",
                     )
                 atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
@@ -496,7 +503,8 @@ def _summary(
         "transfer_set": {"name": train.name, "size": len(train)},
         "config_hash": cfg.hash(),
         "fingerprints": fingerprints,
-        "git_sha": source_sha(),  # the code that trained it, for rows recorded later from this summary
+        # the code that trained it, for rows recorded later from this summary
+        "git_sha": source_sha(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -571,9 +579,8 @@ def _save_replicas(
         }
         for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))
     ]
-    if (
-        cfg.ensemble.members
-    ):  # the members combined, at temperature 1, on every split (one forward pass for all)
+    # the members combined, at temperature 1, on every split (one forward pass for all)
+    if cfg.ensemble.members:
         combined = {
             name: ensemble_metrics(predict_logits(model, ds), ds.labels)
             for name, ds in eval_sets.items()
