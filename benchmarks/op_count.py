@@ -24,7 +24,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
 
-VIEWS = ("view", "t.default", "transpose", "expand", "slice", "select", "alias", "as_strided", "unsqueeze", "squeeze", "reshape", "_unsafe_view", "narrow", "detach", "permute")
+VIEWS = (
+    "view",
+    "t.default",
+    "transpose",
+    "expand",
+    "slice",
+    "select",
+    "alias",
+    "as_strided",
+    "unsqueeze",
+    "squeeze",
+    "reshape",
+    "_unsafe_view",
+    "narrow",
+    "detach",
+    "permute",
+)
 FIRST, STEPS = 20, 20
 
 
@@ -39,7 +55,10 @@ def main() -> int:
         base, kind = bench.cell_run("teacher_1200"), "train"
     else:
         teacher = bench.save_untrained(bench.cell_run("teacher_1200")["model"], scratch / "teacher")
-        base, kind = bench.distill_base(teacher, "precompute", scratch / "store" / "outputs.safetensors"), "distill"
+        base, kind = (
+            bench.distill_base(teacher, "precompute", scratch / "store" / "outputs.safetensors"),
+            "distill",
+        )
         bench.build_store(dk, base, 6000, torch.device("cpu"))
     counts: collections.Counter[str] = collections.Counter()
     steps = [0]
@@ -56,11 +75,18 @@ def main() -> int:
     handle = register_optimizer_step_post_hook(count_step)
     try:
         with Count():
-            dk.run(base, bench.common_overrides("cpu", 6000, 1, ["model.hidden=[8,8]", *args.overrides]), kind)
+            dk.run(
+                base,
+                bench.common_overrides("cpu", 6000, 1, ["model.hidden=[8,8]", *args.overrides]),
+                kind,
+            )
     finally:
         handle.remove()
     launches = {k: v for k, v in counts.items() if not any(x in k for x in VIEWS)}
-    print(f"{args.cell}: {sum(counts.values()) / STEPS:.0f} operators per step, {sum(launches.values()) / STEPS:.0f} of them not views (≈ kernel launches on CUDA)")
+    print(
+        f"{args.cell}: {sum(counts.values()) / STEPS:.0f} operators per step, "
+        f"{sum(launches.values()) / STEPS:.0f} of them not views (≈ kernel launches on CUDA)"
+    )
     for name, n in sorted(launches.items(), key=lambda kv: -kv[1]):
         print(f"  {n / STEPS:5.1f}  {name}")
     return 0

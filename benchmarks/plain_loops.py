@@ -1,7 +1,8 @@
 """The baselines: plain PyTorch loops of the same math, written the way typical user code is.
 
 No darkknowledge code runs here. Data comes from ``torch.utils.data.DataLoader(TensorDataset(...),
-batch_size=100, shuffle=True)`` on the CPU; each batch is jittered on the CPU (teacher), moved to the
+batch_size=100, shuffle=True)`` on the CPU; each batch is jittered on the CPU (teacher), moved to
+the
 device, and every step ends with ``loss.item()``. ``teacher_step`` and ``distill_step`` build the
 model, optimizer and loader and return a function that runs one training step; :func:`time_steps`
 times a window of steps (``run.py`` interleaves such windows with the darkknowledge runs).
@@ -33,7 +34,9 @@ def mlp(
     hidden_dropout: float = 0.0,
     init_std: float | None = None,
 ) -> nn.Sequential:
-    """``widths[0] → ... → widths[-1]`` ReLU net with (inverted) dropout before each hidden layer's input."""
+    """``widths[0] → ... → widths[-1]`` ReLU net with (inverted) dropout before each hidden layer's
+    input.
+    """
     layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
     for a, b in zip(widths[:-2], widths[1:-1], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
@@ -49,7 +52,9 @@ def mlp(
 
 
 def random_shift(images: torch.Tensor, k: int) -> torch.Tensor:
-    """Shift every image of a (B, H, W) batch by its own random (dx, dy) in {-k..k}², zero fill; on the CPU."""
+    """Shift every image of a (B, H, W) batch by its own random (dx, dy) in {-k..k}², zero fill; on
+    the CPU.
+    """
     b, h, w = images.shape
     padded = F.pad(images, (k, k, k, k))
     off = torch.randint(0, 2 * k + 1, (2, b))

@@ -4,7 +4,8 @@
         [--skip 200] [--steps 50] [--out DIR] [KEY=VALUE ...]
 
 Runs a cell's config through ``darkknowledge.train.run`` (the teacher recipe, or the T = 20 student
-with stored outputs of an untrained teacher), skips ``--skip`` optimizer steps (warm-up, compilation,
+with stored outputs of an untrained teacher), skips ``--skip`` optimizer steps (warm-up,
+compilation,
 CUDA-graph capture), profiles the next ``--steps`` and prints:
 
 * wall time per step (host clock between optimizer steps, the device synchronized at both ends);
@@ -35,7 +36,9 @@ import run as bench  # noqa: E402  (the benchmark harness: configs and an untrai
 def base_config(cell: str, scratch: Path, device: torch.device) -> tuple[dict, str]:
     if cell == "teacher_1200":
         return bench.cell_run("teacher_1200"), "train"
-    teacher_file = bench.save_untrained(bench.cell_run("teacher_1200")["model"], scratch / "teacher")
+    teacher_file = bench.save_untrained(
+        bench.cell_run("teacher_1200")["model"], scratch / "teacher"
+    )
     base = bench.distill_base(teacher_file, "precompute", scratch / "store" / "outputs.safetensors")
     return base, "distill"
 
@@ -62,11 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         bench.build_store(bench.DK(args.device, scratch, []), base, args.train_size, device)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    prof = profile(activities=activities, schedule=schedule(wait=args.skip, warmup=1, active=args.steps, repeat=1))
+    prof = profile(
+        activities=activities,
+        schedule=schedule(wait=args.skip, warmup=1, active=args.steps, repeat=1),
+    )
     marks: list[float] = []
 
     def after_step(_opt, _args, _kwargs) -> None:  # every optimizer step advances the profiler
-        if len(marks) in (args.skip, args.skip + args.steps) and cuda:  # the marks the wall time uses
+        # the marks the wall time uses
+        if len(marks) in (args.skip, args.skip + args.steps) and cuda:
             torch.cuda.synchronize(device)
         marks.append(time.perf_counter())
         prof.step()
@@ -78,22 +85,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         handle.remove()
     if len(marks) < args.skip + 1 + args.steps:
-        print(f"only {len(marks)} steps ran; lower --skip/--steps or raise --train-size", file=sys.stderr)
+        print(
+            f"only {len(marks)} steps ran; lower --skip/--steps or raise --train-size",
+            file=sys.stderr,
+        )
         return 2
     wall = (marks[args.skip + args.steps] - marks[args.skip]) / args.steps
 
     events = prof.key_averages()
     lines = [
-        f"profile of {args.cell} on {device} ({torch.cuda.get_device_name(device) if cuda else 'cpu'}), torch {torch.__version__}, "
+        f"profile of {args.cell} on {device} "
+        f"({torch.cuda.get_device_name(device) if cuda else 'cpu'}), torch {torch.__version__}, "
         f"overrides {' '.join(args.overrides) or '(none)'}; {args.steps} steps after {args.skip}",
-        f"wall time per step: {wall * 1e6:.0f} us ({base['optim']['batch_size'] / wall:,.0f} samples/s)",
+        f"wall time per step: {wall * 1e6:.0f} us ({base['optim']['batch_size'] / wall:,.0f} "
+        "samples/s)",
     ]
     if cuda:
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.device_time for e in kernels) / args.steps  # microseconds
-        lines.append(f"device busy per step: {busy:.0f} us ({100 * busy / (wall * 1e6):.0f}% of the wall time); kernels per step: {len(kernels) / args.steps:.1f}")
-        lines += ["", "kernels by device time:", events.table(sort_by="self_device_time_total", row_limit=15)]
-    lines += ["", "operators by host time:", events.table(sort_by="self_cpu_time_total", row_limit=20)]
+        lines.append(
+            f"device busy per step: {busy:.0f} us ({100 * busy / (wall * 1e6):.0f}% of the wall "
+            f"time); kernels per step: {len(kernels) / args.steps:.1f}"
+        )
+        lines += [
+            "",
+            "kernels by device time:",
+            events.table(sort_by="self_device_time_total", row_limit=15),
+        ]
+    lines += [
+        "",
+        "operators by host time:",
+        events.table(sort_by="self_cpu_time_total", row_limit=20),
+    ]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -116,7 +116,9 @@ TARGETS = [
 def _candidates(
     results: dict[str, Any], benchmark: str, variant: str | None
 ) -> list[dict[str, Any]]:
-    """Rows of ``benchmark`` named ``variant`` or ``variant [overrides]`` (a config variant of it)."""
+    """Rows of ``benchmark`` named ``variant`` or ``variant [overrides]`` (a config variant of
+    it).
+    """
     return [
         r
         for r in results["rows"]
@@ -136,7 +138,9 @@ def _best(rows: list[dict[str, Any]], field: str, op: str) -> dict[str, Any] | N
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target with the measured value and ``met`` (None: not measured, or not this device's target)."""
+    """Each target with the measured value and ``met`` (None: not measured, or not this device's
+    target).
+    """
     out = []
     kind = results["device"]["type"]
     for t in TARGETS:
@@ -186,7 +190,10 @@ def _num(x: float | None, digits: int = 3) -> str:
 def _load_line(results: dict[str, Any]) -> str:
     notes = results["notes"]
     others = notes.get("other_processes_cpus")
-    line = f"Load average (1/5/15 min) {notes['loadavg_start']} at the start, {notes['loadavg_end']} at the end"
+    line = (
+        f"Load average (1/5/15 min) {notes['loadavg_start']} at the start, {notes['loadavg_end']} "
+        "at the end"
+    )
     if others is not None:
         line += (
             f"; other processes kept {others:.2f} of {results['cpu_count']} CPUs busy on average"
@@ -206,9 +213,11 @@ def _load_line(results: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any], source: str | None = None) -> str:
     td = results.get("torchdistill") or {}
     lines = [
-        f"Results{f' of `{source}`' if source else ''}: **{results['mode']}** mode, {results['date_utc']}, "
+        f"Results{f' of `{source}`' if source else ''}: **{results['mode']}** mode, "
+        f"{results['date_utc']}, "
         f"{results['device']['name']} ({results['device']['type']}), torch {results['torch']}, "
-        f"{results['torch_threads']} torch threads / {results['cpu_count']} CPUs, git `{results['git_sha']}`"
+        f"{results['torch_threads']} torch threads / {results['cpu_count']} CPUs, git "
+        f"`{results['git_sha']}`"
         + (f", torchdistill {td['torchdistill']} on torch {td['torch']}" if td else "")
         + ".",
         "",
@@ -220,7 +229,8 @@ def markdown(results: dict[str, Any], source: str | None = None) -> str:
     for r in results["rows"]:
         ratio = f"{r['ratio']:.2f} {r['ratio_label']}" if r.get("ratio") is not None else ""
         lines.append(
-            f"| {r['benchmark']} | {r['variant']} | {_num(r['samples_per_s'])} | {_num(r['wall_s'])} | {ratio} | {r['note']} |"
+            f"| {r['benchmark']} | {r['variant']} | {_num(r['samples_per_s'])} | "
+            f"{_num(r['wall_s'])} | {ratio} | {r['note']} |"
         )
     lines += ["", "| target | value | status |", "|---|---:|---|"]
     for t in results.get("targets") or evaluate_targets(results):

@@ -284,7 +284,9 @@ class Series:
 
 
 def interleave(series: list[Series], repeats: int) -> None:
-    """Measure every series once per repeat, in turn; a series that fails is dropped with its error."""
+    """Measure every series once per repeat, in turn; a series that fails is dropped with its
+    error.
+    """
     for _ in range(repeats):
         for s in series:
             if s.error:
@@ -367,7 +369,9 @@ class DK:
 def plain_window(
     step: Callable[[], None], m: Measure, device: torch.device
 ) -> Callable[[], tuple[float, int]]:
-    """A measurement of a plain loop: ``m.steps`` steps, after ``m.warmup_steps`` on the first call."""
+    """A measurement of a plain loop: ``m.steps`` steps, after ``m.warmup_steps`` on the first
+    call.
+    """
     state = {"warm": False}
 
     def measure() -> tuple[float, int]:
@@ -442,7 +446,9 @@ def bench_teacher(dk: DK, mode: Mode, device: torch.device, variants: list[list[
 def save_untrained(
     spec: dict[str, Any], path: Path, in_features: int = 784, classes: int = 10
 ) -> Path:
-    """A teacher file of the given shape; its weights are random (the timing does not depend on them)."""
+    """A teacher file of the given shape; its weights are random (the timing does not depend on
+    them).
+    """
     torch.manual_seed(0)
     params = {k: v for k, v in spec.items() if k != "name"}
     model = build_model(spec["name"], params, in_features, classes)
@@ -461,7 +467,9 @@ def distill_base(teacher_file: Path, outputs: str, store: Path | None) -> dict[s
 
 
 def build_store(dk: DK, base: dict[str, Any], train_size: int, device: torch.device) -> float:
-    """Seconds to compute and save the teacher-output store of this transfer set (a one-off cost)."""
+    """Seconds to compute and save the teacher-output store of this transfer set (a one-off
+    cost).
+    """
     overrides = common_overrides(dk.device, train_size, 1, dk.extra)
     cfg = load_config(None, overrides, base=copy.deepcopy(base))
     train = prepare_data(cfg.data).train.to(device)
@@ -556,7 +564,9 @@ def replica_overrides(k: int) -> list[str] | None:
 
 
 def trained_models(run_dir: Path, summary: dict[str, Any]) -> int:
-    """How many models a run really trained: its summary's replica list, or its replica model files."""
+    """How many models a run really trained: its summary's replica list, or its replica model
+    files.
+    """
     listed = summary.get("replicas")
     if isinstance(listed, list):
         return len(listed)
@@ -598,7 +608,10 @@ def bench_replicas(dk: DK, mode: Mode) -> list[Row]:
     for k, s in series.items():
         if k > 1 and not s.error and any(n != k for n in seen[k]):
             # The key was accepted but K models were not trained: never report that as a speed.
-            s.error = f"not available: {' '.join(replica_overrides(k))} was accepted but the run trained {min(seen[k])} model(s)"
+            s.error = (
+                f"not available: {' '.join(replica_overrides(k))} was accepted but the run trained "
+                f"{min(seen[k])} model(s)"
+            )
     if all(s.error for k, s in series.items() if k > 1):  # K = 1 alone measures no batching
         return [
             Row(
@@ -713,7 +726,9 @@ def register_synthetic(classes: int, size: int) -> str:
 def bench_scaling(
     dk: DK, mode: Mode, scratch: Path, replica_rows: list[Row]
 ) -> tuple[list[Row], dict[str, Any]]:
-    """Seconds for one epoch as the dataset, the class count and the number of batched models grow."""
+    """Seconds for one epoch as the dataset, the class count and the number of batched models
+    grow.
+    """
     rows: list[Row] = []
     curves: dict[str, Any] = {"dataset_size": [], "classes": [], "models": []}
     base = cell_run("teacher_1200")
@@ -738,7 +753,10 @@ def bench_scaling(
             b, common_overrides(dk.device, mode.scaling_classes_size, 1, dk.extra), "distill"
         )
         size, seconds = s["transfer_set"]["size"], fit_seconds(s)
-        note = f"synthetic data, student 800-800, soft targets T=20 from stored outputs, one epoch of {size}"
+        note = (
+            "synthetic data, student 800-800, soft targets T=20 from stored outputs, one epoch of "
+            f"{size}"
+        )
         rows.append(
             Row("scaling: classes", f"{c} classes", size / seconds, seconds, size, note=note)
         )
@@ -753,7 +771,9 @@ def bench_scaling(
 
 
 def bench_recipe(dk: DK, mode: Mode, full_teacher: bool, variant: list[str]) -> list[Row]:
-    """The whole teacher recipe (teacher_1200, 3000 epochs): some epochs timed and extrapolated, or run."""
+    """The whole teacher recipe (teacher_1200, 3000 epochs): some epochs timed and extrapolated, or
+    run.
+    """
     base = cell_run("teacher_1200")
     target = base["optim"]["epochs"]
     own = ["progress=false", f"device={dk.device}", *dk.extra, *variant]
@@ -771,7 +791,8 @@ def bench_recipe(dk: DK, mode: Mode, full_teacher: bool, variant: list[str]) -> 
         )
         total = target * epoch_s + events * end_s
         note = (
-            f"EXTRAPOLATED: {target} × {epoch_s:.3f} s/epoch (measured over {mode.recipe_epochs} epochs)"
+            f"EXTRAPOLATED: {target} × {epoch_s:.3f} s/epoch (measured over {mode.recipe_epochs} "
+            "epochs)"
             f" + {events} eval/checkpoint epochs × {end_s:.2f} s"
         )
         rows.append(
@@ -980,13 +1001,16 @@ def cpu_scale_student(dk: DK, m: Measure, device: torch.device, scratch: Path) -
         )
         plains[outputs] = Series(
             name,
-            f"plain PyTorch loop, {'stored teacher outputs' if outputs == 'stored' else 'live teacher'}",
+            "plain PyTorch loop, "
+            f"{'stored teacher outputs' if outputs == 'stored' else 'live teacher'}",
             same_threads_window(step, m, device, dk_threads, plain_threads[outputs]),
-            f"DataLoader(shuffle) + {what} + SGD momentum {o.momentum} + {o.schedule} + loss.item()",
+            f"DataLoader(shuffle) + {what} + SGD momentum {o.momentum} + {o.schedule} "
+            "+ loss.item()",
         )
     recipe = (
         f"student_800_soft_T20 at the cpu scale (T={method['temperature']}, "
-        f"{method['hard_weight']} hard, SGD momentum {o.momentum}, {o.schedule}), batch {o.batch_size}"
+        f"{method['hard_weight']} hard, SGD momentum {o.momentum}, {o.schedule}), batch "
+        f"{o.batch_size}"
     )
     stored = Series(
         name,
@@ -1588,7 +1612,9 @@ def features() -> dict[str, Any]:
 
 
 def default_variants(arg: str, device: torch.device, mode_name: str) -> list[list[str]]:
-    """Extra darkknowledge configs timed beside the defaults in the teacher and distillation steps."""
+    """Extra darkknowledge configs timed beside the defaults in the teacher and distillation
+    steps.
+    """
     if arg == "none":
         return []
     if arg != "auto":
@@ -1603,7 +1629,9 @@ def default_variants(arg: str, device: torch.device, mode_name: str) -> list[lis
 
 
 class CPUShare:
-    """CPUs kept busy by *other* processes: machine-wide busy time (/proc/stat) minus this process tree's."""
+    """CPUs kept busy by *other* processes: machine-wide busy time (/proc/stat) minus this process
+    tree's.
+    """
 
     def __init__(self) -> None:
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -1751,7 +1779,8 @@ def main(argv: list[str] | None = None) -> int:
         only = {s.strip() for s in args.only.split(",") if s.strip()}
     if only - set(BENCHMARKS):
         p.error(
-            f"unknown benchmark(s) {sorted(only - set(BENCHMARKS))}; choose from {', '.join(BENCHMARKS)}"
+            f"unknown benchmark(s) {sorted(only - set(BENCHMARKS))}; choose from "
+            f"{', '.join(BENCHMARKS)}"
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")

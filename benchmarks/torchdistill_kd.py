@@ -1,4 +1,5 @@
-"""Vanilla KD with torchdistill (PyPI ``torchdistill==1.1.5``): per-epoch time on the paper's MNIST MLPs.
+"""Vanilla KD with torchdistill (PyPI ``torchdistill==1.1.5``): per-epoch time on the paper's MNIST
+MLPs.
 
 Runs in torchdistill's own environment (it needs torchvision and its own torch), never imports
 darkknowledge, and prints one JSON line. ``benchmarks/run.py`` calls it by subprocess.
@@ -7,10 +8,12 @@ What comes from torchdistill (its public API):
 
 * ``torchdistill.core.distillation.get_distillation_box``: the ``DistillationBox`` that builds the
   train data loader (``BaseDatasetWrapper`` + ``RandomSampler``, batch 100), freezes the teacher,
-  builds the optimizer (``SGD``) and the per-step scheduler (``CosineAnnealingLR``) from its registries,
+  builds the optimizer (``SGD``) and the per-step scheduler (``CosineAnnealingLR``) from its
+  registries,
   and runs ``pre_epoch_process`` / ``forward_process`` / ``post_forward_process`` (backward, step,
   scheduler) / ``post_epoch_process``;
-* the loss: ``WeightedSumLoss`` with one ``KDLoss`` term (``alpha · CE + beta · T² · KL``, batchmean);
+* the loss: ``WeightedSumLoss`` with one ``KDLoss`` term (``alpha · CE + beta · T² · KL``,
+batchmean);
 * ``torchdistill.misc.log.MetricLogger.log_every`` around the loader, as its example scripts do.
 
 What is written here: the two ``nn.Sequential`` MLPs, the MNIST arrays as a ``TensorDataset``, and

@@ -25,7 +25,14 @@ from darkknowledge.train.batches import IndexedBatches
 os.environ.setdefault("DARKKNOWLEDGE_THREADS", "1")
 
 # A run that takes about a second on one CPU core: 300 images, 2 epochs of 6 steps.
-TINY = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=50", "progress=false"]
+TINY = [
+    "model.hidden=[32]",
+    "data.train_size=300",
+    "data.test_size=100",
+    "optim.epochs=2",
+    "optim.batch_size=50",
+    "progress=false",
+]
 _PREPARED: dict[str, object] = {}
 
 
@@ -102,7 +109,9 @@ class _Payload:
 
 @pytest.fixture
 def canary_payload(tmp_path):
-    """(an object whose unpickling creates ``marker``, marker). The payload is checked to be live."""
+    """(an object whose unpickling creates ``marker``, marker). The payload is checked to be
+    live.
+    """
     live = tmp_path / "live-check"
     pickle.loads(pickle.dumps(_Payload(live)))
     assert live.exists(), "the canary payload does not fire; a test using it would prove nothing"
@@ -125,7 +134,9 @@ def snapshot():
 
 @pytest.fixture
 def inject_nan(monkeypatch):
-    """``inject_nan(at_call)``: the ``at_call``-th batch drawn gets a NaN pixel in its first example."""
+    """``inject_nan(at_call)``: the ``at_call``-th batch drawn gets a NaN pixel in its first
+    example.
+    """
 
     def inject(at_call):
         real = IndexedBatches.batch

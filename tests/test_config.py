@@ -1,4 +1,6 @@
-"""Config: every key validated, unknown keys with a suggestion, wrong types, overrides, YAML round trip."""
+"""Config: every key validated, unknown keys with a suggestion, wrong types, overrides, YAML round
+trip.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +52,15 @@ ALL_KEYS = list(_leaf_keys(RunConfig))
 
 def test_every_key_is_covered():
     names = {k for k, _ in ALL_KEYS}
-    assert {"optim.lr", "data.jitter", "teacher.combine", "seed", "stop_after_steps", "model", "method"} <= names
+    assert {
+        "optim.lr",
+        "data.jitter",
+        "teacher.combine",
+        "seed",
+        "stop_after_steps",
+        "model",
+        "method",
+    } <= names
     assert len(names) >= 35
 
 
@@ -115,7 +125,15 @@ def test_omit_and_keep_together_rejected():
         load_config(None, ["data.omit_classes=[3]", "data.keep_classes=[7, 8]"])
 
 
-@pytest.mark.parametrize(("key", "suggestion"), [("seeds", "seed"), ("optim.epoch", "epochs"), ("data.jiter", "jitter"), ("teacher.checkpoint", "checkpoints")])
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("seeds", "seed"),
+        ("optim.epoch", "epochs"),
+        ("data.jiter", "jitter"),
+        ("teacher.checkpoint", "checkpoints"),
+    ],
+)
 def test_unknown_key_suggests_the_close_one(key, suggestion):
     with pytest.raises(DKError) as err:
         load_config(None, [f"{key}=1"])
@@ -130,7 +148,16 @@ def test_overrides_parse_values_as_yaml_data():
     assert parse_override("teacher.store=null") == (["teacher", "store"], None)
     assert parse_override("run_dir=a=b") == (["run_dir"], "a=b")
     assert parse_override("teacher.store=") == (["teacher", "store"], "")
-    cfg = load_config(None, ["optim.lr=0.25", "data.omit_classes=[3]", "model.hidden=[8, 4]", "method.name=soft_targets", "method.temperature=4"])
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=0.25",
+            "data.omit_classes=[3]",
+            "model.hidden=[8, 4]",
+            "method.name=soft_targets",
+            "method.temperature=4",
+        ],
+    )
     assert cfg.optim.lr == 0.25 and isinstance(cfg.optim.lr, float)
     assert cfg.data.omit_classes == [3]
     assert cfg.model == {"name": "mlp", "hidden": [8, 4]}
@@ -149,7 +176,13 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse():
 
 @pytest.mark.parametrize(
     ("override", "needle"),
-    [("optim.lr", "has no '='"), ("=3", "empty key"), ("optim..lr=3", "empty key"), ("optim.lr=[1", "not valid YAML"), ("seed.x=1", "config key seed must be an integer")],
+    [
+        ("optim.lr", "has no '='"),
+        ("=3", "empty key"),
+        ("optim..lr=3", "empty key"),
+        ("optim.lr=[1", "not valid YAML"),
+        ("seed.x=1", "config key seed must be an integer"),
+    ],
 )
 def test_malformed_overrides(override, needle):
     with pytest.raises(DKError, match=needle):
@@ -191,7 +224,17 @@ def test_missing_and_binary_config_files(tmp_path):
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):
-    cfg = load_config(None, ["seed=7", "optim.name=paper_dropout", "data.omit_classes=[3]", "teacher.checkpoints=[a, b]", "method={name: soft_targets, temperature: 20}", "teacher.store=null"])
+    cfg = load_config(
+        None,
+        [
+            "seed=7",
+            "optim.name=paper_dropout",
+            "data.omit_classes=[3]",
+            "teacher.checkpoints=[a, b]",
+            "method={name: soft_targets, temperature: 20}",
+            "teacher.store=null",
+        ],
+    )
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(cfg))
     again = load_config(path)
@@ -202,7 +245,11 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 def test_hash_ignores_only_what_may_change_on_resume():
     cfg = RunConfig()
-    same = [dataclasses.replace(cfg, run_dir="elsewhere"), dataclasses.replace(cfg, progress=False), dataclasses.replace(cfg, stop_after_steps=5)]
+    same = [
+        dataclasses.replace(cfg, run_dir="elsewhere"),
+        dataclasses.replace(cfg, progress=False),
+        dataclasses.replace(cfg, stop_after_steps=5),
+    ]
     assert all(c.hash() == cfg.hash() for c in same)
     assert load_config(None, ["optim.lr=0.2"]).hash() != cfg.hash()
     assert load_config(None, ["seed=1"]).hash() != cfg.hash()
@@ -238,17 +285,73 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
 # executes; if_not_default: added after runs were keyed, so older hashes stay valid).
 HASH_POLICIES = {
     RunConfig: {
-        "run_dir": "never", "seed": "always", "device": "always", "deterministic": "always", "data": "always",
-        "model": "always", "method": "always", "optim": "always", "teacher": "always", "eval_every": "always",
-        "select_best_on": "always", "checkpoint_every": "always", "checkpoint_every_steps": "always",
-        "keep_checkpoints": "always", "log_every": "always", "progress": "never", "stop_after_steps": "never",
-        "sync_every": "never", "train_step": "never", "threads": "never", "precision": "if_not_default",
-        "tensorboard": "never", "replicas": "if_not_default", "ensemble": "if_not_default",
-        "label_smoothing": "if_not_default", "generations": "if_not_default",
+        "run_dir": "never",
+        "seed": "always",
+        "device": "always",
+        "deterministic": "always",
+        "data": "always",
+        "model": "always",
+        "method": "always",
+        "optim": "always",
+        "teacher": "always",
+        "eval_every": "always",
+        "select_best_on": "always",
+        "checkpoint_every": "always",
+        "checkpoint_every_steps": "always",
+        "keep_checkpoints": "always",
+        "log_every": "always",
+        "progress": "never",
+        "stop_after_steps": "never",
+        "sync_every": "never",
+        "train_step": "never",
+        "threads": "never",
+        "precision": "if_not_default",
+        "tensorboard": "never",
+        "replicas": "if_not_default",
+        "ensemble": "if_not_default",
+        "label_smoothing": "if_not_default",
+        "generations": "if_not_default",
     },
-    DataConfig: dict.fromkeys(["dataset", "train_size", "test_size", "validation_size", "omit_classes", "keep_classes", "fraction", "unlabelled", "jitter"], "always"),
-    OptimConfig: dict.fromkeys(["name", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size", "micro_batch_size", "lr_decay", "initial_momentum", "final_momentum", "momentum_epochs"], "always"),
-    TeacherConfig: {"checkpoints": "always", "combine": "always", "outputs": "always", "store": "always", "store_dtype": "if_not_default", "store_topk": "if_not_default", "store_temperature": "if_not_default"},
+    DataConfig: dict.fromkeys(
+        [
+            "dataset",
+            "train_size",
+            "test_size",
+            "validation_size",
+            "omit_classes",
+            "keep_classes",
+            "fraction",
+            "unlabelled",
+            "jitter",
+        ],
+        "always",
+    ),
+    OptimConfig: dict.fromkeys(
+        [
+            "name",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "schedule",
+            "epochs",
+            "batch_size",
+            "micro_batch_size",
+            "lr_decay",
+            "initial_momentum",
+            "final_momentum",
+            "momentum_epochs",
+        ],
+        "always",
+    ),
+    TeacherConfig: {
+        "checkpoints": "always",
+        "combine": "always",
+        "outputs": "always",
+        "store": "always",
+        "store_dtype": "if_not_default",
+        "store_topk": "if_not_default",
+        "store_temperature": "if_not_default",
+    },
     ReplicasConfig: {"seeds": "always", "method": "always", "optim": "if_not_default"},
     EnsembleConfig: {"members": "always"},
 }
@@ -259,15 +362,36 @@ def test_every_config_field_declares_whether_it_enters_the_hash(cls):
     assert {f.name: hash_policy(f) for f in dataclasses.fields(cls)} == HASH_POLICIES[cls]
 
 
-@pytest.mark.parametrize(("overrides", "digest"), [
-    ([], "8e88c51fa101c18c06835601711d7524c9669ad3dee23f08dd5849ae1c8db3c0"),
-    (["replicas.seeds=[0,1]"], "c304c97f24c3aaf1493b49e8d7ae428bd97d08ad08e4edf4975e4634e97b63f7"),
-    (["replicas.optim.lr=[0.1,0.3]"], "655b6e106f5f3f14e5f452ba98a91a45a8629eab4684bb2d90c87b25fd7eee43"),
-    (["ensemble.members=3"], "683cc16f905a585a32611f20b4120e1cc20ec76183a92ad113a5e7fa38055c14"),
-    (["teacher.store_dtype=float16", "teacher.store_topk=5"], "af6bb17ee87eb9fefc6e79072303015c8223b8fe4d1b104102c4cb553ca0391b"),
-    (["precision=bf16", "threads=1", "run_dir=x", "tensorboard=true"], "eecdae81d04cf94ea5dc3a72bf23a2f9f7fd7d715fef579c1169a3171dae906e"),
-    (["replicas.method.temperature=[1,2]", "method.name=soft_targets"], "0bd2f27a1907c2631683eae20312ce37bf19d2f6fcdef12929d3c9c05e564a98"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "digest"),
+    [
+        ([], "8e88c51fa101c18c06835601711d7524c9669ad3dee23f08dd5849ae1c8db3c0"),
+        (
+            ["replicas.seeds=[0,1]"],
+            "c304c97f24c3aaf1493b49e8d7ae428bd97d08ad08e4edf4975e4634e97b63f7",
+        ),
+        (
+            ["replicas.optim.lr=[0.1,0.3]"],
+            "655b6e106f5f3f14e5f452ba98a91a45a8629eab4684bb2d90c87b25fd7eee43",
+        ),
+        (
+            ["ensemble.members=3"],
+            "683cc16f905a585a32611f20b4120e1cc20ec76183a92ad113a5e7fa38055c14",
+        ),
+        (
+            ["teacher.store_dtype=float16", "teacher.store_topk=5"],
+            "af6bb17ee87eb9fefc6e79072303015c8223b8fe4d1b104102c4cb553ca0391b",
+        ),
+        (
+            ["precision=bf16", "threads=1", "run_dir=x", "tensorboard=true"],
+            "eecdae81d04cf94ea5dc3a72bf23a2f9f7fd7d715fef579c1169a3171dae906e",
+        ),
+        (
+            ["replicas.method.temperature=[1,2]", "method.name=soft_targets"],
+            "0bd2f27a1907c2631683eae20312ce37bf19d2f6fcdef12929d3c9c05e564a98",
+        ),
+    ],
+)
 def test_config_hashes_stay_what_finished_runs_were_keyed_by(overrides, digest):
     # pinned when the policies moved onto the fields (2026-12-01): results.csv rows and run
     # directories are keyed by these; a change here orphans every finished run
@@ -276,6 +400,14 @@ def test_config_hashes_stay_what_finished_runs_were_keyed_by(overrides, digest):
 
 def test_fields_that_are_never_hashed_change_no_hash():
     base = load_config(None, [])
-    for key, value in (("run_dir", "elsewhere"), ("progress", False), ("threads", 1), ("sync_every", 7), ("train_step", "compile"), ("tensorboard", True), ("stop_after_steps", 5)):
+    for key, value in (
+        ("run_dir", "elsewhere"),
+        ("progress", False),
+        ("threads", 1),
+        ("sync_every", 7),
+        ("train_step", "compile"),
+        ("tensorboard", True),
+        ("stop_after_steps", 5),
+    ):
         assert dataclasses.replace(base, **{key: value}).hash() == base.hash(), key
     assert dataclasses.replace(base, seed=1).hash() != base.hash()

@@ -21,22 +21,43 @@ def code_lines(path: Path) -> int:
     docstrings = set()
     for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
-    return sum(1 for i, line in enumerate(source.splitlines(), 1) if line.strip() and not line.strip().startswith("#") and i not in docstrings)
+    return sum(
+        1
+        for i, line in enumerate(source.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#") and i not in docstrings
+    )
 
 
 def _run(name: str) -> dict[str, int]:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, env=env, timeout=600, check=True).stdout
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(.+): (\d+) test errors / 2000$", out, re.MULTILINE)}
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    ).stdout
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(.+): (\d+) test errors / 2000$", out, re.MULTILINE)
+    }
 
 
 @pytest.mark.parametrize("name", ["own_model.py", "own_model_plain.py"])
 def test_the_example_runs_and_shows_the_papers_effect(name):
     errors = _run(name)
     assert set(errors) == {"teacher", "distilled student", "hard-label student"}
-    assert errors["distilled student"] < 0.85 * errors["hard-label student"]  # soft targets regularize
+    # soft targets regularize
+    assert errors["distilled student"] < 0.85 * errors["hard-label student"]
     assert errors["teacher"] < errors["distilled student"]
 
 

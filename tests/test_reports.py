@@ -12,24 +12,54 @@ from darkknowledge.cli import main
 
 pytest.importorskip("matplotlib")
 
-TINY = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=3", "optim.batch_size=50", "progress=false"]
+TINY = [
+    "model.hidden=[32]",
+    "data.train_size=300",
+    "data.test_size=100",
+    "optim.epochs=3",
+    "optim.batch_size=50",
+    "progress=false",
+]
 EXP = Path(__file__).resolve().parents[1] / "experiments" / "hinton2015"
 
 
 def _images(html: str) -> list[bytes]:
     import base64
 
-    return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)]
+    return [
+        base64.b64decode(m)
+        for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    ]
 
 
 def test_a_run_report_has_curves_calibration_and_confusions_embedded(tmp_path, capsys):
     teacher, student = tmp_path / "t", tmp_path / "s"
     assert main(["train", "--run-dir", str(teacher), *TINY]) == 0
-    assert main(["distill", "--run-dir", str(student), "--teacher", str(teacher), *TINY, "method.name=soft_targets", "data.validation_size=50"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--run-dir",
+                str(student),
+                "--teacher",
+                str(teacher),
+                *TINY,
+                "method.name=soft_targets",
+                "data.validation_size=50",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["report", str(student)]) == 0
     out = student / "report"
-    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "curves.png", "reliability.png", "report.html", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion.png",
+        "curves.png",
+        "reliability.png",
+        "report.html",
+        "report.md",
+    ]
     md = (out / "report.md").read_text()
     assert "errors" in md and "![Calibration](reliability.png)" in md
     pics = _images((out / "report.html").read_text())
@@ -43,7 +73,9 @@ def test_an_experiment_report_carries_its_tables_and_pictures(tmp_path):
     md = (exp / "report" / "report.md").read_text()
     assert "### Paper vs ours" in md
     html = (exp / "report" / "report.html").read_text()
-    assert "<table>" in html and len(_images(html)) == len(list(EXP.glob("temperature_sweep_*.png")))
+    assert "<table>" in html and len(_images(html)) == len(
+        list(EXP.glob("temperature_sweep_*.png"))
+    )
 
 
 def test_report_refuses_what_it_cannot_report(tmp_path, capsys):

@@ -20,16 +20,23 @@ def tensors(split, n):  # any (inputs, labels) tensors do; here: MNIST images as
 
 
 def mlp(width, dropout=0.0):
-    return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 10))
+    return nn.Sequential(
+        nn.Linear(784, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 10)
+    )
 
 
 torch.manual_seed(0)
 train = DataLoader(TensorDataset(*tensors("train", 3000)), batch_size=100, shuffle=True)
-few = DataLoader(TensorDataset(*tensors("train", 300)), batch_size=50, shuffle=True)  # the student's data
+# the student's data
+few = DataLoader(TensorDataset(*tensors("train", 300)), batch_size=50, shuffle=True)
 test = DataLoader(TensorDataset(*tensors("test", 2000)), batch_size=500)
 teacher, student, baseline = mlp(512, dropout=0.3), mlp(64), mlp(64)
 dk.fit(teacher, train, epochs=10, lr=0.1)
 dk.distill(student, teacher, few, temperature=4, hard_weight=0.1, epochs=30, lr=0.1)
 dk.fit(baseline, few, epochs=30, lr=0.1)
-for name, model in (("teacher", teacher), ("distilled student", student), ("hard-label student", baseline)):
+for name, model in (
+    ("teacher", teacher),
+    ("distilled student", student),
+    ("hard-label student", baseline),
+):
     print(f"{name}: {dk.evaluate(model, test)['errors']} test errors / 2000")

@@ -15,7 +15,9 @@ def tensors(split, n):  # any (inputs, labels) tensors do; here: MNIST images as
 
 
 def mlp(width, dropout=0.0):
-    return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 10))
+    return nn.Sequential(
+        nn.Linear(784, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 10)
+    )
 
 
 def train(model, loader, epochs, lr, teacher=None, temperature=4.0, hard_weight=0.1):
@@ -32,7 +34,12 @@ def train(model, loader, epochs, lr, teacher=None, temperature=4.0, hard_weight=
             else:
                 with torch.no_grad():
                     t = teacher(x)
-                soft = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean", log_target=True)
+                soft = F.kl_div(
+                    F.log_softmax(logits / temperature, 1),
+                    F.log_softmax(t / temperature, 1),
+                    reduction="batchmean",
+                    log_target=True,
+                )
                 loss = temperature**2 * soft + hard_weight * F.cross_entropy(logits, y)
             opt.zero_grad()
             loss.backward()
@@ -48,11 +55,16 @@ def errors(model, loader):
 
 torch.manual_seed(0)
 train_loader = DataLoader(TensorDataset(*tensors("train", 3000)), batch_size=100, shuffle=True)
-few = DataLoader(TensorDataset(*tensors("train", 300)), batch_size=50, shuffle=True)  # the student's data
+# the student's data
+few = DataLoader(TensorDataset(*tensors("train", 300)), batch_size=50, shuffle=True)
 test = DataLoader(TensorDataset(*tensors("test", 2000)), batch_size=500)
 teacher, student, baseline = mlp(512, dropout=0.3), mlp(64), mlp(64)
 train(teacher, train_loader, epochs=10, lr=0.1)
 train(student, few, epochs=30, lr=0.1, teacher=teacher)
 train(baseline, few, epochs=30, lr=0.1)
-for name, model in (("teacher", teacher), ("distilled student", student), ("hard-label student", baseline)):
+for name, model in (
+    ("teacher", teacher),
+    ("distilled student", student),
+    ("hard-label student", baseline),
+):
     print(f"{name}: {errors(model, test)} test errors / 2000")

@@ -2,10 +2,12 @@
 
     import darkknowledge as dk
     dk.fit(teacher, train_loader, epochs=10, lr=0.1)                     # hard labels
-    dk.distill(student, teacher, train_loader, temperature=4, epochs=10)  # soft targets (+ a little hard)
+    dk.distill(student, teacher, train_loader, temperature=4, epochs=10)  # soft targets (+ a little
+    hard)
     dk.distill(student, teacher, train_loader, method="decoupled")      # any method (dk ls)
     students, _ = dk.born_again(lambda: Net(), teacher, train_loader, generations=3)
-    dk.evaluate(student, test_loader)                                    # errors, accuracy, NLL, ECE
+    dk.evaluate(student, test_loader)                                    # errors, accuracy, NLL,
+    ECE
 
 Both are :func:`darkknowledge.train.fit_model` with the method spelled out as keywords; anything
 else ``fit_model`` takes (``eval_batches``, ``run_dir`` and ``resume``, ``device``, ``seed``,
@@ -29,14 +31,28 @@ from darkknowledge.train.evaluate import evaluate_batches
 from darkknowledge.train.fit_model import fit_model
 
 
-def fit(model: nn.Module, batches: Iterable, *, epochs: int = 10, lr: float = 0.1, optimizer: str = "sgd", **settings: Any) -> dict[str, Any]:
+def fit(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    epochs: int = 10,
+    lr: float = 0.1,
+    optimizer: str = "sgd",
+    **settings: Any,
+) -> dict[str, Any]:
     """Train ``model`` on ``(inputs, labels)`` batches with the true labels (cross-entropy)."""
-    return fit_model(model, batches, "hard_targets", {"name": optimizer, "lr": lr, "epochs": epochs}, **settings)
+    return fit_model(
+        model, batches, "hard_targets", {"name": optimizer, "lr": lr, "epochs": epochs}, **settings
+    )
 
 
 def distill(
     student: nn.Module,
-    teacher: nn.Module | list[nn.Module] | Callable[[torch.Tensor], torch.Tensor] | str | os.PathLike,
+    teacher: nn.Module
+    | list[nn.Module]
+    | Callable[[torch.Tensor], torch.Tensor]
+    | str
+    | os.PathLike,
     batches: Iterable,
     *,
     temperature: float = 4.0,
@@ -62,11 +78,20 @@ def distill(
     ``method="hints", method_params={"student_layer": "layers.1", "hint_epochs": 2}``;
     ``label_smoothing=0.1`` smooths the labels of any method's hard term."""
     if method_params is None and method == "soft_targets":
-        method_params = {"temperature": temperature, "hard_weight": hard_weight,
-                         "soft_weight": soft_weight}
+        method_params = {
+            "temperature": temperature,
+            "hard_weight": hard_weight,
+            "soft_weight": soft_weight,
+        }
     return fit_model(
-        student, batches, method, {"name": optimizer, "lr": lr, "epochs": epochs},
-        method_params=method_params, teacher=teacher, combine=combine, **settings,
+        student,
+        batches,
+        method,
+        {"name": optimizer, "lr": lr, "epochs": epochs},
+        method_params=method_params,
+        teacher=teacher,
+        combine=combine,
+        **settings,
     )
 
 
@@ -90,8 +115,9 @@ def born_again(
     ``dk.distill(new_student, students, loader)``.
     """
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
-        raise DKError(f"generations={generations!r} must be a positive integer",
-                      "e.g. generations=3")
+        raise DKError(
+            f"generations={generations!r} must be a positive integer", "e.g. generations=3"
+        )
     if isinstance(teacher, (str, os.PathLike)):
         (teacher,) = load_teacher(teacher)
     students, histories = [], []
@@ -101,8 +127,9 @@ def born_again(
         if k == 1:
             _check_same_architecture(student, teacher)
         where = None if run_dir is None else os.path.join(run_dir, "generations", str(k))
-        history = distill(student, teacher, batches, seed=seed + k - 1, run_dir=where,
-                          **distill_args)
+        history = distill(
+            student, teacher, batches, seed=seed + k - 1, run_dir=where, **distill_args
+        )
         histories.append(history)
         students.append(student)
         teacher = student
@@ -111,21 +138,32 @@ def born_again(
 
 def _check_same_architecture(student: nn.Module, teacher: Any) -> None:
     if not isinstance(teacher, nn.Module):
-        raise DKError(f"born_again starts from one teacher module, got {type(teacher).__name__}",
-                      "pass the generation-0 model")
+        raise DKError(
+            f"born_again starts from one teacher module, got {type(teacher).__name__}",
+            "pass the generation-0 model",
+        )
     shapes = {k: tuple(v.shape) for k, v in student.state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in teacher.state_dict().items()}:
-        raise DKError("born-again students have their teacher's architecture, but make_student() "
-                      "builds another", "make students like the teacher")
+        raise DKError(
+            "born-again students have their teacher's architecture, but make_student() "
+            "builds another",
+            "make students like the teacher",
+        )
 
 
-def load_teacher(path: str | os.PathLike | list, device: torch.device | str = "cpu") -> list[nn.Module]:
+def load_teacher(
+    path: str | os.PathLike | list, device: torch.device | str = "cpu"
+) -> list[nn.Module]:
     """The models a saved teacher stands for: a model file or a run directory gives one, an
     ensemble's run directory (``dk train ensemble.members=N``) all its members, in order."""
     return load_members(path if isinstance(path, list) else os.fspath(path), device)
 
 
-def evaluate(model: nn.Module, batches: Iterable, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
     """Errors, accuracy, NLL and ECE of ``model`` on labelled batches (with ``teacher``: also the
     agreement of their predictions)."""
     return evaluate_batches(model, batches, teacher)

@@ -40,7 +40,10 @@ def _onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError:
-        raise DKError("dk export needs onnx and onnxruntime", 'install the export extra: pip install -e ".[export]"') from None
+        raise DKError(
+            "dk export needs onnx and onnxruntime",
+            'install the export extra: pip install -e ".[export]"',
+        ) from None
     return onnx, onnxruntime
 
 
@@ -52,7 +55,10 @@ def mlp_graph(model: MLP, opset: int = 17) -> bytes:
     inits, nodes, x = [], [], "x"
     for i, layer in enumerate(model.layers):
         w, b = f"layers.{i}.weight", f"layers.{i}.bias"
-        inits += [numpy_helper.from_array(layer.weight.detach().cpu().float().numpy(), w), numpy_helper.from_array(layer.bias.detach().cpu().float().numpy(), b)]
+        inits += [
+            numpy_helper.from_array(layer.weight.detach().cpu().float().numpy(), w),
+            numpy_helper.from_array(layer.bias.detach().cpu().float().numpy(), b),
+        ]
         last = i == len(model.layers) - 1
         out = "logits" if last else f"h{i}"
         nodes.append(helper.make_node("Gemm", [x, w, b], [out if last else f"z{i}"], transB=1))
@@ -60,12 +66,15 @@ def mlp_graph(model: MLP, opset: int = 17) -> bytes:
             nodes.append(helper.make_node("Relu", [f"z{i}"], [out]))
         x = out
     graph = helper.make_graph(
-        nodes, "darkknowledge_mlp",
+        nodes,
+        "darkknowledge_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", model.in_features])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", model.num_classes])],
         inits,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="darkknowledge")
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="darkknowledge"
+    )
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
@@ -79,7 +88,10 @@ def _latency(run: Callable[[], Any], repeats: int) -> dict[str, float]:
         run()
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return {"p50_ms": statistics.median(times), "p95_ms": times[min(len(times) - 1, int(0.95 * len(times)))]}
+    return {
+        "p50_ms": statistics.median(times),
+        "p95_ms": times[min(len(times) - 1, int(0.95 * len(times)))],
+    }
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -90,7 +102,14 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export(run_dir: str | Path, out_dir: str | Path | None = None, quantize: str | None = None, dataset: str | None = None, threads: int = 1, repeats: int = 200) -> dict[str, Any]:
+def export(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    quantize: str | None = None,
+    dataset: str | None = None,
+    threads: int = 1,
+    repeats: int = 200,
+) -> dict[str, Any]:
     """Export the model of ``run_dir`` (a run directory or a model file) to ONNX, check it against
     PyTorch on the test set, time it, and write ``export.json`` next to the ``.onnx`` file(s)."""
     if quantize is not None and quantize not in QUANTIZE:
@@ -99,12 +118,19 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, quantize: str
     model = load_model(src)
     model.eval()
     if not isinstance(model, MLP):
-        raise DKError(f"{src}: dk export writes registered MLPs; this model is a {type(model).__name__}", "export other modules with torch.onnx.export")
+        raise DKError(
+            f"{src}: dk export writes registered MLPs; this model is a {type(model).__name__}",
+            "export other modules with torch.onnx.export",
+        )
     out = Path(out_dir) if out_dir is not None else (src if src.is_dir() else src.parent) / "export"
     name = dataset or _dataset_of(src)
     test = datasets.get(name)("test")
     if test.num_classes != model.num_classes or test.images[0].numel() != model.in_features:
-        raise DKError(f"the model predicts {model.num_classes} classes from {model.in_features} inputs; {name} has {test.num_classes} classes, {test.images[0].numel()} inputs", "pass --dataset, the dataset the model was trained on")
+        raise DKError(
+            f"the model predicts {model.num_classes} classes from {model.in_features} inputs; "
+            f"{name} has {test.num_classes} classes, {test.images[0].numel()} inputs",
+            "pass --dataset, the dataset the model was trained on",
+        )
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / "model.onnx"
     atomic_write_bytes(fp32, mlp_graph(model))
@@ -113,21 +139,34 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, quantize: str
     torch.set_num_threads(threads)
     try:
         reference = predict_logits(model, test)
-        report: dict[str, Any] = {"source": str(src), "dataset": f"{name}/test", "n": len(test), "tolerance": TOLERANCE, "threads": threads, "parameters": sum(p.numel() for p in model.parameters())}
-        report["pytorch"] = {"test_errors": int((reference.argmax(1) != test.labels).sum()), **_timings(lambda b: model(b), x, repeats)}
+        report: dict[str, Any] = {
+            "source": str(src),
+            "dataset": f"{name}/test",
+            "n": len(test),
+            "tolerance": TOLERANCE,
+            "threads": threads,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        report["pytorch"] = {
+            "test_errors": int((reference.argmax(1) != test.labels).sum()),
+            **_timings(lambda b: model(b), x, repeats),
+        }
         report["onnx"] = _check(fp32, x, test.labels, reference, threads, repeats, exact=True)
         if quantize:
             int8 = out / "model.int8.onnx"
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quiet = logging.getLogger().level
-            logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is for conv nets
+            # its advice to pre-process is for conv nets
+            logging.getLogger().setLevel(logging.ERROR)
             try:
                 quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
             finally:
                 logging.getLogger().setLevel(quiet)
             report["int8"] = _check(int8, x, test.labels, reference, threads, repeats, exact=False)
-            report["int8"]["test_errors_change"] = report["int8"]["test_errors"] - report["onnx"]["test_errors"]
+            report["int8"]["test_errors_change"] = (
+                report["int8"]["test_errors"] - report["onnx"]["test_errors"]
+            )
     finally:
         torch.set_num_threads(torch_threads)
     atomic_write_bytes(out / "export.json", json.dumps(report, indent=2).encode())
@@ -139,19 +178,34 @@ def _timings(run: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int) 
         return {f"batch_{b}": _latency(lambda b=b: run(x[:b]), repeats) for b in (1, 64)}
 
 
-def _check(path: Path, x: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, threads: int, repeats: int, exact: bool) -> dict[str, Any]:
+def _check(
+    path: Path,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    reference: torch.Tensor,
+    threads: int,
+    repeats: int,
+    exact: bool,
+) -> dict[str, Any]:
     session = _session(path, threads)
     xs = x.numpy()
     logits = torch.from_numpy(session.run(["logits"], {"x": xs})[0])
     diff = float((logits - reference).abs().max())
     if exact and diff > TOLERANCE:
-        raise DKError(f"{path}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (more than {TOLERANCE:g})", "report this model; the file is not fit to serve")
+        raise DKError(
+            f"{path}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (more than "
+            f"{TOLERANCE:g})",
+            "report this model; the file is not fit to serve",
+        )
     return {
         "file": str(path),
         "bytes": path.stat().st_size,
         "max_abs_diff": diff,
         "test_errors": int((logits.argmax(1) != labels).sum()),
-        **{f"batch_{b}": _latency(lambda b=b: session.run(["logits"], {"x": xs[:b]}), repeats) for b in (1, 64)},
+        **{
+            f"batch_{b}": _latency(lambda b=b: session.run(["logits"], {"x": xs[:b]}), repeats)
+            for b in (1, 64)
+        },
     }
 
 
@@ -167,17 +221,25 @@ def _dataset_of(src: Path) -> str:
 
 def describe(report: dict[str, Any]) -> str:
     """The export report as a small table."""
-    rows = [("PyTorch (eager)", report["pytorch"], None), ("ONNX fp32", report["onnx"], report["onnx"]["bytes"])]
+    rows = [
+        ("PyTorch (eager)", report["pytorch"], None),
+        ("ONNX fp32", report["onnx"], report["onnx"]["bytes"]),
+    ]
     if "int8" in report:
         rows.append(("ONNX int8 (dynamic)", report["int8"], report["int8"]["bytes"]))
     lines = [
-        f"{report['source']}: {report['parameters']:,} parameters; {report['dataset']} ({report['n']:,} images), {report['threads']} CPU thread(s)",
-        f"onnxruntime vs PyTorch: max |Δlogit| {report['onnx']['max_abs_diff']:.1e} (tolerance {report['tolerance']:g})",
+        f"{report['source']}: {report['parameters']:,} parameters; {report['dataset']} "
+        f"({report['n']:,} images), {report['threads']} CPU thread(s)",
+        f"onnxruntime vs PyTorch: max |Δlogit| {report['onnx']['max_abs_diff']:.1e} (tolerance "
+        f"{report['tolerance']:g})",
         "| runtime | size | test errors | batch 1 p50 / p95 (ms) | batch 64 p50 / p95 (ms) |",
         "|---|---|---|---|---|",
     ]
     for label, r, size in rows:
         s = "—" if size is None else f"{size / 1e6:.2f} MB"
         b1, b64 = r["batch_1"], r["batch_64"]
-        lines.append(f"| {label} | {s} | {r['test_errors']} | {b1['p50_ms']:.3f} / {b1['p95_ms']:.3f} | {b64['p50_ms']:.3f} / {b64['p95_ms']:.3f} |")
+        lines.append(
+            f"| {label} | {s} | {r['test_errors']} | {b1['p50_ms']:.3f} / {b1['p95_ms']:.3f} | "
+            f"{b64['p50_ms']:.3f} / {b64['p95_ms']:.3f} |"
+        )
     return "\n".join(lines)

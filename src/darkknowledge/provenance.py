@@ -1,4 +1,6 @@
-"""Which code produced a result: the git commit of the darkknowledge source, recorded with each run."""
+"""Which code produced a result: the git commit of the darkknowledge source, recorded with each
+run.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +14,19 @@ def git_sha(root: str | Path = ".", only_here: bool = False) -> str:
     with ``only_here`` below ``root`` only). Outside a git checkout (a copy of the tree on another
     machine) ``$DARKKNOWLEDGE_GIT_SHA``, which whoever made the copy sets, else ``unknown``."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        status = ["git", "status", "--porcelain", "--untracked-files=no", *(["--", "."] if only_here else [])]
-        dirty = subprocess.run(status, cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = [
+            "git",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            *(["--", "."] if only_here else []),
+        ]
+        dirty = subprocess.run(
+            status, cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("DARKKNOWLEDGE_GIT_SHA") or "unknown"
     return sha + ("-dirty" if dirty else "")

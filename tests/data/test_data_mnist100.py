@@ -26,7 +26,9 @@ def _found_in(half: torch.Tensor, digits, digit: int) -> bool:
     return bool((pool == half).flatten(1).all(dim=1).any())
 
 
-def test_test_split_is_balanced_pairs_of_test_digits_read_as_their_number(private_cache, mnist_test, mnist_train):
+def test_test_split_is_balanced_pairs_of_test_digits_read_as_their_number(
+    private_cache, mnist_test, mnist_train
+):
     ds = datasets.get("mnist100")("test")
     assert tuple(ds.images.shape) == (10_000, 28, 56) and ds.images.dtype == torch.uint8
     assert ds.num_classes == 100 and ds.name == "mnist100/test"

@@ -18,9 +18,13 @@ def test_split():
 def test_sizes_classes_and_determinism(test_split):
     assert NUM_CLASSES == 15_000
     assert test_split.images.shape == (30_000, 8, 8) and test_split.images.dtype == torch.uint8
-    assert torch.equal(torch.bincount(test_split.labels, minlength=NUM_CLASSES), torch.full((NUM_CLASSES,), 2))
+    assert torch.equal(
+        torch.bincount(test_split.labels, minlength=NUM_CLASSES), torch.full((NUM_CLASSES,), 2)
+    )
     again = datasets.get("synthetic_jft")("test")
-    assert torch.equal(again.images, test_split.images) and torch.equal(again.labels, test_split.labels)
+    assert torch.equal(again.images, test_split.images) and torch.equal(
+        again.labels, test_split.labels
+    )
 
 
 def test_classes_of_a_group_are_confusable_and_splits_share_prototypes(test_split):

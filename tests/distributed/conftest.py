@@ -1,4 +1,6 @@
-"""Run-level tests: a private cache and memoized data for every test here (see tests/conftest.py)."""
+"""Run-level tests: a private cache and memoized data for every test here (see
+tests/conftest.py).
+"""
 
 import pytest
 

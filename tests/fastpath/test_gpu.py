@@ -24,9 +24,19 @@ from darkknowledge.train.batches import IndexedBatches
 from darkknowledge.train.metrics import read_metrics
 from darkknowledge.train.optim import build_optimizer
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
-CUDA = ["device=cuda", "model.hidden=[64]", "data.train_size=1000", "data.test_size=200", "optim.epochs=1", "optim.batch_size=10"]
+CUDA = [
+    "device=cuda",
+    "model.hidden=[64]",
+    "data.train_size=1000",
+    "data.test_size=200",
+    "optim.epochs=1",
+    "optim.batch_size=10",
+]
 
 
 def _close(a, b, rtol, atol):
@@ -55,13 +65,23 @@ def test_no_host_sync_per_step(make_cfg, teacher_file):
     """100 steps of soft-target distillation from stored outputs (no label checks): with
     sync_every=50 the whole run syncs a handful of times (two flushes, the checkpoint, the
     evaluation), with sync_every=1 at least once per step."""
-    common = [*CUDA, "method.name=soft_targets", "method.hard_weight=0", f"teacher.checkpoints=[{teacher_file()}]"]
-    lazy, eager = make_cfg(*common, "sync_every=50", name="lazy"), make_cfg(*common, "sync_every=1", name="eager")
+    common = [
+        *CUDA,
+        "method.name=soft_targets",
+        "method.hard_weight=0",
+        f"teacher.checkpoints=[{teacher_file()}]",
+    ]
+    lazy, eager = (
+        make_cfg(*common, "sync_every=50", name="lazy"),
+        make_cfg(*common, "sync_every=1", name="eager"),
+    )
     n_lazy = _count_syncs(lambda: run(lazy, kind="distill"))
     n_eager = _count_syncs(lambda: run(eager, kind="distill"))
     assert n_eager >= 100
     assert n_lazy <= n_eager - 90
-    assert (Path(lazy.run_dir) / "metrics.jsonl").read_text() == (Path(eager.run_dir) / "metrics.jsonl").read_text()
+    assert (Path(lazy.run_dir) / "metrics.jsonl").read_text() == (
+        Path(eager.run_dir) / "metrics.jsonl"
+    ).read_text()
 
 
 def test_the_cuda_default_defers_but_names_the_exact_nan_step(make_cfg, monkeypatch):
@@ -76,7 +96,10 @@ def test_the_cuda_default_defers_but_names_the_exact_nan_step(make_cfg, monkeypa
 
     monkeypatch.setattr(IndexedBatches, "batch", batch)
     cfg = make_cfg(*CUDA, "checkpoint_every_steps=40")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 13 \(epoch 0, batch 12\): loss=nan, hard=nan"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite loss at step 13 \(epoch 0, batch 12\): loss=nan, hard=nan",
+    ):
         run(cfg)  # found at the step-40 sync point (sync_every defaults to 50 on CUDA)
     assert not (Path(cfg.run_dir) / "checkpoints").exists()
 
@@ -84,7 +107,8 @@ def test_the_cuda_default_defers_but_names_the_exact_nan_step(make_cfg, monkeypa
 @pytest.mark.parametrize("mode", ["compile", "cuda_graph"])
 def test_compiled_and_graphed_steps_equal_eager(make_cfg, mode):
     eager = make_cfg(*CUDA, "optim.batch_size=32", name="eager")
-    fast = make_cfg(*CUDA, "optim.batch_size=32", f"train_step={mode}", name=mode)  # 1000 = 31 × 32 + 8: a ragged last batch
+    # 1000 = 31 × 32 + 8: a ragged last batch
+    fast = make_cfg(*CUDA, "optim.batch_size=32", f"train_step={mode}", name=mode)
     run(eager)
     run(fast)
     assert _losses(fast) == pytest.approx(_losses(eager), rel=1e-4)
@@ -101,8 +125,16 @@ def test_bf16_on_cuda_is_close_to_fp32(make_cfg):
 def test_fused_optimizers_on_cuda_match_cpu(make_cfg):
     p = [torch.nn.Parameter(torch.randn(3, 2, device="cuda"))]
     for name in ("sgd", "adam"):
-        assert build_optimizer(load_config(None, [f"optim.name={name}"]).optim, p).param_groups[0]["fused"] is True
-    gpu, cpu = make_cfg(*CUDA, name="gpu"), make_cfg(*[a for a in CUDA if a != "device=cuda"], "device=cpu", name="cpu")
+        assert (
+            build_optimizer(load_config(None, [f"optim.name={name}"]).optim, p).param_groups[0][
+                "fused"
+            ]
+            is True
+        )
+    gpu, cpu = (
+        make_cfg(*CUDA, name="gpu"),
+        make_cfg(*[a for a in CUDA if a != "device=cuda"], "device=cpu", name="cpu"),
+    )
     run(gpu)
     run(cpu)
     _close(gpu.run_dir, cpu.run_dir, rtol=1e-4, atol=1e-5)
@@ -119,11 +151,41 @@ def test_replicas_on_cuda_equal_each_run_alone(make_cfg):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_two_gpus_over_nccl_train_like_one(tmp_path):
-    args = [a for a in CUDA if a != "device=cuda"] + ["device=auto", "optim.batch_size=50", "progress=false"]
+    args = [a for a in CUDA if a != "device=cuda"] + [
+        "device=auto",
+        "optim.batch_size=50",
+        "progress=false",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "darkknowledge.cli", "train", "--run-dir", str(tmp_path / "ddp"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "darkknowledge.cli",
+        "train",
+        "--run-dir",
+        str(tmp_path / "ddp"),
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "darkknowledge.cli", "train", "--run-dir", str(tmp_path / "one"), *args], capture_output=True, text=True, timeout=300, env=env)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "darkknowledge.cli",
+            "train",
+            "--run-dir",
+            str(tmp_path / "one"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     _close(tmp_path / "ddp", tmp_path / "one", rtol=1e-4, atol=1e-5)

@@ -1,4 +1,6 @@
-"""train_step (eager / compile / cuda_graph), precision (fp32 / bf16), multi-tensor optimizer updates."""
+"""train_step (eager / compile / cuda_graph), precision (fp32 / bf16), multi-tensor optimizer
+updates.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +32,13 @@ def _close(a, b, rtol, atol):
 
 
 def _compiled_equals_eager(make_cfg, teacher_file):
-    distill = ["method.name=soft_targets", "method.temperature=4", f"teacher.checkpoints=[{teacher_file()}]", "optim.name=adam", "optim.lr=0.01"]
+    distill = [
+        "method.name=soft_targets",
+        "method.temperature=4",
+        f"teacher.checkpoints=[{teacher_file()}]",
+        "optim.name=adam",
+        "optim.lr=0.01",
+    ]
     eager = make_cfg(*SHORT, *distill, name="eager")
     compiled = make_cfg(*SHORT, *distill, "train_step=compile", name="compiled")
     run(eager, kind="distill")
@@ -41,7 +49,8 @@ def _compiled_equals_eager(make_cfg, teacher_file):
 
 def test_the_step_compiles_and_equals_eager(make_cfg, teacher_file, monkeypatch):
     """Dynamo traces forward + method loss, AOTAutograd derives the backward; no code generation
-    (backend aot_eager), so the default suite stays fast. The inductor run is the slow test below."""
+    (backend aot_eager), so the default suite stays fast. The inductor run is the slow test
+    below."""
     real = torch.compile
     calls = []
 
@@ -79,8 +88,17 @@ def test_bf16_runs_close_to_fp32_and_the_loss_stays_float32(make_cfg, monkeypatc
         return loss, terms
 
     monkeypatch.setattr(loop, "_objective", spy)
-    distill = ["method.name=soft_targets", "method.temperature=4", "method.hard_weight=0.2", f"teacher.checkpoints=[{teacher_file()}]", "teacher.outputs=live"]
-    fp32, bf16 = make_cfg(*SHORT, *distill, name="fp32"), make_cfg(*SHORT, *distill, "precision=bf16", name="bf16")
+    distill = [
+        "method.name=soft_targets",
+        "method.temperature=4",
+        "method.hard_weight=0.2",
+        f"teacher.checkpoints=[{teacher_file()}]",
+        "teacher.outputs=live",
+    ]
+    fp32, bf16 = (
+        make_cfg(*SHORT, *distill, name="fp32"),
+        make_cfg(*SHORT, *distill, "precision=bf16", name="bf16"),
+    )
     run(fp32, kind="distill")
     assert {s[0] for s in seen} == {torch.float32}
     seen.clear()
@@ -115,14 +133,21 @@ def test_torch_optimizers_use_fused_updates_and_a_checkpoint_keeps_them(name):
 
 
 def test_config_checks_for_the_new_fields():
-    for override, needle in [("sync_every=0", "sync_every=0 must be ≥ 1"), ("train_step=jit", "train_step='jit' is unknown"), ("precision=fp16", "precision='fp16' is unknown")]:
+    for override, needle in [
+        ("sync_every=0", "sync_every=0 must be ≥ 1"),
+        ("train_step=jit", "train_step='jit' is unknown"),
+        ("precision=fp16", "precision='fp16' is unknown"),
+    ]:
         with pytest.raises(DKError, match=needle):
             load_config(None, [override])
 
 
-def test_every_compiled_run_compiles_its_own_step_past_the_recompile_limit(make_cfg, teacher_file, monkeypatch):
+def test_every_compiled_run_compiles_its_own_step_past_the_recompile_limit(
+    make_cfg, teacher_file, monkeypatch
+):
     """Many compiled runs in one process (a `dk reproduce`): each still compiles, none falls back to
-    eager at dynamo's recompile limit (lowered to 1 here: the second run would be its first victim)."""
+    eager at dynamo's recompile limit (lowered to 1 here: the second run would be its first
+    victim)."""
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     real, compiled_graphs = torch.compile, []
 

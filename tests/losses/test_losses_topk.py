@@ -13,7 +13,8 @@ from darkknowledge.losses import TopKTargets, soft_target_loss, soft_target_loss
 
 # Two examples over 3 classes. Teacher p, student q (at the loss temperature):
 #   p1 = (0.5, 0.3, 0.2), q1 = (0.25, 0.25, 0.5);  p2 = (0.9, 0.05, 0.05), q2 = (0.5, 0.3, 0.2).
-# k = 1 (class 0 for both): buckets p1 = (0.5 | 0.5), q1 = (0.25 | 0.75); p2 = (0.9 | 0.1), q2 = (0.5 | 0.5).
+# k = 1 (class 0 for both): buckets p1 = (0.5 | 0.5), q1 = (0.25 | 0.75); p2 = (0.9 | 0.1), q2 =
+# (0.5 | 0.5).
 #   KL1 = 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 ln(4/3)            = 0.143841036225890
 #   KL2 = 0.9 ln(0.9/0.5) + 0.1 ln(0.1/0.5) = 0.9 ln 1.8 + 0.1 ln 0.2 = 0.368064207168498
 #   batch mean = 0.255952621697194, times T².
@@ -38,7 +39,8 @@ def test_hand_computed_k1(temperature):
 
 def test_hand_computed_k2_single_tail_class_is_the_dense_kl():
     # k = 2 leaves one class in the tail, so the buckets are the classes: the full KL.
-    # KL1 = 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4 = 0.218011911;  KL2 = 0.9 ln 1.8 + 0.05 ln(1/6) + 0.05 ln 0.25
+    # KL1 = 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4 = 0.218011911;  KL2 = 0.9 ln 1.8 + 0.05 ln(1/6) +
+    # 0.05 ln 0.25
     kl1 = 0.5 * math.log(2) + 0.3 * math.log(1.2) + 0.2 * math.log(0.4)
     kl2 = 0.9 * math.log(1.8) + 0.05 * math.log(0.05 / 0.3) + 0.05 * math.log(0.05 / 0.2)
     assert kl1 == pytest.approx(0.218011911, abs=1e-9)
@@ -59,11 +61,18 @@ def test_k_equal_to_classes_is_the_dense_loss(temperature, members):
         t = topk_targets(teacher if members > 1 else teacher[0], 6, temperature, combine)
         assert torch.all(t.tail_log_prob == -math.inf)
         bucketed = soft_target_loss_topk(student, *t.at(temperature, combine), temperature)
-        dense = soft_target_loss(student, teacher if members > 1 else teacher[0], temperature, combine)
+        dense = soft_target_loss(
+            student, teacher if members > 1 else teacher[0], temperature, combine
+        )
         assert bucketed.item() == pytest.approx(dense.item(), rel=1e-12, abs=1e-14)
     # float32, as a store holds it: equal to rounding
     t32 = topk_targets(teacher.float(), 6, temperature)
-    assert torch.allclose(soft_target_loss_topk(student.float(), *t32.at(temperature), temperature), soft_target_loss(student.float(), teacher.float(), temperature), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(
+        soft_target_loss_topk(student.float(), *t32.at(temperature), temperature),
+        soft_target_loss(student.float(), teacher.float(), temperature),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0, 20.0])
@@ -85,7 +94,9 @@ def test_fewer_buckets_never_exceed_the_dense_kl(temperature):
 
 
 def test_gradient_is_the_bucketed_q_minus_p():
-    """dL/dz_j = (T/B) (q_j − p_B q_j / Q_B) for class j in bucket B (top-k buckets are single classes)."""
+    """dL/dz_j = (T/B) (q_j − p_B q_j / Q_B) for class j in bucket B (top-k buckets are single
+    classes).
+    """
     g = torch.Generator().manual_seed(2)
     teacher = torch.randn(5, 9, generator=g, dtype=torch.float64) * 3
     student = (torch.randn(5, 9, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
@@ -114,7 +125,13 @@ def test_perfect_student_and_empty_tail_give_zero_loss_and_finite_gradient():
 
 def test_a_teacher_tail_that_underflows_to_zero_adds_nothing():
     student = torch.zeros(1, 3, requires_grad=True)
-    loss = soft_target_loss_topk(student, torch.tensor([[0, 1]]), torch.tensor([[math.log(0.5), math.log(0.5)]]), torch.tensor([-math.inf]), 1.0)
+    loss = soft_target_loss_topk(
+        student,
+        torch.tensor([[0, 1]]),
+        torch.tensor([[math.log(0.5), math.log(0.5)]]),
+        torch.tensor([-math.inf]),
+        1.0,
+    )
     loss.backward()
     # buckets p = (0.5, 0.5, 0), q = (1/3, 1/3, 1/3 tail): KL = ln 1.5
     assert loss.item() == pytest.approx(math.log(1.5), rel=1e-6)
@@ -124,20 +141,83 @@ def test_a_teacher_tail_that_underflows_to_zero_adds_nothing():
 def test_half_inputs_are_upcast():
     teacher = torch.randn(3, 5)
     t = topk_targets(teacher, 2, 4.0)
-    loss = soft_target_loss_topk(torch.randn(3, 5).half(), t.indices[0], t.log_probs[0].half(), t.tail_log_prob[0].half(), 4.0)
+    loss = soft_target_loss_topk(
+        torch.randn(3, 5).half(),
+        t.indices[0],
+        t.log_probs[0].half(),
+        t.tail_log_prob[0].half(),
+        4.0,
+    )
     assert loss.dtype == torch.float32
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        ((torch.zeros(2, 5), torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2), torch.zeros(2), 0.0), "temperature must be a finite number > 0"),
-        ((torch.zeros(2, 5), torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2), 1.0), "topk_indices must be an integer tensor"),
-        ((torch.zeros(2, 5), torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), torch.zeros(3), 1.0), "topk_indices must be \\(batch, k\\) with batch 2"),
-        ((torch.zeros(2, 5), torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 6), torch.zeros(2), 1.0), "1 ≤ k ≤ 5"),
-        ((torch.zeros(2, 5), torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2), 1.0), "topk_log_probs must be \\(2, 2\\)"),
-        ((torch.zeros(2, 5), torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2), torch.zeros(1), 1.0), "tail_log_prob \\(2,\\)"),
-        ((torch.zeros(5), torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2), torch.zeros(2), 1.0), "student_logits must be a non-empty"),
+        (
+            (
+                torch.zeros(2, 5),
+                torch.zeros(2, 2, dtype=torch.long),
+                torch.zeros(2, 2),
+                torch.zeros(2),
+                0.0,
+            ),
+            "temperature must be a finite number > 0",
+        ),
+        (
+            (torch.zeros(2, 5), torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2), 1.0),
+            "topk_indices must be an integer tensor",
+        ),
+        (
+            (
+                torch.zeros(2, 5),
+                torch.zeros(3, 2, dtype=torch.long),
+                torch.zeros(3, 2),
+                torch.zeros(3),
+                1.0,
+            ),
+            "topk_indices must be \\(batch, k\\) with batch 2",
+        ),
+        (
+            (
+                torch.zeros(2, 5),
+                torch.zeros(2, 6, dtype=torch.long),
+                torch.zeros(2, 6),
+                torch.zeros(2),
+                1.0,
+            ),
+            "1 ≤ k ≤ 5",
+        ),
+        (
+            (
+                torch.zeros(2, 5),
+                torch.zeros(2, 2, dtype=torch.long),
+                torch.zeros(2, 3),
+                torch.zeros(2),
+                1.0,
+            ),
+            "topk_log_probs must be \\(2, 2\\)",
+        ),
+        (
+            (
+                torch.zeros(2, 5),
+                torch.zeros(2, 2, dtype=torch.long),
+                torch.zeros(2, 2),
+                torch.zeros(1),
+                1.0,
+            ),
+            "tail_log_prob \\(2,\\)",
+        ),
+        (
+            (
+                torch.zeros(5),
+                torch.zeros(2, 2, dtype=torch.long),
+                torch.zeros(2, 2),
+                torch.zeros(2),
+                1.0,
+            ),
+            "student_logits must be a non-empty",
+        ),
     ],
 )
 def test_bad_inputs_are_dkerrors(args, needle):
@@ -169,15 +249,23 @@ def test_ensembles_are_combined_at_the_stored_temperature():
     order = t.indices[0]
     from darkknowledge.losses import combine_log_probs
 
-    assert torch.allclose(t.log_probs[0], combine_log_probs(members, 4.0, "geometric").gather(1, order))
+    assert torch.allclose(
+        t.log_probs[0], combine_log_probs(members, 4.0, "geometric").gather(1, order)
+    )
 
 
 def test_targets_gather_like_a_tensor_and_move():
     t = topk_targets(torch.randn(10, 6), 3, 2.0)
     pos = torch.tensor([4, 1, 4])
     got = t[:, pos]
-    assert isinstance(got, TopKTargets) and got.shape == (1, 3, 3) and got.tail_log_prob.shape == (1, 3)
-    assert torch.equal(got.indices[0], t.indices[0, pos]) and torch.equal(got.log_probs[0], t.log_probs[0, pos])
+    assert (
+        isinstance(got, TopKTargets)
+        and got.shape == (1, 3, 3)
+        and got.tail_log_prob.shape == (1, 3)
+    )
+    assert torch.equal(got.indices[0], t.indices[0, pos]) and torch.equal(
+        got.log_probs[0], t.log_probs[0, pos]
+    )
     assert got.temperature == 2.0
     assert t[:, 2:5].shape == (1, 3, 3)
     assert t.detach() is t and t.to("cpu").device.type == "cpu"
@@ -187,9 +275,21 @@ def test_targets_gather_like_a_tensor_and_move():
 
 def test_a_loss_at_another_temperature_or_combine_is_refused():
     t = topk_targets(torch.randn(2, 4, 6), 3, 20.0, "arithmetic")
-    with pytest.raises(DKError, match=r"stored at temperature 20 but the loss uses temperature 4; set the method's temperature to 20"):
+    with pytest.raises(
+        DKError,
+        match=(
+            r"stored at temperature 20 but the loss uses temperature 4; set the method's "
+            r"temperature to 20"
+        ),
+    ):
         t.at(4.0)
-    with pytest.raises(DKError, match=r"combine 2 members by the arithmetic mean but the run asks for geometric; set teacher.combine=arithmetic"):
+    with pytest.raises(
+        DKError,
+        match=(
+            r"combine 2 members by the arithmetic mean but the run asks for geometric; set "
+            r"teacher.combine=arithmetic"
+        ),
+    ):
         t.at(20.0, "geometric")
     one = topk_targets(torch.randn(4, 6), 3, 20.0)
     assert one.at(20.0, "geometric")[0].shape == (4, 3)  # one teacher: the combine does not matter
@@ -197,8 +297,14 @@ def test_a_loss_at_another_temperature_or_combine_is_refused():
 
 def test_malformed_targets_are_refused():
     with pytest.raises(DKError, match=r"indices must be integer \(1, N, k\)"):
-        TopKTargets(torch.zeros(2, 3, 2, dtype=torch.long), torch.zeros(2, 3, 2), torch.zeros(2, 3), 1.0)
+        TopKTargets(
+            torch.zeros(2, 3, 2, dtype=torch.long), torch.zeros(2, 3, 2), torch.zeros(2, 3), 1.0
+        )
     with pytest.raises(DKError, match="tail_log_prob must be float"):
-        TopKTargets(torch.zeros(1, 3, 2, dtype=torch.long), torch.zeros(1, 3, 2), torch.zeros(1, 2), 1.0)
+        TopKTargets(
+            torch.zeros(1, 3, 2, dtype=torch.long), torch.zeros(1, 3, 2), torch.zeros(1, 2), 1.0
+        )
     with pytest.raises(DKError, match="temperature must be a finite number > 0"):
-        TopKTargets(torch.zeros(1, 3, 2, dtype=torch.long), torch.zeros(1, 3, 2), torch.zeros(1, 3), -1.0)
+        TopKTargets(
+            torch.zeros(1, 3, 2, dtype=torch.long), torch.zeros(1, 3, 2), torch.zeros(1, 3), -1.0
+        )

@@ -17,20 +17,32 @@ def _method_classes(module: types.ModuleType) -> list[type]:
     """Classes defined in ``module`` that follow the method contract (a ``needs_teacher`` flag, a
     ``needs_labels`` method, callable), the base class :class:`Method` itself excepted."""
     return [
-        obj for obj in vars(module).values()
-        if isinstance(obj, type) and obj.__module__ == module.__name__ and obj is not Method
-        and hasattr(obj, "needs_teacher") and callable(getattr(obj, "needs_labels", None))
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and obj.__module__ == module.__name__
+        and obj is not Method
+        and hasattr(obj, "needs_teacher")
+        and callable(getattr(obj, "needs_labels", None))
         and callable(obj)
     ]
 
 
 def _unregistered(modules: list[types.ModuleType]) -> list[str]:
     registered = {methods.get(n) for n in methods.names()}
-    return [f"{m.__name__}.{c.__name__}" for m in modules for c in _method_classes(m) if c not in registered]
+    return [
+        f"{m.__name__}.{c.__name__}"
+        for m in modules
+        for c in _method_classes(m)
+        if c not in registered
+    ]
 
 
 def _package_modules() -> list[types.ModuleType]:
-    return [importlib.import_module(f"{package.__name__}.{info.name}") for info in pkgutil.iter_modules(package.__path__)]
+    return [
+        importlib.import_module(f"{package.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(package.__path__)
+    ]
 
 
 def _not_imported(name: str, path: list[str], extra_path: str = "") -> list[str]:
@@ -51,7 +63,10 @@ def _not_imported(name: str, path: list[str], extra_path: str = "") -> list[str]
 
 def test_every_module_under_methods_is_imported_by_the_package():
     missing = _not_imported(package.__name__, package.__path__)
-    assert missing == [], f"add `from darkknowledge.methods.{missing[0] if missing else ''} import ...` to methods/__init__.py"
+    assert missing == [], (
+        f"add `from darkknowledge.methods.{missing[0] if missing else ''} import ...` to "
+        "methods/__init__.py"
+    )
 
 
 def test_the_import_check_names_a_method_file_the_package_forgets(tmp_path):

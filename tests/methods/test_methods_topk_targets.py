@@ -27,10 +27,18 @@ def _batch(seed=0):
 def test_soft_targets_uses_the_bucketed_loss_on_gathered_targets():
     teacher, student, labels, pos = _batch()
     stored = topk_targets(teacher, 3, 20.0)
-    method = build_method("soft_targets", {"temperature": 20, "soft_weight": 0.9, "hard_weight": 0.1})
+    method = build_method(
+        "soft_targets", {"temperature": 20, "soft_weight": 0.9, "hard_weight": 0.1}
+    )
     # the loop's gathering: inputs.teacher_logits[:, pos]
     out = method(StepInputs.of(student, stored[:, pos], labels))
-    soft = soft_target_loss_topk(student, stored.indices[0, pos], stored.log_probs[0, pos], stored.tail_log_prob[0, pos], 20.0)
+    soft = soft_target_loss_topk(
+        student,
+        stored.indices[0, pos],
+        stored.log_probs[0, pos],
+        stored.tail_log_prob[0, pos],
+        20.0,
+    )
     assert torch.allclose(out.components["soft"], soft)
     assert torch.allclose(out.loss, 0.9 * soft + 0.1 * hard_target_loss(student, labels))
     out.loss.backward()
@@ -59,6 +67,12 @@ def test_another_temperature_or_combine_than_the_store_is_refused():
 
 def test_logit_matching_needs_dense_logits():
     teacher, student, _, pos = _batch()
-    with pytest.raises(DKError, match=r"logit_matching needs the teacher's dense logits, got top-k targets; use a dense teacher-output store"):
+    with pytest.raises(
+        DKError,
+        match=(
+            r"logit_matching needs the teacher's dense logits, got top-k targets; use a dense "
+            r"teacher-output store"
+        ),
+    ):
         top3 = topk_targets(teacher, 3, 1.0)[:, pos]
         build_method("logit_matching")(StepInputs.of(student, top3))

@@ -1,4 +1,6 @@
-"""BatchedMLP: K stacked MLPs compute what the K models compute alone, and unstack back into them."""
+"""BatchedMLP: K stacked MLPs compute what the K models compute alone, and unstack back into
+them.
+"""
 
 from __future__ import annotations
 

@@ -72,17 +72,45 @@ def test_bad_model_files(tmp_path):
 
 def test_config_and_tensors_must_agree(tmp_path):
     model = _model()
-    meta = {"darkknowledge.model": json.dumps({"name": "mlp", "params": {"hidden": [8]}, "in_features": 6, "num_classes": 3})}
+    meta = {
+        "darkknowledge.model": json.dumps(
+            {"name": "mlp", "params": {"hidden": [8]}, "in_features": 6, "num_classes": 3}
+        )
+    }
     tensors = dict(model.state_dict())
     tensors["layers.0.weight"] = torch.zeros(8, 7)
-    with pytest.raises(DKError, match=r"layers.0.weight is torch.float32 \(8, 7\) but its config needs torch.float32 \(8, 6\)"):
+    with pytest.raises(
+        DKError,
+        match=(
+            r"layers.0.weight is torch.float32 \(8, 7\) but its "
+            r"config needs torch.float32 \(8, 6\)"
+        ),
+    ):
         load_model(_header_file(tmp_path, tensors, meta))
     tensors.pop("layers.0.weight")
     with pytest.raises(DKError, match="missing \\['layers.0.weight'\\]"):
         load_model(_header_file(tmp_path, tensors, meta))
     with pytest.raises(DKError, match="malformed model config"):
-        load_model(_header_file(tmp_path, dict(model.state_dict()), {"darkknowledge.model": json.dumps({"name": "mlp"})}))
+        load_model(
+            _header_file(
+                tmp_path,
+                dict(model.state_dict()),
+                {"darkknowledge.model": json.dumps({"name": "mlp"})},
+            )
+        )
     with pytest.raises(DKError, match="corrupt"):
-        load_model(_header_file(tmp_path, dict(model.state_dict()), {"darkknowledge.model": "{not json"}))
+        load_model(
+            _header_file(tmp_path, dict(model.state_dict()), {"darkknowledge.model": "{not json"})
+        )
     with pytest.raises(DKError, match="unknown model 'resnet'"):
-        load_model(_header_file(tmp_path, dict(model.state_dict()), {"darkknowledge.model": json.dumps({"name": "resnet", "params": {}, "in_features": 6, "num_classes": 3})}))
+        load_model(
+            _header_file(
+                tmp_path,
+                dict(model.state_dict()),
+                {
+                    "darkknowledge.model": json.dumps(
+                        {"name": "resnet", "params": {}, "in_features": 6, "num_classes": 3}
+                    )
+                },
+            )
+        )

@@ -12,11 +12,24 @@ from darkknowledge.train.optim import PaperDropoutSGD
 
 def test_registered_and_built_from_config():
     assert "mlp" in models.names()
-    model = build_model("mlp", {"hidden": [16, 8], "input_dropout": 0.2}, in_features=12, num_classes=5)
+    model = build_model(
+        "mlp", {"hidden": [16, 8], "input_dropout": 0.2}, in_features=12, num_classes=5
+    )
     assert isinstance(model, MLP)
     assert [tuple(layer.weight.shape) for layer in model.layers] == [(16, 12), (8, 16), (5, 8)]
     assert model(torch.randn(3, 12)).shape == (3, 5)
-    assert model_config(model) == {"name": "mlp", "params": {"hidden": [16, 8], "input_dropout": 0.2, "hidden_dropout": 0.0, "max_norm": None, "init_std": None}, "in_features": 12, "num_classes": 5}
+    assert model_config(model) == {
+        "name": "mlp",
+        "params": {
+            "hidden": [16, 8],
+            "input_dropout": 0.2,
+            "hidden_dropout": 0.0,
+            "max_norm": None,
+            "init_std": None,
+        },
+        "in_features": 12,
+        "num_classes": 5,
+    }
 
 
 def test_unknown_model_name_suggests():
@@ -74,7 +87,8 @@ def test_max_norm_projection_bounds_every_hidden_unit():
     for w in model.max_norm_weights():
         assert float(w.detach().norm(dim=1).max()) <= spec.max_norm * (1 + 1e-6)
     assert torch.equal(model.layers[0].weight[0], small_row)  # rows already inside are untouched
-    assert float(model.layers[-1].weight.detach().norm(dim=1).max()) > spec.max_norm  # the output layer is not constrained
+    # the output layer is not constrained
+    assert float(model.layers[-1].weight.detach().norm(dim=1).max()) > spec.max_norm
 
 
 def test_max_norm_holds_through_paper_training_steps():

@@ -13,7 +13,15 @@ from darkknowledge.train import metrics as metrics_module
 from darkknowledge.train.checkpoint import list_checkpoints
 
 run_module = importlib.import_module("darkknowledge.train.run")
-ARGS = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=2", "optim.batch_size=50", "checkpoint_every_steps=2", "progress=false"]
+ARGS = [
+    "model.hidden=[32]",
+    "data.train_size=300",
+    "data.test_size=100",
+    "optim.epochs=2",
+    "optim.batch_size=50",
+    "checkpoint_every_steps=2",
+    "progress=false",
+]
 
 
 def _enospc(path):
@@ -27,8 +35,10 @@ def _one_error_line(capsys):
 
 
 def test_run_outputs_go_through_atomic_writes(tmp_path, monkeypatch):
-    """config.yaml, model.safetensors and summary.json are written with atomic_write_bytes (temp file,
-    fsync, rename; tests/data/test_data_cache.py::test_failed_write_keeps_the_old_file proves it)."""
+    """config.yaml, model.safetensors and summary.json are written with atomic_write_bytes (temp
+    file,
+    fsync, rename; tests/data/test_data_cache.py::test_failed_write_keeps_the_old_file proves
+    it)."""
     written = []
     real = run_module.atomic_write_bytes
 
@@ -39,13 +49,18 @@ def test_run_outputs_go_through_atomic_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "atomic_write_bytes", record)
     from darkknowledge import data as data_module
 
-    monkeypatch.setattr(data_module, "atomic_write_bytes", record)  # save_model imports it from here
+    # save_model imports it from here
+    monkeypatch.setattr(data_module, "atomic_write_bytes", record)
     assert main(["train", "--run-dir", str(tmp_path / "r"), *ARGS]) == 0
     assert written == ["config.yaml", "model.safetensors", "summary.json"]
-    assert [p.name for p in (tmp_path / "r").glob(".*")] == [".darkknowledge-run"]  # no temp files left, only the run's marker
+    assert [p.name for p in (tmp_path / "r").glob(".*")] == [
+        ".darkknowledge-run"
+    ]  # no temp files left, only the run's marker
 
 
-def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_is_exact(tmp_path, monkeypatch, capsys):
+def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_is_exact(
+    tmp_path, monkeypatch, capsys
+):
     reference = tmp_path / "reference"
     assert main(["train", "--run-dir", str(reference), *ARGS]) == 0
     run_dir = tmp_path / "full"
@@ -62,11 +77,19 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_is_exact(tm
     monkeypatch.setattr(checkpoint_module, "_fsync_write", fill_up)
     assert main(["train", "--run-dir", str(run_dir), *ARGS]) == 2
     err = _one_error_line(capsys)
-    assert f"disk full writing checkpoint {run_dir}/checkpoints/step-000000006; free space or choose another run_dir" in err
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000000002", "step-000000004"]
+    assert (
+        f"disk full writing checkpoint {run_dir}/checkpoints/step-000000006; free space or choose "
+        "another run_dir" in err
+    )
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "step-000000002",
+        "step-000000004",
+    ]
     monkeypatch.undo()
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", "auto"]) == 0
-    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    assert (run_dir / "model.safetensors").read_bytes() == (
+        reference / "model.safetensors"
+    ).read_bytes()
 
 
 def test_disk_full_writing_the_metrics_log(tmp_path, monkeypatch, capsys):

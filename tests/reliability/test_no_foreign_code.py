@@ -19,7 +19,14 @@ from darkknowledge.teachers import Teacher, default_store_path, teacher_outputs
 from darkknowledge.train.checkpoint import list_checkpoints
 
 SRC = Path(darkknowledge.__file__).parent
-ARGS = ["model.hidden=[32]", "data.train_size=300", "data.test_size=100", "optim.epochs=1", "optim.batch_size=50", "progress=false"]
+ARGS = [
+    "model.hidden=[32]",
+    "data.train_size=300",
+    "data.test_size=100",
+    "optim.epochs=1",
+    "optim.batch_size=50",
+    "progress=false",
+]
 
 
 # ---------------------------------------------------------------- static check of the sources
@@ -44,7 +51,26 @@ def _unsafe_calls(tree):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
-        if name in {"pickle.dump", "pickle.dumps", "pickle.load", "pickle.loads", "pickle.Unpickler", "torch.save", "marshal.loads", "marshal.load", "shelve.open", "yaml.unsafe_load", "yaml.full_load", "eval", "exec", "__import__", "importlib.import_module", "dill.load", "dill.loads", "joblib.load"}:
+        if name in {
+            "pickle.dump",
+            "pickle.dumps",
+            "pickle.load",
+            "pickle.loads",
+            "pickle.Unpickler",
+            "torch.save",
+            "marshal.loads",
+            "marshal.load",
+            "shelve.open",
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "eval",
+            "exec",
+            "__import__",
+            "importlib.import_module",
+            "dill.load",
+            "dill.loads",
+            "joblib.load",
+        }:
             yield node.lineno, name
         elif name == "torch.load":
             weights_only = _kw(node, "weights_only")
@@ -74,16 +100,24 @@ def test_the_only_unpickler_is_the_restricted_mnist_one():
     subclasses = []
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and any(_dotted(b).endswith("Unpickler") for b in node.bases):
+            if isinstance(node, ast.ClassDef) and any(
+                _dotted(b).endswith("Unpickler") for b in node.bases
+            ):
                 methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
                 subclasses.append((str(path.relative_to(SRC)), node.name, "find_class" in methods))
     assert subclasses == [("data/mnist.py", "_ArrayUnpickler", True)]
 
 
 def test_the_scanner_catches_what_it_should():
-    bad = "import torch, pickle, yaml\ntorch.load(f)\ntorch.load(f, weights_only=False)\npickle.loads(b)\nyaml.load(t)\neval('1')\n"
+    bad = (
+        "import torch, pickle, yaml\ntorch.load(f)\ntorch.load(f, "
+        "weights_only=False)\npickle.loads(b)\nyaml.load(t)\neval('1')\n"
+    )
     assert len(list(_unsafe_calls(ast.parse(bad)))) == 5
-    good = "torch.load(f, weights_only=True)\nyaml.safe_load(t)\nmodel.eval()\nyaml.load(t, Loader=_DataLoader)\n"
+    good = (
+        "torch.load(f, weights_only=True)\nyaml.safe_load(t)\nmodel.eval()\nyaml.load(t, "
+        "Loader=_DataLoader)\n"
+    )
     assert list(_unsafe_calls(ast.parse(good))) == []
 
 
@@ -112,21 +146,25 @@ def test_model_file_written_by_torch_save(tmp_path, canary_payload):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("victim", ["model.safetensors", "state.safetensors", "state.json", "manifest.json"])
+@pytest.mark.parametrize(
+    "victim", ["model.safetensors", "state.safetensors", "state.json", "manifest.json"]
+)
 def test_checkpoint_files_replaced_by_pickles(tmp_path, canary, capsys, victim):
     payload, marker = canary
     run_dir = tmp_path / "r"
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "stop_after_steps=3"]) == 143
     (ckpt,) = list_checkpoints(run_dir / "checkpoints")
     (ckpt / victim).write_bytes(payload)
-    if victim != "manifest.json":  # the attacker also fixes the manifest, so only the format check is left
+    # the attacker also fixes the manifest, so only the format check is left
+    if victim != "manifest.json":
         manifest = json.loads((ckpt / "manifest.json").read_text())
         manifest[victim] = hashlib.sha256(payload).hexdigest()
         (ckpt / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", str(ckpt)]) == 2
     assert f"checkpoint {ckpt}" in capsys.readouterr().err
-    assert main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", "auto"]) == 2  # skipped, none left
+    # skipped, none left
+    assert main(["train", "--run-dir", str(run_dir), *ARGS, "--resume", "auto"]) == 2
     assert not marker.exists()
 
 
@@ -135,7 +173,9 @@ def test_teacher_output_store_that_is_a_pickle(tmp_path, canary, teacher_file):
     from darkknowledge.data import TensorDataset
 
     teacher = Teacher.from_checkpoints([teacher_file()])
-    data = TensorDataset(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.arange(4), torch.arange(4), 10, "toy/train")
+    data = TensorDataset(
+        torch.zeros(4, 28, 28, dtype=torch.uint8), torch.arange(4), torch.arange(4), 10, "toy/train"
+    )
     explicit = tmp_path / "store.safetensors"
     explicit.write_bytes(payload)
     with pytest.raises(DKError, match="is a file that is not a teacher-output store"):
@@ -146,7 +186,9 @@ def test_teacher_output_store_that_is_a_pickle(tmp_path, canary, teacher_file):
     with pytest.warns(UserWarning, match="rebuilding teacher-output store"):
         teacher_outputs(teacher, data)
     assert not marker.exists()
-    assert (default / "manifest.json").is_file()  # replaced by a real store (a directory since format 3)
+    assert (
+        default / "manifest.json"
+    ).is_file()  # replaced by a real store (a directory since format 3)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +206,10 @@ def test_config_with_python_tags(tmp_path, capsys, tag):
     assert main(["train", "-c", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "r")]) == 2
     assert main(["train", "--run-dir", str(tmp_path / "r"), "seed=" + tag.format(m=marker)]) == 2
     err = capsys.readouterr().err
-    assert err.count("dk: error:") == 2 and err.count("uses the YAML tag tag:yaml.org,2002:python/") == 2
+    assert (
+        err.count("dk: error:") == 2
+        and err.count("uses the YAML tag tag:yaml.org,2002:python/") == 2
+    )
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
@@ -186,4 +231,9 @@ def test_run_outputs_are_safetensors_and_json(tmp_path):
             assert raw.decode().startswith("pid ") and raw.count(b"\n") == 1
         else:
             assert path.name == "config.yaml", path
-    assert {p.suffix for p in files if p.name != ".darkknowledge-run"} == {".safetensors", ".json", ".jsonl", ".yaml"}
+    assert {p.suffix for p in files if p.name != ".darkknowledge-run"} == {
+        ".safetensors",
+        ".json",
+        ".jsonl",
+        ".yaml",
+    }

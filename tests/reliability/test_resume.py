@@ -22,7 +22,13 @@ from darkknowledge.train.checkpoint import list_checkpoints
 from darkknowledge.train.metrics import read_metrics
 
 # 300 images, batch 50: 6 steps per epoch, 3 epochs = 18 steps; a checkpoint every 4 steps too.
-TRAIN = ["model.hidden_dropout=0.5", "model.input_dropout=0.2", "data.jitter=2", "optim.epochs=3", "checkpoint_every_steps=4"]
+TRAIN = [
+    "model.hidden_dropout=0.5",
+    "model.input_dropout=0.2",
+    "data.jitter=2",
+    "optim.epochs=3",
+    "checkpoint_every_steps=4",
+]
 
 
 def _stop_then_resume(cfg, stop):
@@ -66,7 +72,14 @@ def reference(make_cfg):
 @pytest.mark.parametrize(
     "stop",
     [3, 4, 6, 7, 12, 17],
-    ids=["mid-epoch-between-checkpoints", "mid-epoch-at-a-step-checkpoint", "epoch-boundary", "first-step-of-an-epoch", "epoch-boundary-at-a-step-checkpoint", "last-but-one-step"],
+    ids=[
+        "mid-epoch-between-checkpoints",
+        "mid-epoch-at-a-step-checkpoint",
+        "epoch-boundary",
+        "first-step-of-an-epoch",
+        "epoch-boundary-at-a-step-checkpoint",
+        "last-but-one-step",
+    ],
 )
 def test_train_resume_is_bitwise_exact(make_cfg, reference, stop):
     ref = reference(*TRAIN)
@@ -89,7 +102,14 @@ def test_resume_from_a_step_checkpoint_taken_before_the_epoch_end_evaluation(mak
     """Killed (SIGKILL) right after a step checkpoint at the last step of an epoch: the resumed run
     still evaluates that epoch and draws the next epoch's order exactly as the uninterrupted run."""
     # 240 training images after the validation split: 5 steps per epoch
-    common = [*TRAIN, "checkpoint_every_steps=5", "checkpoint_every=3", "keep_checkpoints=5", "data.validation_size=60", "select_best_on=valid"]
+    common = [
+        *TRAIN,
+        "checkpoint_every_steps=5",
+        "checkpoint_every=3",
+        "keep_checkpoints=5",
+        "data.validation_size=60",
+        "select_best_on=valid",
+    ]
     ref = reference(*common)
     cfg = make_cfg(*common, name="killed")
     with pytest.raises(Interrupted):
@@ -104,7 +124,10 @@ def test_resume_from_a_step_checkpoint_taken_before_the_epoch_end_evaluation(mak
     assert _train_losses(cfg) == _train_losses(ref)
 
 
-@pytest.mark.parametrize("optimizer", ["optim.name=adam optim.lr=0.01", "optim.name=paper_dropout optim.lr=1.0 model.max_norm=2.0"])
+@pytest.mark.parametrize(
+    "optimizer",
+    ["optim.name=adam optim.lr=0.01", "optim.name=paper_dropout optim.lr=1.0 model.max_norm=2.0"],
+)
 def test_resume_is_exact_for_every_optimizer(make_cfg, reference, optimizer):
     common = [*TRAIN, *optimizer.split()]
     ref = reference(*common)
@@ -113,10 +136,20 @@ def test_resume_is_exact_for_every_optimizer(make_cfg, reference, optimizer):
     assert _model_bytes(cfg) == _model_bytes(ref)
 
 
-@pytest.mark.parametrize("outputs", ["teacher.outputs=precompute data.jitter=0", "teacher.outputs=live data.jitter=2"])
+@pytest.mark.parametrize(
+    "outputs", ["teacher.outputs=precompute data.jitter=0", "teacher.outputs=live data.jitter=2"]
+)
 def test_distill_resume_is_bitwise_exact(make_cfg, reference, teacher_file, outputs):
     teacher = teacher_file(hidden=[16])
-    common = ["method.name=soft_targets", "method.temperature=20", f"teacher.checkpoints=[{teacher}]", "model.hidden_dropout=0.3", "optim.epochs=3", "checkpoint_every_steps=4", *outputs.split()]
+    common = [
+        "method.name=soft_targets",
+        "method.temperature=20",
+        f"teacher.checkpoints=[{teacher}]",
+        "model.hidden_dropout=0.3",
+        "optim.epochs=3",
+        "checkpoint_every_steps=4",
+        *outputs.split(),
+    ]
     ref = reference(*common, kind="distill")
     cfg = make_cfg(*common, name="student")
     stopped = load_config(None, ["stop_after_steps=7"], base=_as_dict(cfg))
@@ -134,8 +167,12 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_cfg, re
         run(load_config(None, ["stop_after_steps=10"], base=_as_dict(cfg)))
     latest = list_checkpoints(Path(cfg.run_dir) / "checkpoints")[-1]
     victim = latest / "state.safetensors"
-    victim.write_bytes(victim.read_bytes()[:100])  # truncated, as by a crash mid-write without atomic rename
-    with pytest.warns(UserWarning, match=f"skipping checkpoint: checkpoint file .*{latest.name}/state.safetensors is corrupt"):
+    # truncated, as by a crash mid-write without atomic rename
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.warns(
+        UserWarning,
+        match=f"skipping checkpoint: checkpoint file .*{latest.name}/state.safetensors is corrupt",
+    ):
         run(cfg, resume="auto")
     assert _model_bytes(cfg) == _model_bytes(ref)
 
@@ -207,7 +244,10 @@ def test_a_changed_transfer_set_is_refused(stopped):
         (lambda t: t.pop("rng/data"), "lacks the RNG state rng/data"),
         (lambda t: t.pop("data/order"), "lacks this epoch's data order"),
         (lambda t: t.update({"data/order": t["data/order"][:-1]}), "lacks this epoch's data order"),
-        (lambda t: t.update({k: v[:1] for k, v in list(t.items()) if k.startswith("optim/")}), "optimizer buffer momentum_buffer has shape"),
+        (
+            lambda t: t.update({k: v[:1] for k, v in list(t.items()) if k.startswith("optim/")}),
+            "optimizer buffer momentum_buffer has shape",
+        ),
     ],
     ids=["rng", "order-missing", "order-short", "optimizer-shape"],
 )
@@ -233,7 +273,10 @@ def test_weights_of_another_shape_are_refused(stopped):
     weights = st_load((ckpt / "model.safetensors").read_bytes())
     weights["layers.0.weight"] = weights["layers.0.weight"][:5]
     _rewrite(ckpt, "model.safetensors", st_save(weights))
-    with pytest.raises(DKError, match=r"cannot be restored: model.safetensors: layers.0.weight is torch.float32 \(5, 784\)"):
+    with pytest.raises(
+        DKError,
+        match=r"cannot be restored: model.safetensors: layers.0.weight is torch.float32 \(5, 784\)",
+    ):
         run(cfg, resume="auto")
 
 
@@ -248,7 +291,9 @@ def test_a_resumed_run_counts_the_training_time_of_every_process(make_cfg, monke
     monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
     with pytest.raises(Interrupted):
         run(stopped)
-    state = json.loads((list_checkpoints(Path(cfg.run_dir) / "checkpoints")[-1] / "state.json").read_text())
+    state = json.loads(
+        (list_checkpoints(Path(cfg.run_dir) / "checkpoints")[-1] / "state.json").read_text()
+    )
     assert state["train_seconds"] >= 100
     monkeypatch.undo()
     summary = run(cfg, resume="auto")

@@ -35,8 +35,16 @@ TINY = [
 
 def test_every_cell_of_the_issue_has_a_config():
     expected = {
-        "teacher_1200", "student_800_hard", "student_800_soft_T20", "student_800_logit_matching",
-        "temperature_sweep", "omit3", "only78", "soft_regularizer_3pct", "ensemble_distill", "specialists_mnist100",
+        "teacher_1200",
+        "student_800_hard",
+        "student_800_soft_T20",
+        "student_800_logit_matching",
+        "temperature_sweep",
+        "omit3",
+        "only78",
+        "soft_regularizer_3pct",
+        "ensemble_distill",
+        "specialists_mnist100",
         "specialists_synthetic_jft",
     }
     assert set(CELLS) == expected
@@ -61,13 +69,21 @@ def test_config_resolves_at_every_scale(cell_id, scale, tmp_path):
     assert method.needs_teacher == bool(cell.teacher) or cell.kind == "regularizer"
     build_model(cfg.model["name"], {k: v for k, v in cfg.model.items() if k != "name"}, 784, 10)
     assert str(tmp_path) in cfg.run_dir and cfg.hash()[:10] in cfg.run_dir
-    if scale in ("full", "cpu"):  # the paper's data: all 60k images, all test images, never jitter a student
+    # the paper's data: all 60k images, all test images, never jitter a student
+    if scale in (
+        "full",
+        "cpu",
+    ):
         assert cfg.data.train_size is None and cfg.data.test_size is None
         if cell.teacher:
             assert cfg.data.jitter == 0
     if cell_id == "teacher_1200":
         assert cfg.model["hidden"] == [1200, 1200] and cfg.data.jitter == 2
-        assert cfg.model["input_dropout"] == 0.2 and cfg.model["hidden_dropout"] == 0.5 and cfg.optim.batch_size == 100
+        assert (
+            cfg.model["input_dropout"] == 0.2
+            and cfg.model["hidden_dropout"] == 0.5
+            and cfg.optim.batch_size == 100
+        )
         # the cpu scale changes the teacher's schedule only (SGD + momentum, cosine; PAPER.md [I])
         assert cfg.optim.name == ("sgd" if scale == "cpu" else "paper_dropout")
         assert cfg.optim.epochs == (3000 if scale == "full" else cfg.optim.epochs)
@@ -109,22 +125,44 @@ def test_reduced_reproduction_runs_records_and_reports(tmp_path):
     shutil.copy(EXP / "claims.yaml", exp / "claims.yaml")
     shutil.copy(EXP / "README.md", exp / "README.md")
     runs = tmp_path / "runs"
-    args = dict(only=["student_800_soft_T20", "omit3"], scale="smoke", seeds=1, root=str(tmp_path / "experiments"), device="cpu", overrides=TINY, runs_root=str(runs), retrain_teacher=True)
+    args = dict(
+        only=["student_800_soft_T20", "omit3"],
+        scale="smoke",
+        seeds=1,
+        root=str(tmp_path / "experiments"),
+        device="cpu",
+        overrides=TINY,
+        runs_root=str(runs),
+        retrain_teacher=True,
+    )
     assert reproduce("hinton2015", **args) == 0
     with open(exp / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == COLUMNS
     got = {(r["cell"], r["metric"]) for r in rows}
-    for needed in [("teacher_1200", "test_errors"), ("student_800_soft_T20", "test_errors"), ("omit3", "test_errors_on_3"),
-                   ("omit3", "offset_valid"), ("omit3", "test_errors_on_3_valid_offset"), ("omit3", "test_errors_on_3_test_tuned_offset")]:
+    for needed in [
+        ("teacher_1200", "test_errors"),
+        ("student_800_soft_T20", "test_errors"),
+        ("omit3", "test_errors_on_3"),
+        ("omit3", "offset_valid"),
+        ("omit3", "test_errors_on_3_valid_offset"),
+        ("omit3", "test_errors_on_3_test_tuned_offset"),
+    ]:
         assert needed in got
     for r in rows:  # TINY changes what the runs compute: labelled apart from the real smoke scale
-        assert r["device"] == "cpu" and r["seed"] == "0" and r["scale"] == "smoke-custom" and r["git_sha"]
+        assert (
+            r["device"] == "cpu"
+            and r["seed"] == "0"
+            and r["scale"] == "smoke-custom"
+            and r["git_sha"]
+        )
         assert float(r["wall_seconds"]) > 0
     on3 = {r["metric"]: float(r["value"]) for r in rows if r["cell"] == "omit3"}
-    assert on3["test_errors_on_3_test_tuned_offset"] <= on3["test_errors_on_3"]  # the test-tuned offset can only help on test
+    # the test-tuned offset can only help on test
+    assert on3["test_errors_on_3_test_tuned_offset"] <= on3["test_errors_on_3"]
     readme = (exp / "README.md").read_text()
-    assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" not in readme  # custom rows stay out of the columns
+    # custom rows stay out of the columns
+    assert "| `omit3` | test_errors_on_3" in readme and "(1 seed)" not in readme
     assert f"{len(rows)} rows of runs with overridden settings (`smoke-custom`)" in readme
     assert readme.count("results:start") == 1
     # A second call reuses the finished runs: nothing retrained, and no row written twice (each
@@ -132,7 +170,9 @@ def test_reduced_reproduction_runs_records_and_reports(tmp_path):
     mtime = (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns
     before = (exp / "results.csv").read_bytes()
     assert reproduce("hinton2015", **args) == 0
-    assert (next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (
+        next(runs.glob("smoke/seed0/teacher_1200-*")) / "model.safetensors"
+    ).stat().st_mtime_ns == mtime
     assert (exp / "results.csv").read_bytes() == before
 
 
@@ -146,7 +186,11 @@ def _copy_experiment(tmp_path: Path) -> Path:
 
 def _sweep_rows(exp: Path) -> dict[str, float]:
     with open(exp / "results.csv", newline="") as f:
-        return {r["variant"]: float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "temperature_sweep" and r["metric"] == "test_errors"}
+        return {
+            r["variant"]: float(r["value"])
+            for r in csv.DictReader(f)
+            if r["cell"] == "temperature_sweep" and r["metric"] == "test_errors"
+        }
 
 
 def test_batched_sweep_equals_one_run_per_student(tmp_path):
@@ -156,9 +200,24 @@ def test_batched_sweep_equals_one_run_per_student(tmp_path):
     for batched in (True, False):
         exp = _copy_experiment(tmp_path / str(batched))
         cfg = exp / "configs" / "temperature_sweep.yaml"
-        text = cfg.read_text().replace("widths: {smoke: [30, 300], cpu: [30, 300], full: [30, 300, 800]}", f"widths: [8, 16]\n  batched: {str(batched).lower()}")
-        cfg.write_text(text.replace("temperatures: [1, 2, 2.5, 3, 4, 5, 8, 10, 20]", "temperatures: [1, 4, 20]"))
-        reproduce("hinton2015", only=["temperature_sweep"], root=str(exp.parent), device="cpu", overrides=tiny, runs_root=str(tmp_path / str(batched) / "runs"), retrain_teacher=True)
+        text = cfg.read_text().replace(
+            "widths: {smoke: [30, 300], cpu: [30, 300], full: [30, 300, 800]}",
+            f"widths: [8, 16]\n  batched: {str(batched).lower()}",
+        )
+        cfg.write_text(
+            text.replace(
+                "temperatures: [1, 2, 2.5, 3, 4, 5, 8, 10, 20]", "temperatures: [1, 4, 20]"
+            )
+        )
+        reproduce(
+            "hinton2015",
+            only=["temperature_sweep"],
+            root=str(exp.parent),
+            device="cpu",
+            overrides=tiny,
+            runs_root=str(tmp_path / str(batched) / "runs"),
+            retrain_teacher=True,
+        )
         results[batched] = _sweep_rows(exp)
     assert set(results[True]) == {f"w{w}_T{t}" for w in (8, 16) for t in (1, 4, 20)}
     for variant, errors in results[False].items():
@@ -169,12 +228,29 @@ def test_per_width_overrides_reach_only_their_width(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.hidden")] + ["data.validation_size=0"]
     exp = _copy_experiment(tmp_path)
     cfg = exp / "configs" / "temperature_sweep.yaml"
-    text = cfg.read_text().replace("widths: {smoke: [30, 300], cpu: [30, 300], full: [30, 300, 800]}", "widths: [8, 16]")
+    text = cfg.read_text().replace(
+        "widths: {smoke: [30, 300], cpu: [30, 300], full: [30, 300, 800]}", "widths: [8, 16]"
+    )
     text = text.replace("temperatures: [1, 2, 2.5, 3, 4, 5, 8, 10, 20]", "temperatures: [1, 4]")
     start = text.index("  per_width:")
-    cfg.write_text(text[:start] + "  per_width: {8: {smoke: [optim.lr=0.0123]}, 16: [optim.lr=0.0456]}\n" + text[text.index("run:", start):])
-    reproduce("hinton2015", only=["temperature_sweep"], root=str(exp.parent), device="cpu", overrides=tiny, runs_root=str(tmp_path / "runs"), retrain_teacher=True)
-    lrs = {p.parent.name.split("-")[0]: yaml.safe_load(p.read_text())["optim"]["lr"] for p in (tmp_path / "runs").glob("smoke/seed0/temperature_sweep_w*/config.yaml")}
+    cfg.write_text(
+        text[:start]
+        + "  per_width: {8: {smoke: [optim.lr=0.0123]}, 16: [optim.lr=0.0456]}\n"
+        + text[text.index("run:", start) :]
+    )
+    reproduce(
+        "hinton2015",
+        only=["temperature_sweep"],
+        root=str(exp.parent),
+        device="cpu",
+        overrides=tiny,
+        runs_root=str(tmp_path / "runs"),
+        retrain_teacher=True,
+    )
+    lrs = {
+        p.parent.name.split("-")[0]: yaml.safe_load(p.read_text())["optim"]["lr"]
+        for p in (tmp_path / "runs").glob("smoke/seed0/temperature_sweep_w*/config.yaml")
+    }
     assert lrs == {"temperature_sweep_w8": 0.0123, "temperature_sweep_w16": 0.0456}
     assert set(_sweep_rows(exp)) == {f"w{w}_T{t}" for w in (8, 16) for t in (1, 4)}
 
@@ -184,29 +260,63 @@ def test_a_per_width_override_that_is_no_list_is_refused(tmp_path):
     cfg = exp / "configs" / "temperature_sweep.yaml"
     text = cfg.read_text()
     start = text.index("  per_width:")
-    cfg.write_text(text[:start] + "  per_width: {30: optim.lr=0.1}\n" + text[text.index("run:", start):])
+    cfg.write_text(
+        text[:start] + "  per_width: {30: optim.lr=0.1}\n" + text[text.index("run:", start) :]
+    )
     with pytest.raises(DKError, match="per_width.30 must be a list"):
-        reproduce("hinton2015", only=["temperature_sweep"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"), retrain_teacher=True)
+        reproduce(
+            "hinton2015",
+            only=["temperature_sweep"],
+            root=str(exp.parent),
+            device="cpu",
+            overrides=TINY,
+            runs_root=str(tmp_path / "runs"),
+            retrain_teacher=True,
+        )
 
 
 def test_a_diverging_step_size_is_no_candidate(tmp_path):
     exp = _copy_experiment(tmp_path)
     cfg = exp / "configs" / "student_800_hard.yaml"
-    cfg.write_text(cfg.read_text().replace("values: [0.01, 0.03, 0.1, 0.3]", "values: [1.0e+9, 0.1, 0.03]"))
-    reproduce("hinton2015", only=["student_800_hard"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"))
+    cfg.write_text(
+        cfg.read_text().replace("values: [0.01, 0.03, 0.1, 0.3]", "values: [1.0e+9, 0.1, 0.03]")
+    )
+    reproduce(
+        "hinton2015",
+        only=["student_800_hard"],
+        root=str(exp.parent),
+        device="cpu",
+        overrides=TINY,
+        runs_root=str(tmp_path / "runs"),
+    )
     with open(exp / "results.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["cell"] == "student_800_hard"]
-    assert {r["variant"] for r in rows if r["metric"] == "select_valid_errors"} == {"optim.lr=0.1", "optim.lr=0.03"}
+    assert {r["variant"] for r in rows if r["metric"] == "select_valid_errors"} == {
+        "optim.lr=0.1",
+        "optim.lr=0.03",
+    }
     assert {r["metric"] for r in rows} >= {"selected_optim.lr", "test_errors"}
     # the two that did not diverge trained again as one batched run, not one by one
     assert not list((tmp_path / "runs").glob("smoke/seed0/student_800_hard_select_optim.lr=*"))
-    batched = [yaml.safe_load(p.read_text()) for p in (tmp_path / "runs").glob("smoke/seed0/student_800_hard_select_optim.lr-*/config.yaml")]
-    assert sorted(c["replicas"]["optim"]["lr"] for c in batched) == [[0.1, 0.03], [1.0e9, 0.1, 0.03]]
+    batched = [
+        yaml.safe_load(p.read_text())
+        for p in (tmp_path / "runs").glob(
+            "smoke/seed0/student_800_hard_select_optim.lr-*/config.yaml"
+        )
+    ]
+    assert sorted(c["replicas"]["optim"]["lr"] for c in batched) == [
+        [0.1, 0.03],
+        [1.0e9, 0.1, 0.03],
+    ]
 
 
 def _rows(exp: Path, cell: str, metric: str) -> dict[str, float]:
     with open(exp / "results.csv", newline="") as f:
-        return {r["seed"]: float(r["value"]) for r in csv.DictReader(f) if r["cell"] == cell and r["metric"] == metric}
+        return {
+            r["seed"]: float(r["value"])
+            for r in csv.DictReader(f)
+            if r["cell"] == cell and r["metric"] == metric
+        }
 
 
 def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tmp_path):
@@ -216,22 +326,50 @@ def test_seeds_of_a_train_cell_train_as_one_batched_run_equal_to_seed_by_seed(tm
     for batched in (True, False):
         exp = _copy_experiment(tmp_path / str(batched))
         runs = tmp_path / str(batched) / "runs"
-        reproduce("hinton2015", only=["teacher_1200", "student_800_hard"], seeds=2, root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs), batch_seeds=batched, retrain_teacher=True)
-        results[batched] = {cell: _rows(exp, cell, "test_errors") for cell in ("teacher_1200", "student_800_hard")}
-        assert len(set(_rows(exp, "student_800_hard", "selected_optim.lr").values())) == 1  # chosen once, for both seeds
-        assert len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 1  # 4 candidates in one run, seed 0 only
+        reproduce(
+            "hinton2015",
+            only=["teacher_1200", "student_800_hard"],
+            seeds=2,
+            root=str(exp.parent),
+            device="cpu",
+            overrides=TINY,
+            runs_root=str(runs),
+            batch_seeds=batched,
+            retrain_teacher=True,
+        )
+        results[batched] = {
+            cell: _rows(exp, cell, "test_errors") for cell in ("teacher_1200", "student_800_hard")
+        }
+        # chosen once, for both seeds
+        assert len(set(_rows(exp, "student_800_hard", "selected_optim.lr").values())) == 1
+        # 4 candidates in one run, seed 0 only
+        assert len(list(runs.glob("smoke/seed*/student_800_hard_select_*"))) == 1
         placed = json.loads(next(runs.glob("smoke/seed1/teacher_1200-*/summary.json")).read_text())
         assert ("trained_as" in placed) == batched
         assert bool(list(runs.glob("smoke/seed0/teacher_1200_seeds-*"))) == batched
     for cell, by_seed in results[False].items():
         assert set(by_seed) == {"0", "1"}
         for seed, errors in by_seed.items():
-            assert abs(results[True][cell][seed] - errors) <= 1, (cell, seed)  # float-tolerance equal models
+            # float-tolerance equal models
+            assert abs(results[True][cell][seed] - errors) <= 1, (cell, seed)
 
 
-@pytest.mark.parametrize(("overrides", "label"), [([], "full"), (["train_step=compile", "sync_every=50", "progress=false"], "full"), (["data.train_size=500"], "full-custom"), (["precision=bf16"], "full-custom")])
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        ([], "full"),
+        (["train_step=compile", "sync_every=50", "progress=false"], "full"),
+        (["data.train_size=500"], "full-custom"),
+        (["precision=bf16"], "full-custom"),
+    ],
+)
 def test_rows_of_runs_with_other_settings_are_labelled_custom(overrides, label, tmp_path):
-    assert Context(EXP, CELLS, "full", seed=0, overrides=overrides, device="cpu", runs_root=tmp_path).label == label
+    assert (
+        Context(
+            EXP, CELLS, "full", seed=0, overrides=overrides, device="cpu", runs_root=tmp_path
+        ).label
+        == label
+    )
 
 
 def test_step_size_candidates_as_one_batched_run_choose_as_one_by_one(tmp_path):
@@ -239,12 +377,27 @@ def test_step_size_candidates_as_one_batched_run_choose_as_one_by_one(tmp_path):
     for batched in (True, False):
         exp = _copy_experiment(tmp_path / str(batched))
         cfg = exp / "configs" / "student_800_hard.yaml"
-        cfg.write_text(cfg.read_text().replace("select: {", f"select: {{batched: {str(batched).lower()}, "))
+        cfg.write_text(
+            cfg.read_text().replace("select: {", f"select: {{batched: {str(batched).lower()}, ")
+        )
         runs = tmp_path / str(batched) / "runs"
-        reproduce("hinton2015", only=["student_800_hard"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs))
+        reproduce(
+            "hinton2015",
+            only=["student_800_hard"],
+            root=str(exp.parent),
+            device="cpu",
+            overrides=TINY,
+            runs_root=str(runs),
+        )
         with open(exp / "results.csv", newline="") as f:
-            rows[batched] = {(r["metric"], r["variant"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "student_800_hard" and r["metric"] != "samples_per_s"}
-        assert len(list(runs.glob("smoke/seed0/student_800_hard_select_*"))) == (1 if batched else 4)
+            rows[batched] = {
+                (r["metric"], r["variant"]): float(r["value"])
+                for r in csv.DictReader(f)
+                if r["cell"] == "student_800_hard" and r["metric"] != "samples_per_s"
+            }
+        assert len(list(runs.glob("smoke/seed0/student_800_hard_select_*"))) == (
+            1 if batched else 4
+        )
     assert rows[True][("selected_optim.lr", "")] == rows[False][("selected_optim.lr", "")]
     for key, value in rows[False].items():
         assert abs(rows[True][key] - value) <= 1, key  # the same candidates, trained together
@@ -252,9 +405,17 @@ def test_step_size_candidates_as_one_batched_run_choose_as_one_by_one(tmp_path):
 
 def test_a_row_names_the_commit_and_date_of_the_run_that_measured_it(tmp_path, monkeypatch):
     ctx = Context(EXP, CELLS, "smoke", seed=0, overrides=[], device="cpu", runs_root=tmp_path)
-    trained = {"device": "cpu", "wall_seconds": 1.0, "config_hash": "0123456789abcdef", "git_sha": "feedbeef", "finished_utc": "2026-01-02T03:04:05Z"}
+    trained = {
+        "device": "cpu",
+        "wall_seconds": 1.0,
+        "config_hash": "0123456789abcdef",
+        "git_sha": "feedbeef",
+        "finished_utc": "2026-01-02T03:04:05Z",
+    }
     ctx.record("teacher_1200", "test_errors", 70, trained)
-    older = {k: v for k, v in trained.items() if k not in ("git_sha", "finished_utc")}  # a summary from before
+    older = {
+        k: v for k, v in trained.items() if k not in ("git_sha", "finished_utc")
+    }  # a summary from before
     ctx.record("teacher_1200", "test_errors", 71, older)
     assert [(r["git_sha"], r["date"]) for r in ctx.rows][0] == ("feedbeef", "2026-01-02T03:04:05Z")
     assert ctx.rows[1]["git_sha"] == ctx.sha  # unknown training commit: the recording command's
@@ -292,7 +453,9 @@ def test_results_written_beside_the_code_do_not_make_the_code_dirty(tmp_path):
 
 
 @pytest.mark.parametrize("failure", ["collapsed", "diverged"])
-def test_a_selected_value_whose_final_run_goes_bad_falls_back_to_the_next_candidate(failure, tmp_path, monkeypatch):
+def test_a_selected_value_whose_final_run_goes_bad_falls_back_to_the_next_candidate(
+    failure, tmp_path, monkeypatch
+):
     """The smoke scale's logit matching once chose optim.lr=0.01 on the validation split (105
     errors of 2000) and then trained, on the whole transfer set, to 1898 test errors. Here the
     final run at the chosen step size ends the same way (its model collapsed to one class, or its
@@ -326,9 +489,20 @@ def test_a_selected_value_whose_final_run_goes_bad_falls_back_to_the_next_candid
 
     monkeypatch.setattr(runner, "run", run)
     tiny = [o for o in TINY if not o.startswith("optim.epochs")] + ["optim.epochs=3"]
-    reproduce("hinton2015", only=["student_800_hard"], root=str(exp.parent), device="cpu", overrides=tiny, runs_root=str(tmp_path / "runs"))
+    reproduce(
+        "hinton2015",
+        only=["student_800_hard"],
+        root=str(exp.parent),
+        device="cpu",
+        overrides=tiny,
+        runs_root=str(tmp_path / "runs"),
+    )
     with open(exp / "results.csv", newline="") as f:
-        rows = {(r["metric"], r["variant"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "student_800_hard"}
+        rows = {
+            (r["metric"], r["variant"]): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["cell"] == "student_800_hard"
+        }
     valid = {v: rows[("select_valid_errors", f"optim.lr={v}")] for v in (0.3, 0.1)}
     best, other = (0.3, 0.1) if valid[0.3] <= valid[0.1] else (0.1, 0.3)
     assert finals == [best, other]  # the chosen value's run, then the next best's
@@ -350,10 +524,13 @@ def _ship_teacher(exp: Path, tmp_path: Path) -> Path:
     shipped.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "config.yaml"):
         shutil.copy(run_dir / name, shipped / name)
-    summary["model_sha256"] = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()
+    summary["model_sha256"] = hashlib.sha256(
+        (shipped / "model.safetensors").read_bytes()
+    ).hexdigest()
     (shipped / "summary.json").write_text(json.dumps(summary))
     teacher_cfg = exp / "configs" / "teacher_1200.yaml"
-    assert "shipped: {path: shipped/teacher_1200_cpu, scales: [smoke]" in teacher_cfg.read_text()  # the repository's own
+    # the repository's own
+    assert "shipped: {path: shipped/teacher_1200_cpu, scales: [smoke]" in teacher_cfg.read_text()
     return shipped
 
 
@@ -361,10 +538,18 @@ def test_the_smoke_scale_distils_from_the_shipped_teacher(tmp_path):
     exp = _copy_experiment(tmp_path)
     shipped = _ship_teacher(exp, tmp_path)
     runs = tmp_path / "runs"
-    args = dict(only=["student_800_soft_T20"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(runs))
+    args = dict(
+        only=["student_800_soft_T20"],
+        root=str(exp.parent),
+        device="cpu",
+        overrides=TINY,
+        runs_root=str(runs),
+    )
     reproduce("hinton2015", **args)
     assert not list(runs.glob("smoke/seed0/teacher_1200*"))  # no teacher trained
-    student = next(p for p in runs.glob("smoke/seed0/student_800_soft_T20-*") if "select" not in p.name)
+    student = next(
+        p for p in runs.glob("smoke/seed0/student_800_soft_T20-*") if "select" not in p.name
+    )
     assert str(shipped) in (student / "config.yaml").read_text()
     teacher_rows = _rows(exp, "teacher_1200", "test_errors")
     assert set(teacher_rows) == {"0"}
@@ -379,17 +564,35 @@ def test_the_smoke_scale_distils_from_the_shipped_teacher(tmp_path):
         reproduce("hinton2015", **args)
 
 
-@pytest.mark.parametrize(("spec", "values", "measured", "expected"), [
-    ({"le": 80}, {"0": 75.0}, {}, "≤ 80: met"),
-    ({"le": 80, "stretch": {"le": 67}}, {"0": 75.0}, {}, "≤ 80: met; stretch ≤ 67: missed by 8"),
-    ({"le": 80, "stretch": {"le": 67}}, {"0": 60.0}, {}, "≤ 80: met; stretch ≤ 67: met too"),
-    ({"le": 80}, {"0": 90.0}, {}, "≤ 80: missed by 10"),
-    ({"ge": 0.7}, {"0": 0.5, "1": 0.7}, {}, "≥ 0.7: missed by 0.1"),
-    ({"le": 10, "of": "t/test_errors"}, {"0": 85.0}, {("t", "", "test_errors"): {"0": 70.0}}, "≤ 10 + `t` (= 80): missed by 5"),
-    ({"within": 15, "of": "s/test_errors"}, {"0": 85.0}, {("s", "", "test_errors"): {"0": 75.0}}, "within 15 of `s`: met"),
-    ({"within": 15, "of": "s/test_errors"}, {"0": 85.0}, {}, "within 15 of `s`: not measured"),
-    ({"le": 80}, {}, {}, "≤ 80: not measured"),
-])
+@pytest.mark.parametrize(
+    ("spec", "values", "measured", "expected"),
+    [
+        ({"le": 80}, {"0": 75.0}, {}, "≤ 80: met"),
+        (
+            {"le": 80, "stretch": {"le": 67}},
+            {"0": 75.0},
+            {},
+            "≤ 80: met; stretch ≤ 67: missed by 8",
+        ),
+        ({"le": 80, "stretch": {"le": 67}}, {"0": 60.0}, {}, "≤ 80: met; stretch ≤ 67: met too"),
+        ({"le": 80}, {"0": 90.0}, {}, "≤ 80: missed by 10"),
+        ({"ge": 0.7}, {"0": 0.5, "1": 0.7}, {}, "≥ 0.7: missed by 0.1"),
+        (
+            {"le": 10, "of": "t/test_errors"},
+            {"0": 85.0},
+            {("t", "", "test_errors"): {"0": 70.0}},
+            "≤ 10 + `t` (= 80): missed by 5",
+        ),
+        (
+            {"within": 15, "of": "s/test_errors"},
+            {"0": 85.0},
+            {("s", "", "test_errors"): {"0": 75.0}},
+            "within 15 of `s`: met",
+        ),
+        ({"within": 15, "of": "s/test_errors"}, {"0": 85.0}, {}, "within 15 of `s`: not measured"),
+        ({"le": 80}, {}, {}, "≤ 80: not measured"),
+    ],
+)
 def test_targets_read_relative_and_stretch_bars(spec, values, measured, expected):
     from darkknowledge.reproduce.report import _target
 
@@ -398,30 +601,66 @@ def test_targets_read_relative_and_stretch_bars(spec, values, measured, expected
 
 def test_the_soft_arm_of_the_regularizer_chooses_its_step_size_on_validation(tmp_path):
     exp = _copy_experiment(tmp_path)
-    reproduce("hinton2015", only=["soft_regularizer_3pct"], root=str(exp.parent), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs"), retrain_teacher=True)
+    reproduce(
+        "hinton2015",
+        only=["soft_regularizer_3pct"],
+        root=str(exp.parent),
+        device="cpu",
+        overrides=TINY,
+        runs_root=str(tmp_path / "runs"),
+        retrain_teacher=True,
+    )
     with open(exp / "results.csv", newline="") as f:
-        rows = {(r["metric"], r["variant"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "soft_regularizer_3pct"}
-    valid = {v: rows[("soft_select_valid_errors", f"optim.lr={v}")] for v in (0.003, 0.01, 0.03, 0.1)}
+        rows = {
+            (r["metric"], r["variant"]): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["cell"] == "soft_regularizer_3pct"
+        }
+    valid = {
+        v: rows[("soft_select_valid_errors", f"optim.lr={v}")] for v in (0.003, 0.01, 0.03, 0.1)
+    }
     chosen = rows[("soft_selected_optim.lr", "")]
     assert valid[chosen] == min(valid.values())
-    assert len(list((tmp_path / "runs").glob("smoke/seed0/soft_regularizer_3pct_soft_select-*"))) == 1  # one batched run
-    assert ("soft_test_errors", "") in rows and ("gap_closed", "") in rows or rows[("hard_test_errors", "")] == rows[("full_data_hard_test_errors", "")]
+    # one batched run
+    assert (
+        len(list((tmp_path / "runs").glob("smoke/seed0/soft_regularizer_3pct_soft_select-*"))) == 1
+    )
+    assert (
+        ("soft_test_errors", "") in rows
+        and ("gap_closed", "") in rows
+        or rows[("hard_test_errors", "")] == rows[("full_data_hard_test_errors", "")]
+    )
 
 
 def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_teacher():
     from darkknowledge.reproduce.report import training_time
 
     def row(scale, cell, metric, value, wall, h, date):
-        return {"cell": cell, "variant": "", "scale": scale, "seed": "0", "metric": metric, "value": str(value), "wall_seconds": str(wall), "config_hash": h, "date": date}
+        return {
+            "cell": cell,
+            "variant": "",
+            "scale": scale,
+            "seed": "0",
+            "metric": metric,
+            "value": str(value),
+            "wall_seconds": str(wall),
+            "config_hash": h,
+            "date": date,
+        }
 
     rows = [
         row("cpu", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T12:00Z"),
-        row("smoke", "student", "test_errors", 400, 600, "old", "2026-11-01T00:00Z"),  # replaced below
-        row("smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T13:00Z"),  # the shipped teacher
+        # replaced below
+        row("smoke", "student", "test_errors", 400, 600, "old", "2026-11-01T00:00Z"),
+        # the shipped teacher
+        row("smoke", "teacher_1200", "test_errors", 65, 3000, "T", "2026-12-01T13:00Z"),
         row("smoke", "student", "test_errors", 180, 60, "new", "2026-12-01T13:01Z"),
         row("smoke", "student", "samples_per_s", 9000, 60, "new", "2026-12-01T13:01Z"),
     ]
-    assert training_time(rows, "smoke") == "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` is another scale's run (the shipped teacher), not counted"
+    assert training_time(rows, "smoke") == (
+        "seed 0's 1 runs took 1 minutes in all (the sum of their wall times); `teacher_1200` "
+        "is another scale's run (the shipped teacher), not counted"
+    )
     assert training_time(rows, "cpu").startswith("seed 0's 1 runs took 50 minutes")
     # rows that carry the trained run's own date tie, whatever their order: the scale that
     # recorded its speed trained it
@@ -437,16 +676,23 @@ def test_a_scales_training_time_counts_its_current_runs_once_and_not_a_borrowed_
 def test_the_deployment_table_shows_the_latest_measurement_of_each_model(tmp_path):
     from darkknowledge.reproduce.report import deployment_table
 
-    cols = "cell,scale,runtime,parameters,bytes,test_errors,ece,b1_p50_ms,b1_p95_ms,b64_p50_ms,b64_p95_ms,threads,machine,git_sha,date"
+    cols = (
+        "cell,scale,runtime,parameters,bytes,test_errors,ece,"
+        "b1_p50_ms,b1_p95_ms,b64_p50_ms,b64_p95_ms,threads,machine,git_sha,date"
+    )
     rows = [
-        "student_800_hard,cpu,pytorch,1276810,5110000,140,0.01,0.9,1.0,9.0,9.5,1,x86_64,abc,2026-12-01T00:00:00Z",  # replaced below
+        # replaced below
+        "student_800_hard,cpu,pytorch,1276810,5110000,140,0.01,0.9,1.0,9.0,9.5,1,x86_64,abc,2026-12-01T00:00:00Z",
         "student_800_hard,cpu,pytorch,1276810,5110000,129,0.0111,0.5,0.6,5.0,5.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
         "student_800_hard,cpu,onnx,1276810,5108000,129,0.0111,0.4,0.5,4.0,4.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
         "student_800_hard,cpu,onnx-int8,1276810,1290000,131,,0.2,0.3,1.0,1.5,1,x86_64,abcdef1234,2026-12-02T00:00:00Z",
     ]
     (tmp_path / "deployment.csv").write_text("\n".join([cols, *rows]) + "\n")
     text = deployment_table(tmp_path / "deployment.csv")
-    assert "| `student_800_hard` | 1,276,810 | 5.11 MB / 5.11 MB / 1.29 MB | 129 / 131 | 0.0111 | 0.500 / 0.400 / 0.200 | 5.000 / 4.000 / 1.000 |" in text
+    assert (
+        "| `student_800_hard` | 1,276,810 | 5.11 MB / 5.11 MB / 1.29 MB | 129 / 131 | 0.0111 | "
+        "0.500 / 0.400 / 0.200 | 5.000 / 4.000 / 1.000 |" in text
+    )
     assert "2026-12-02 (commit abcdef1234)" in text
     assert deployment_table(tmp_path / "absent.csv") == ""
 
@@ -455,41 +701,107 @@ def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(t
     exp = _copy_experiment(tmp_path)
     cfg = exp / "configs" / "ensemble_distill.yaml"
     cell = yaml.safe_load(cfg.read_text())
-    cell["ensemble"].update(members=3, counts=[1, 3], datasets={"smoke": ["mnist"]}, temperatures=[1, 4], step_sizes=[0.03, 0.1])
+    cell["ensemble"].update(
+        members=3,
+        counts=[1, 3],
+        datasets={"smoke": ["mnist"]},
+        temperatures=[1, 4],
+        step_sizes=[0.03, 0.1],
+    )
     cfg.write_text(yaml.safe_dump(cell))
-    assert reproduce("hinton2015", only=["ensemble_distill"], scale="smoke", root=str(tmp_path / "experiments"), device="cpu", overrides=TINY, runs_root=str(tmp_path / "runs")) == 0
+    assert (
+        reproduce(
+            "hinton2015",
+            only=["ensemble_distill"],
+            scale="smoke",
+            root=str(tmp_path / "experiments"),
+            device="cpu",
+            overrides=TINY,
+            runs_root=str(tmp_path / "runs"),
+        )
+        == 0
+    )
     with open(exp / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    got = {(r["variant"], r["metric"]): float(r["value"]) for r in rows if r["cell"] == "ensemble_distill"}
-    assert len([k for k in got if k[1] == "select_valid_errors"]) == 4  # 2 temperatures × 2 step sizes, one batched run
-    base, ens, dist = got[("", "baseline_accuracy_mnist")], got[("", "ensemble_accuracy_mnist")], got[("", "distilled_accuracy_mnist")]
+    got = {
+        (r["variant"], r["metric"]): float(r["value"])
+        for r in rows
+        if r["cell"] == "ensemble_distill"
+    }
+    # 2 temperatures × 2 step sizes, one batched run
+    assert len([k for k in got if k[1] == "select_valid_errors"]) == 4
+    base, ens, dist = (
+        got[("", "baseline_accuracy_mnist")],
+        got[("", "ensemble_accuracy_mnist")],
+        got[("", "distilled_accuracy_mnist")],
+    )
     assert got[("", "member_accuracy_min_mnist")] <= base <= got[("", "member_accuracy_max_mnist")]
     assert got[("", "gain_mnist")] == pytest.approx(ens - base, abs=1e-3)
     if ens > base:
-        assert got[("", "gain_kept_mnist")] == pytest.approx((dist - base) / (ens - base), rel=1e-3, abs=1e-3)
-    assert got[("mnist_m3", "ensemble_accuracy")] == ens and got[("mnist_m3", "distilled_accuracy")] == dist
+        assert got[("", "gain_kept_mnist")] == pytest.approx(
+            (dist - base) / (ens - base), rel=1e-3, abs=1e-3
+        )
+    assert (
+        got[("mnist_m3", "ensemble_accuracy")] == ens
+        and got[("mnist_m3", "distilled_accuracy")] == dist
+    )
     assert ("mnist_m1", "distilled_accuracy") in got  # a student of member 0 alone
     # the run directory of the ensemble is one teacher of 3 members, each the run of its seed
-    ens_dir = next((tmp_path / "runs" / "smoke" / "seed0").glob("ensemble_distill_mnist_ensemble-*"))
+    ens_dir = next(
+        (tmp_path / "runs" / "smoke" / "seed0").glob("ensemble_distill_mnist_ensemble-*")
+    )
     assert sorted(p.name for p in (ens_dir / "replicas").iterdir()) == ["0", "1", "2"]
     from darkknowledge.reproduce.report import ensemble_results, plot_members
 
     table, curves = ensemble_results(rows, "smoke-custom")
     assert "| mnist |" in table and set(curves["mnist"]["ensemble"]) == {1, 3}
-    assert plot_members(curves, tmp_path / "members.png", "smoke") and (tmp_path / "members.png").stat().st_size > 0
+    assert (
+        plot_members(curves, tmp_path / "members.png", "smoke")
+        and (tmp_path / "members.png").stat().st_size > 0
+    )
 
 
 def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(tmp_path):
     exp = _copy_experiment(tmp_path)
     cfg = exp / "configs" / "specialists_mnist100.yaml"
     cell = yaml.safe_load(cfg.read_text())
-    cell["specialists"].update(clusters={"k": 4, "size": 10, "seed": 0}, train={"steps": 20, "batch_size": 50, "lr": 0.01}, student={"epochs": 1, "lr": 0.05})
+    cell["specialists"].update(
+        clusters={"k": 4, "size": 10, "seed": 0},
+        train={"steps": 20, "batch_size": 50, "lr": 0.01},
+        student={"epochs": 1, "lr": 0.05},
+    )
     cfg.write_text(yaml.safe_dump(cell))
-    tiny = [o for o in TINY if not o.startswith("data.")] + ["data.train_size=2000", "data.validation_size=200", "data.test_size=500"]
-    assert reproduce("hinton2015", only=["specialists_mnist100"], scale="smoke", root=str(tmp_path / "experiments"), device="cpu", overrides=tiny, runs_root=str(tmp_path / "runs")) == 0
+    tiny = [o for o in TINY if not o.startswith("data.")] + [
+        "data.train_size=2000",
+        "data.validation_size=200",
+        "data.test_size=500",
+    ]
+    assert (
+        reproduce(
+            "hinton2015",
+            only=["specialists_mnist100"],
+            scale="smoke",
+            root=str(tmp_path / "experiments"),
+            device="cpu",
+            overrides=tiny,
+            runs_root=str(tmp_path / "runs"),
+        )
+        == 0
+    )
     with open(exp / "results.csv", newline="") as f:
-        got = {(r["variant"], r["metric"]): float(r["value"]) for r in csv.DictReader(f) if r["cell"] == "specialists_mnist100"}
-    for metric in ("top1", "top1_with_specialists", "conditional", "top1_distilled", "parameters_system", "latency_ms_system"):
+        got = {
+            (r["variant"], r["metric"]): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["cell"] == "specialists_mnist100"
+        }
+    for metric in (
+        "top1",
+        "top1_with_specialists",
+        "conditional",
+        "top1_distilled",
+        "parameters_system",
+        "latency_ms_system",
+    ):
         assert ("", metric) in got, metric
     assert got[("", "parameters_system")] > got[("", "parameters_generalist")]
     assert 1 <= got[("", "specialists")] <= 4

@@ -25,9 +25,13 @@ def test_the_shipped_teacher_is_the_trained_file_and_the_cpu_scales_teacher(tmp_
     assert model_file.stat().st_size <= 10_000_000
     cells = load_cells(EXP)
     assert cells["teacher_1200"].shipped["path"] == "shipped/teacher_1200_cpu"
-    lr = read_yaml(SHIPPED / "config.yaml")["optim"]["lr"]  # chosen on the validation split (select:)
+    lr = read_yaml(SHIPPED / "config.yaml")["optim"][
+        "lr"
+    ]  # chosen on the validation split (select:)
     assert lr in cells["teacher_1200"].select["values"]
-    cfg = Context(EXP, cells, "cpu", seed=0, overrides=[], device="auto", runs_root=tmp_path).config(cells["teacher_1200"], [f"optim.lr={lr}"])
+    cfg = Context(
+        EXP, cells, "cpu", seed=0, overrides=[], device="auto", runs_root=tmp_path
+    ).config(cells["teacher_1200"], [f"optim.lr={lr}"])
     assert summary["config_hash"] == cfg.hash()
 
 

@@ -20,7 +20,15 @@ def smoke_rows(tmp_path_factory):
     root = tmp_path_factory.mktemp("story")
     exp = root / "experiments" / "hinton2015"
     shutil.copytree(EXP, exp, ignore=shutil.ignore_patterns("results.csv", "*.png"))
-    reproduce("hinton2015", scale="smoke", seeds=3, root=str(exp.parent), device="cpu", overrides=["progress=false"], runs_root=str(root / "runs"))
+    reproduce(
+        "hinton2015",
+        scale="smoke",
+        seeds=3,
+        root=str(exp.parent),
+        device="cpu",
+        overrides=["progress=false"],
+        runs_root=str(root / "runs"),
+    )
     with open(exp / "results.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["scale"] == "smoke"]
     by: dict[str, dict[tuple[str, str, str], float]] = {}
@@ -45,8 +53,13 @@ def test_the_smoke_table_tells_the_papers_story(smoke_rows, seed):
     assert abs(logit - soft) <= max(0.25 * soft, 30)  # logit matching: close to soft targets
     on3, on3_fixed = v("omit3", "test_errors_on_3"), v("omit3", "test_errors_on_3_valid_offset")
     assert on3_fixed <= 0.5 * on3  # omitted 3s recovered by a bias offset chosen on validation
-    assert v("soft_regularizer_3pct", "soft_test_errors") <= 0.85 * v("soft_regularizer_3pct", "hard_test_errors")
-    sweep30 = {t: v("temperature_sweep", "test_errors", f"w30_T{t}") for t in ("1", "2", "2.5", "3", "4", "5", "8", "10", "20")}
+    assert v("soft_regularizer_3pct", "soft_test_errors") <= 0.85 * v(
+        "soft_regularizer_3pct", "hard_test_errors"
+    )
+    sweep30 = {
+        t: v("temperature_sweep", "test_errors", f"w30_T{t}")
+        for t in ("1", "2", "2.5", "3", "4", "5", "8", "10", "20")
+    }
     best = min(sweep30, key=sweep30.get)
     assert float(best) <= 5  # a 30-unit student prefers a low temperature
     assert min(sweep30[t] for t in ("2", "2.5", "3", "4")) <= 0.95 * sweep30["20"]

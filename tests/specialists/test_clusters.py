@@ -14,7 +14,9 @@ from darkknowledge.specialists.clusters import (
 )
 
 
-def _confused_generalist(groups: list[list[int]], classes: int, n: int = 3000, seed: int = 0) -> torch.Tensor:
+def _confused_generalist(
+    groups: list[list[int]], classes: int, n: int = 3000, seed: int = 0
+) -> torch.Tensor:
     """Predictions that hesitate within planted groups: each image's mass spread over one group."""
     g = torch.Generator().manual_seed(seed)
     probs = torch.full((n, classes), 1e-3)

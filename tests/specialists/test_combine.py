@@ -62,7 +62,9 @@ def _case(
 
 
 def _naive_objective(q, p_general, p_specialists, clusters, active):
-    """KL(p_g ‖ q) + Σ_{m active} KL(p_m ‖ q_m) for one image, written out specialist by specialist."""
+    """KL(p_g ‖ q) + Σ_{m active} KL(p_m ‖ q_m) for one image, written out specialist by
+    specialist.
+    """
     classes = q.shape[0]
     keep = p_general > 0
     total = (p_general[keep] * (p_general[keep] / q[keep]).log()).sum()
@@ -281,9 +283,8 @@ def test_dustbins_can_fill_a_class_the_generalist_rules_out():
     p_specialists = torch.tensor([[[0.01, 0.0, 0.0, 0.99], [0.0, 0.01, 0.0, 0.99]]] * 2, dtype=F64)
     active = torch.ones(2, 2, dtype=torch.bool)
     result = combine_detailed(p_general, p_specialists, clusters, active)
-    assert (
-        bool(result.converged.all()) and int(result.steps.max()) <= 2
-    )  # the Frank–Wolfe step moves the mass at once
+    # the Frank–Wolfe step moves the mass at once
+    assert bool(result.converged.all()) and int(result.steps.max()) <= 2
     torch.testing.assert_close(
         result.q, torch.tensor([[0.34, 0.34, 0.32]] * 2, dtype=F64), rtol=0, atol=1e-12
     )

@@ -15,7 +15,13 @@ from darkknowledge.specialists.system import predict
 def _system(classes: int = 12, specialists: int = 5, size: int = 4, n: int = 16):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 4), dtype=torch.uint8)
-    data = TensorDataset(images=images, labels=torch.randint(classes, (n,)), index=torch.arange(n), num_classes=classes, name="toy/test")
+    data = TensorDataset(
+        images=images,
+        labels=torch.randint(classes, (n,)),
+        index=torch.arange(n),
+        num_classes=classes,
+        name="toy/test",
+    )
     generalist = MLP(MLPSpec(hidden=[16]), 12, classes)
     members = [MLP(MLPSpec(hidden=[16]), 12, size + 1) for _ in range(specialists)]
     clusters = torch.zeros(specialists, classes, dtype=torch.bool)
@@ -29,7 +35,11 @@ def test_chunked_prediction_over_the_specialists_in_use_equals_the_direct_combin
     x = data.features()
     with torch.no_grad():
         p_g = generalist(x).double().softmax(dim=1)
-        per = specialists(x.unsqueeze(0).expand(specialists.replicas, -1, -1)).double().softmax(dim=-1)
+        per = (
+            specialists(x.unsqueeze(0).expand(specialists.replicas, -1, -1))
+            .double()
+            .softmax(dim=-1)
+        )
         active = active_specialists(p_g, clusters, 2)
         direct = combine(p_g, dense_specialist_probs(list(per), clusters), clusters, active).float()
     assert active.any(dim=1).sum() > 0 and not active.all()
@@ -39,6 +49,10 @@ def test_chunked_prediction_over_the_specialists_in_use_equals_the_direct_combin
         torch.testing.assert_close(out["p_general"], p_g.float())
         assert torch.equal(out["active"], active)
         slim = predict(generalist, specialists, clusters, data, 2, keep_probs=False, budget=budget)
-        assert torch.equal(slim["pred"], direct.argmax(dim=1)) and torch.equal(slim["pred_general"], p_g.argmax(dim=1))
+        assert torch.equal(slim["pred"], direct.argmax(dim=1)) and torch.equal(
+            slim["pred_general"], p_g.argmax(dim=1)
+        )
     full = specialist_tables(out["p_general"], out["q"], data.labels, clusters, out["active"])
-    assert str(specialist_tables(slim["pred_general"], slim["pred"], data.labels, clusters, slim["active"])) == str(full)  # NaN-safe
+    assert str(
+        specialist_tables(slim["pred_general"], slim["pred"], data.labels, clusters, slim["active"])
+    ) == str(full)  # NaN-safe

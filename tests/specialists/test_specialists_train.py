@@ -30,7 +30,9 @@ def _clusters(rows, classes=10):
 def test_label_maps_and_collapse():
     clusters = _clusters([[3, 5, 8], [4, 7, 9]])
     maps = label_maps(clusters)
-    assert maps[0].tolist() == [3, 3, 3, 0, 3, 1, 3, 3, 2, 3] and maps[1, 9] == 2 and maps[1, 0] == 3
+    assert (
+        maps[0].tolist() == [3, 3, 3, 0, 3, 1, 3, 3, 2, 3] and maps[1, 9] == 2 and maps[1, 0] == 3
+    )
     p = torch.softmax(torch.randn(4, 10), dim=1)
     c = collapse(p, clusters)
     assert c.shape == (2, 4, 4)
@@ -76,12 +78,16 @@ def test_specialists_learn_their_confusable_classes(mnist_train):
         return accs
 
     before = within_accuracy(from_generalist(gen, clusters))
-    model, info = train_specialists(gen, clusters, train, SpecialistSettings(steps=150, batch_size=50, lr=0.05))
+    model, info = train_specialists(
+        gen, clusters, train, SpecialistSettings(steps=150, batch_size=50, lr=0.05)
+    )
     after = within_accuracy(model)
     assert all(a > b + 0.2 for a, b in zip(after, before, strict=True)), (before, after)
     assert info["final_loss"] < 1.0
     with pytest.raises(DKError, match="generalist_probs"):
         train_specialists(gen, clusters, train, SpecialistSettings(steps=1, soft_weight=1.0))
     probs = torch.softmax(gen(x).detach() / 2, dim=1)
-    soft, _ = train_specialists(gen, clusters, train, SpecialistSettings(steps=5, soft_weight=1.0, temperature=2.0), probs)
+    soft, _ = train_specialists(
+        gen, clusters, train, SpecialistSettings(steps=5, soft_weight=1.0, temperature=2.0), probs
+    )
     assert soft.replicas == 2

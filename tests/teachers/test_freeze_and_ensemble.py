@@ -78,14 +78,21 @@ def test_fingerprint_depends_on_members_and_order():
 @pytest.mark.parametrize("method", ["soft_targets", "logit_matching"])
 def test_ensemble_distillation_runs(make_cfg, teacher_file, combine, method):
     teachers = [str(teacher_file(f"t{i}.safetensors", seed=i)) for i in range(2)]
-    cfg = make_cfg(f"method.name={method}", f"teacher.checkpoints={json.dumps(teachers)}", f"teacher.combine={combine}", "optim.epochs=1")
+    cfg = make_cfg(
+        f"method.name={method}",
+        f"teacher.checkpoints={json.dumps(teachers)}",
+        f"teacher.combine={combine}",
+        "optim.epochs=1",
+    )
     summary = run(cfg, kind="distill")
     assert summary["steps"] == 6
     assert 0 <= summary["eval"]["test"]["agreement"] <= 1
     assert load_model(cfg.run_dir).num_classes == 10
 
 
-def test_teacher_bitwise_unchanged_and_in_eval_after_distillation(make_cfg, teacher_file, monkeypatch):
+def test_teacher_bitwise_unchanged_and_in_eval_after_distillation(
+    make_cfg, teacher_file, monkeypatch
+):
     """A live-teacher run calls the teacher every step; its weights and mode must not move."""
     path = teacher_file(hidden=[16])
     before = path.read_bytes()
@@ -93,11 +100,22 @@ def test_teacher_bitwise_unchanged_and_in_eval_after_distillation(make_cfg, teac
     real_call = Teacher.__call__
 
     def spy(self, x):
-        seen.append((self, [m.training for m in self.members], [{k: v.clone() for k, v in m.state_dict().items()} for m in self.members]))
+        seen.append(
+            (
+                self,
+                [m.training for m in self.members],
+                [{k: v.clone() for k, v in m.state_dict().items()} for m in self.members],
+            )
+        )
         return real_call(self, x)
 
     monkeypatch.setattr(Teacher, "__call__", spy)
-    cfg = make_cfg("method.name=soft_targets", f"teacher.checkpoints=[{path}]", "teacher.outputs=live", "data.jitter=1")
+    cfg = make_cfg(
+        "method.name=soft_targets",
+        f"teacher.checkpoints=[{path}]",
+        "teacher.outputs=live",
+        "data.jitter=1",
+    )
     run(cfg, kind="distill")
     assert path.read_bytes() == before
     assert len(seen) == 12 + 1  # every step, plus the test set once (for agreement)
@@ -115,5 +133,7 @@ def test_teacher_bitwise_unchanged_and_in_eval_after_distillation(make_cfg, teac
 def test_teacher_class_count_must_match_the_data(make_cfg, teacher_file):
     path = teacher_file(num_classes=5)
     cfg = make_cfg("method.name=soft_targets", f"teacher.checkpoints=[{path}]")
-    with pytest.raises(DKError, match="teacher predicts 5 classes from 784 inputs but mnist has 10 classes"):
+    with pytest.raises(
+        DKError, match="teacher predicts 5 classes from 784 inputs but mnist has 10 classes"
+    ):
         run(cfg, kind="distill")

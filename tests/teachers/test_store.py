@@ -33,7 +33,9 @@ def _teacher(seed=0, classes=10, members=1):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         models = [build_model("mlp", {"hidden": [8]}, 16, classes) for _ in range(members)]
-    return Teacher(models, [f"teacher{seed}" + (f".{m}" if members > 1 else "") for m in range(members)])
+    return Teacher(
+        models, [f"teacher{seed}" + (f".{m}" if members > 1 else "") for m in range(members)]
+    )
 
 
 def _data(n=30, seed=0, name="toy/train"):
@@ -80,11 +82,24 @@ def test_computed_once_then_reused(shard_computes, isolated_cache):
     assert torch.equal(first, compute_teacher_logits(teacher, data))
 
 
-def test_students_at_different_temperatures_share_one_dense_store(make_cfg, teacher_file, shard_computes):
+def test_students_at_different_temperatures_share_one_dense_store(
+    make_cfg, teacher_file, shard_computes
+):
     path = teacher_file()
     for name, t in (("a", 2), ("b", 20)):
-        run(make_cfg("method.name=soft_targets", f"method.temperature={t}", f"teacher.checkpoints=[{path}]", "optim.epochs=1", name=name), kind="distill")
-    assert shard_computes == [("mnist/train", 0)]  # the test set's logits are computed by run(), not stored
+        run(
+            make_cfg(
+                "method.name=soft_targets",
+                f"method.temperature={t}",
+                f"teacher.checkpoints=[{path}]",
+                "optim.epochs=1",
+                name=name,
+            ),
+            kind="distill",
+        )
+    assert shard_computes == [
+        ("mnist/train", 0)
+    ]  # the test set's logits are computed by run(), not stored
 
 
 def test_rows_are_keyed_by_dataset_position_and_index():
@@ -95,13 +110,17 @@ def test_rows_are_keyed_by_dataset_position_and_index():
     assert torch.equal(shard["index"], torch.tensor([7, 3, 30, 12]))
     for pos, src in enumerate([7, 3, 30, 12]):
         expected = teacher(full.features(torch.tensor([src])))[:, 0]
-        assert torch.allclose(logits[:, pos], expected, rtol=0, atol=1e-6)  # batch size may change the last bits
+        # batch size may change the last bits
+        assert torch.allclose(logits[:, pos], expected, rtol=0, atol=1e-6)
 
 
 def test_explicit_store_from_another_teacher_is_refused(tmp_path):
     data, path = _data(), tmp_path / "store"
     teacher_outputs(_teacher(0), data, path)
-    with pytest.raises(DKError, match=r"store .*store was made by another teacher .*set teacher.store to a new path"):
+    with pytest.raises(
+        DKError,
+        match=r"store .*store was made by another teacher .*set teacher.store to a new path",
+    ):
         teacher_outputs(_teacher(1), data, path)
 
 
@@ -112,7 +131,9 @@ def test_explicit_store_over_other_data_is_refused(tmp_path):
         teacher_outputs(teacher, _data(seed=1), path)  # same name and indices, other pixels
     with pytest.raises(DKError, match=r"other data \(toy/train.*than the transfer set toy/test"):
         teacher_outputs(teacher, _data(seed=0, name="toy/test"), path)
-    with pytest.raises(DKError, match=r"other data .*5 of its 35 source indices are not in the store"):
+    with pytest.raises(
+        DKError, match=r"other data .*5 of its 35 source indices are not in the store"
+    ):
         teacher_outputs(teacher, _data(n=35, seed=0), path)
 
 
@@ -124,7 +145,9 @@ def test_a_store_of_a_whole_split_serves_any_subset_of_it(tmp_path):
     assert torch.equal(teacher_outputs(teacher, subset, path), everything[:, [39, 0, 8, 8, 21]])
     forged = TensorDataset(subset.images.clone(), subset.labels, subset.index, 10, "toy/train")
     forged.images[2, 0, 0] ^= 1  # one pixel of one example
-    with pytest.raises(DKError, match=r"other data .*; 1 of its 5 examples have other pixels than the stored rows"):
+    with pytest.raises(
+        DKError, match=r"other data .*; 1 of its 5 examples have other pixels than the stored rows"
+    ):
         teacher_outputs(teacher, forged, path)
 
 
@@ -159,21 +182,41 @@ def test_corrupt_default_store_is_repaired_with_a_warning(shard_computes):
     before = _files(path)
     raw = (path / "shard-00001.safetensors").read_bytes()
     (path / "shard-00001.safetensors").write_bytes(raw[: len(raw) // 2])
-    with pytest.warns(UserWarning, match=f"rebuilding teacher-output store: teacher-output store {path} is corrupt \\(shard-00001.safetensors does not match the sha256"):
+    with pytest.warns(
+        UserWarning,
+        match=(
+            f"rebuilding teacher-output store: teacher-output store {path} is corrupt "
+            "\\(shard-00001.safetensors does not match the sha256"
+        ),
+    ):
         again = teacher_outputs(teacher, data, options=options)
     assert torch.equal(again, good)
     assert _files(path) == before
-    assert shard_computes == [("toy/train", 0), ("toy/train", 10), ("toy/train", 20), ("toy/train", 10)]
+    assert shard_computes == [
+        ("toy/train", 0),
+        ("toy/train", 10),
+        ("toy/train", 20),
+        ("toy/train", 10),
+    ]
 
 
 def test_corrupt_explicit_store_is_an_error(tmp_path):
     teacher, data, path = _teacher(), _data(), tmp_path / "store"
     teacher_outputs(teacher, data, path)
     (path / "manifest.json").write_bytes(b"\x00" * 100)
-    with pytest.raises(DKError, match=r"store .*store is corrupt \(manifest.json is not a JSON object\)"):
+    with pytest.raises(
+        DKError, match=r"store .*store is corrupt \(manifest.json is not a JSON object\)"
+    ):
         teacher_outputs(teacher, data, path)
-    (path / "s.safetensors").write_bytes(b"\x00" * 100)  # a file of the user's, not a store: not called corrupt
-    with pytest.raises(DKError, match="s.safetensors is a file that is not a teacher-output store; point teacher.store at a new or empty directory"):
+    # a file of the user's, not a store: not called corrupt
+    (path / "s.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(
+        DKError,
+        match=(
+            "s.safetensors is a file that is not a teacher-output store; point teacher.store at a "
+            "new or empty directory"
+        ),
+    ):
         teacher_outputs(teacher, data, path / "s.safetensors")
     assert (path / "s.safetensors").read_bytes() == b"\x00" * 100
 
@@ -185,15 +228,30 @@ def test_store_locks_live_inside_the_store_and_a_refused_build_leaves_nothing(tm
     with pytest.raises(DKError, match="is not a teacher-output store"):
         teacher_outputs(teacher, data, tmp_path / "mine")
     with pytest.raises(DKError):
-        teacher_outputs(teacher, TensorDataset(torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 10, "empty/train"), tmp_path / "new")
+        teacher_outputs(
+            teacher,
+            TensorDataset(
+                torch.zeros(0, 28, 28, dtype=torch.uint8),
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, dtype=torch.long),
+                10,
+                "empty/train",
+            ),
+            tmp_path / "new",
+        )
     teacher_outputs(teacher, data, tmp_path / "store")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "store"]  # no .<name>.lock beside them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mine",
+        "store",
+    ]  # no .<name>.lock beside them
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     assert ".store.lock" in {p.name for p in (tmp_path / "store").iterdir()}
 
 
 def test_a_killed_precompute_leaves_ignored_temp_files(shard_computes):
-    """atomic_write_bytes writes .<name>.<random>.tmp then renames; a kill leaves only temp files."""
+    """atomic_write_bytes writes .<name>.<random>.tmp then renames; a kill leaves only temp
+    files.
+    """
     teacher, data = _teacher(), _data()
     path = default_store_path(teacher, data)
     path.mkdir(parents=True)
@@ -202,14 +260,25 @@ def test_a_killed_precompute_leaves_ignored_temp_files(shard_computes):
     logits = teacher_outputs(teacher, data)
     assert shard_computes == [("toy/train", 0)]
     assert torch.equal(load_store(path, teacher, data), logits)
-    assert sorted(p.name for p in path.iterdir()) == [".store.lock", "manifest.json", "shard-00000.json", "shard-00000.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        ".store.lock",
+        "manifest.json",
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]
 
 
 def test_non_finite_teacher_outputs_are_refused_before_training(tmp_path):
     teacher, data = _teacher(), _data()
     with torch.no_grad():
         teacher.members[0].layers[-1].bias[3] = float("nan")
-    with pytest.raises(DKError, match=r"teacher teacher0 outputs non-finite logits for 30 examples of toy/train, first at source index 0"):
+    with pytest.raises(
+        DKError,
+        match=(
+            r"teacher teacher0 outputs non-finite logits for 30 examples of toy/train, first at "
+            r"source index 0"
+        ),
+    ):
         teacher_outputs(teacher, data, tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
@@ -234,7 +303,13 @@ def test_an_unwritable_default_store_only_costs_the_reuse(monkeypatch):
 
 def test_a_full_disk_at_an_explicit_store_is_an_error(monkeypatch, tmp_path):
     _fail_writes(monkeypatch, errno.ENOSPC)
-    with pytest.raises(DKError, match=r"disk full writing teacher-output store .*s; free space or set teacher.store to a writable path"):
+    with pytest.raises(
+        DKError,
+        match=(
+            r"disk full writing teacher-output store .*s; free space or set teacher.store to a "
+            r"writable path"
+        ),
+    ):
         teacher_outputs(_teacher(), _data(), tmp_path / "s")
 
 
@@ -259,9 +334,24 @@ def test_the_manifest_describes_the_store(tmp_path):
     teacher_outputs(teacher, data, tmp_path / "s", StoreOptions(shard_size=12, dtype="float16"))
     m = read_store_manifest(tmp_path / "s")
     assert m["format"] == "darkknowledge.teacher_outputs/3" and m["complete"] is True
-    assert (m["teacher_fingerprint"], m["dataset_fingerprint"], m["dataset_name"]) == (teacher.fingerprint, data.fingerprint(), "toy/train")
-    assert (m["n"], m["classes"], m["members"], m["dtype"], m["kind"], m["shard_size"]) == (30, 10, 2, "float16", "dense", 12)
-    assert [(s["file"], s["start"], s["stop"]) for s in m["shards"]] == [("shard-00000.safetensors", 0, 12), ("shard-00001.safetensors", 12, 24), ("shard-00002.safetensors", 24, 30)]
+    assert (m["teacher_fingerprint"], m["dataset_fingerprint"], m["dataset_name"]) == (
+        teacher.fingerprint,
+        data.fingerprint(),
+        "toy/train",
+    )
+    assert (m["n"], m["classes"], m["members"], m["dtype"], m["kind"], m["shard_size"]) == (
+        30,
+        10,
+        2,
+        "float16",
+        "dense",
+        12,
+    )
+    assert [(s["file"], s["start"], s["stop"]) for s in m["shards"]] == [
+        ("shard-00000.safetensors", 0, 12),
+        ("shard-00001.safetensors", 12, 24),
+        ("shard-00002.safetensors", 24, 30),
+    ]
     assert m["teacher_sources"] == ["teacher0.0", "teacher0.1"]
 
 
@@ -269,8 +359,19 @@ def test_the_manifest_describes_the_store(tmp_path):
 
 
 def _format2_file(path, teacher, data, logits):
-    meta = {"format": "darkknowledge.teacher_outputs/2", "teacher_fingerprint": teacher.fingerprint, "dataset_fingerprint": data.fingerprint(), "dataset_name": data.name, "teacher_sources": teacher.sources}
-    path.write_bytes(st_save({"logits": logits.contiguous(), "index": data.index.contiguous()}, metadata={"darkknowledge.teacher_outputs": json.dumps(meta, sort_keys=True)}))
+    meta = {
+        "format": "darkknowledge.teacher_outputs/2",
+        "teacher_fingerprint": teacher.fingerprint,
+        "dataset_fingerprint": data.fingerprint(),
+        "dataset_name": data.name,
+        "teacher_sources": teacher.sources,
+    }
+    path.write_bytes(
+        st_save(
+            {"logits": logits.contiguous(), "index": data.index.contiguous()},
+            metadata={"darkknowledge.teacher_outputs": json.dumps(meta, sort_keys=True)},
+        )
+    )
     return path
 
 
@@ -280,7 +381,10 @@ def test_a_format_2_single_file_store_is_still_read(tmp_path, shard_computes):
     path = _format2_file(tmp_path / "old.safetensors", teacher, data, logits)
     assert torch.equal(teacher_outputs(teacher, data, path), logits)
     assert shard_computes == []
-    with pytest.raises(DKError, match=r"single-file store \(format 2\) of dense float32 logits but the run asks for top-3"):
+    with pytest.raises(
+        DKError,
+        match=r"single-file store \(format 2\) of dense float32 logits but the run asks for top-3",
+    ):
         teacher_outputs(teacher, data, path, StoreOptions(topk=3, temperature=4.0))
     with pytest.raises(DKError, match="was made by another teacher"):
         teacher_outputs(_teacher(1), data, path)

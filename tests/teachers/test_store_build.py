@@ -45,7 +45,13 @@ def _teacher(seed=0, members=1, classes=10, in_features=16):
 
 def _data(n=50, seed=0, classes=10):
     g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randint(0, 256, (n, 4, 4), dtype=torch.uint8, generator=g), torch.randint(0, classes, (n,), generator=g), torch.arange(n), classes, "toy/train")
+    return TensorDataset(
+        torch.randint(0, 256, (n, 4, 4), dtype=torch.uint8, generator=g),
+        torch.randint(0, classes, (n,), generator=g),
+        torch.arange(n),
+        classes,
+        "toy/train",
+    )
 
 
 def _files(path):
@@ -87,7 +93,9 @@ def test_a_stopped_build_finishes_only_the_missing_shards(tmp_path, monkeypatch,
         build_store(teacher, data, tmp_path / "s", options)
     assert not (tmp_path / "s" / "manifest.json").exists()
     assert "incomplete, 3 of 7 shards built" in describe_store(tmp_path / "s")
-    with pytest.raises(DKError, match=r"is incomplete \(no manifest.json; a build was stopped\); rerun"):
+    with pytest.raises(
+        DKError, match=r"is incomplete \(no manifest.json; a build was stopped\); rerun"
+    ):
         load_store(tmp_path / "s", teacher, data)
 
     monkeypatch.setattr(build_module, "write_shard", real)
@@ -112,7 +120,9 @@ def test_a_deleted_or_damaged_shard_is_rebuilt_alone(tmp_path, shard_computes):
     assert _files(out) == reference
 
 
-def test_a_partial_build_keeps_its_shard_size_when_none_is_asked(tmp_path, monkeypatch, shard_computes):
+def test_a_partial_build_keeps_its_shard_size_when_none_is_asked(
+    tmp_path, monkeypatch, shard_computes
+):
     teacher, data = _teacher(), _data()
     real = build_module.write_shard
 
@@ -137,13 +147,21 @@ def test_another_shard_size_replaces_stale_shards(tmp_path):
     build_store(teacher, data, out, StoreOptions(shard_size=5))
     (out / "manifest.json").unlink()  # a stopped rebuild with another layout
     build_store(teacher, data, out, StoreOptions(shard_size=25))
-    assert sorted(_files(out)) == ["manifest.json", "shard-00000.json", "shard-00000.safetensors", "shard-00001.json", "shard-00001.safetensors"]
+    assert sorted(_files(out)) == [
+        "manifest.json",
+        "shard-00000.json",
+        "shard-00000.safetensors",
+        "shard-00001.json",
+        "shard-00001.safetensors",
+    ]
     assert torch.equal(load_store(out, teacher, data), compute_teacher_logits(teacher, data))
 
 
 def test_a_store_can_be_streamed_shard_by_shard(tmp_path):
     teacher, data = _teacher(members=2), _data()
-    whole = teacher_outputs(teacher, data, tmp_path / "s", StoreOptions(shard_size=16, dtype="float16"))
+    whole = teacher_outputs(
+        teacher, data, tmp_path / "s", StoreOptions(shard_size=16, dtype="float16")
+    )
     seen = []
     for entry, tensors in iter_shards(tmp_path / "s"):
         assert tensors["logits"].dtype == torch.float16  # as stored
@@ -156,23 +174,44 @@ def test_a_store_can_be_streamed_shard_by_shard(tmp_path):
 def test_building_over_a_store_of_other_content_is_refused(tmp_path):
     teacher, data, out = _teacher(), _data(), tmp_path / "s"
     build_store(teacher, data, out)
-    with pytest.raises(DKError, match=r"holds other outputs \(dtype float32 ≠ float16\); choose another --out"):
+    with pytest.raises(
+        DKError, match=r"holds other outputs \(dtype float32 ≠ float16\); choose another --out"
+    ):
         build_store(teacher, data, out, StoreOptions(dtype="float16"))
     with pytest.raises(DKError, match=r"holds other outputs \(teacher_fingerprint"):
         build_store(_teacher(1), data, out)
-    with pytest.raises(DKError, match="holds dense float32 logits but the run asks for dense float16 logits"):
+    with pytest.raises(
+        DKError, match="holds dense float32 logits but the run asks for dense float16 logits"
+    ):
         teacher_outputs(teacher, data, out, StoreOptions(dtype="float16"))
 
 
 def test_the_default_store_of_other_options_is_another_directory(isolated_cache):
     teacher, data = _teacher(members=2), _data()
-    names = {default_store_path(teacher, data, o).name.split("-", 2)[2] for o in (StoreOptions(), StoreOptions(dtype="float16"), StoreOptions(topk=3, temperature=20.0), StoreOptions(topk=3, temperature=20.0, combine="geometric"))}
-    assert names == {"dense-float32", "dense-float16", "top3-T20.0-arithmetic-float32", "top3-T20.0-geometric-float32"}
-    assert default_store_path(_teacher(), data, StoreOptions(topk=3, temperature=2.5)).name.endswith("-top3-T2.5-float32")
+    names = {
+        default_store_path(teacher, data, o).name.split("-", 2)[2]
+        for o in (
+            StoreOptions(),
+            StoreOptions(dtype="float16"),
+            StoreOptions(topk=3, temperature=20.0),
+            StoreOptions(topk=3, temperature=20.0, combine="geometric"),
+        )
+    }
+    assert names == {
+        "dense-float32",
+        "dense-float16",
+        "top3-T20.0-arithmetic-float32",
+        "top3-T20.0-geometric-float32",
+    }
+    assert default_store_path(
+        _teacher(), data, StoreOptions(topk=3, temperature=2.5)
+    ).name.endswith("-top3-T2.5-float32")
 
 
 def test_a_mismatched_teacher_is_refused_before_any_work(tmp_path):
-    with pytest.raises(DKError, match=r"teacher predicts 5 classes from 16 inputs but toy/train has 10 classes"):
+    with pytest.raises(
+        DKError, match=r"teacher predicts 5 classes from 16 inputs but toy/train has 10 classes"
+    ):
         build_store(_teacher(classes=5), _data(), tmp_path / "s")
     with pytest.raises(DKError, match=r"top-k 11 exceeds the teacher's 10 classes"):
         build_store(_teacher(), _data(), tmp_path / "s", StoreOptions(topk=11, temperature=1.0))
@@ -224,14 +263,23 @@ def test_topk_store_holds_the_combined_topk_targets(tmp_path, members, dtype):
     want = topk_targets(compute_teacher_logits(teacher, data), 4, 5.0, "geometric")
     assert isinstance(got, TopKTargets) and got.shape == (1, 50, 4)
     assert got.indices.dtype == torch.int64 and got.log_probs.dtype == torch.float32
-    assert (got.temperature, got.members, got.combine) == (5.0, members, "geometric" if members > 1 else None)
+    assert (got.temperature, got.members, got.combine) == (
+        5.0,
+        members,
+        "geometric" if members > 1 else None,
+    )
     assert torch.equal(got.indices, want.indices)
     if dtype == "float32":
-        assert torch.equal(got.log_probs, want.log_probs) and torch.equal(got.tail_log_prob, want.tail_log_prob)
+        assert torch.equal(got.log_probs, want.log_probs) and torch.equal(
+            got.tail_log_prob, want.tail_log_prob
+        )
     else:
         assert torch.equal(got.log_probs, want.log_probs.half().float())
     shard = load_file(tmp_path / "s" / "shard-00000.safetensors")
-    assert set(shard) == {"indices", "log_probs", "tail_log_prob", "index", "row_sha256"} and shard["indices"].dtype == torch.int32
+    assert (
+        set(shard) == {"indices", "log_probs", "tail_log_prob", "index", "row_sha256"}
+        and shard["indices"].dtype == torch.int32
+    )
 
 
 def test_a_full_topk_store_gives_the_dense_loss(tmp_path):
@@ -248,33 +296,66 @@ def test_a_full_topk_store_gives_the_dense_loss(tmp_path):
 
 def test_a_topk_store_serves_a_subset_by_index(tmp_path):
     teacher, data = _teacher(), _data()
-    whole = teacher_outputs(teacher, data, tmp_path / "s", StoreOptions(topk=2, temperature=4.0, shard_size=9))
+    whole = teacher_outputs(
+        teacher, data, tmp_path / "s", StoreOptions(topk=2, temperature=4.0, shard_size=9)
+    )
     pos = torch.tensor([49, 3, 17])
-    part = teacher_outputs(teacher, data.subset(pos), tmp_path / "s", StoreOptions(topk=2, temperature=4.0))
-    assert torch.equal(part.indices, whole[:, pos].indices) and torch.equal(part.tail_log_prob, whole[:, pos].tail_log_prob)
+    part = teacher_outputs(
+        teacher, data.subset(pos), tmp_path / "s", StoreOptions(topk=2, temperature=4.0)
+    )
+    assert torch.equal(part.indices, whole[:, pos].indices) and torch.equal(
+        part.tail_log_prob, whole[:, pos].tail_log_prob
+    )
 
 
 def test_store_options_come_from_the_config_and_the_method():
     from darkknowledge.methods import build_method
 
     soft = build_method("soft_targets", {"temperature": 8})
-    cfg = load_config(None, ["teacher.store_topk=5", "teacher.store_dtype=float16", "teacher.combine=geometric"]).teacher
-    assert store_options(cfg, soft) == StoreOptions(dtype="float16", topk=5, temperature=8.0, combine="geometric")
+    cfg = load_config(
+        None, ["teacher.store_topk=5", "teacher.store_dtype=float16", "teacher.combine=geometric"]
+    ).teacher
+    assert store_options(cfg, soft) == StoreOptions(
+        dtype="float16", topk=5, temperature=8.0, combine="geometric"
+    )
     assert store_options(load_config(None, []).teacher, soft) == StoreOptions()
-    with pytest.raises(DKError, match=r"store_temperature=4 but method.temperature=8; a top-k store serves one temperature"):
-        store_options(load_config(None, ["teacher.store_topk=5", "teacher.store_temperature=4"]).teacher, soft)
-    with pytest.raises(DKError, match=r"teacher.store_topk=5 stores soft targets at one temperature but LogitMatching uses no temperature"):
+    with pytest.raises(
+        DKError,
+        match=r"store_temperature=4 but method.temperature=8; a top-k store serves one temperature",
+    ):
+        store_options(
+            load_config(None, ["teacher.store_topk=5", "teacher.store_temperature=4"]).teacher, soft
+        )
+    with pytest.raises(
+        DKError,
+        match=(
+            r"teacher.store_topk=5 stores soft targets at one temperature but LogitMatching uses "
+            r"no temperature"
+        ),
+    ):
         store_options(cfg, build_method("logit_matching"))
 
 
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("teacher.store_dtype=bf16", "teacher.store_dtype='bf16' is unknown; choose float32 or float16"),
+        (
+            "teacher.store_dtype=bf16",
+            "teacher.store_dtype='bf16' is unknown; choose float32 or float16",
+        ),
         ("teacher.store_topk=0", "teacher.store_topk=0 must be ≥ 1"),
-        ("teacher.store_temperature=4", "teacher.store_temperature=4.0 without teacher.store_topk; drop it"),
-        ("teacher.store_topk=3 teacher.store_temperature=-1", "teacher.store_temperature=-1.0 must be > 0"),
-        ("teacher.store_topk=3 teacher.outputs=live", "teacher.store_topk is set but teacher.outputs=live"),
+        (
+            "teacher.store_temperature=4",
+            "teacher.store_temperature=4.0 without teacher.store_topk; drop it",
+        ),
+        (
+            "teacher.store_topk=3 teacher.store_temperature=-1",
+            "teacher.store_temperature=-1.0 must be > 0",
+        ),
+        (
+            "teacher.store_topk=3 teacher.outputs=live",
+            "teacher.store_topk is set but teacher.outputs=live",
+        ),
     ],
 )
 def test_store_config_is_validated(override, needle):
@@ -284,7 +365,10 @@ def test_store_config_is_validated(override, needle):
 
 def test_store_options_enter_the_config_hash_only_when_set():
     base = load_config(None, [])
-    assert load_config(None, ["teacher.store_dtype=float32", "teacher.store_topk=null"]).hash() == base.hash()
+    assert (
+        load_config(None, ["teacher.store_dtype=float32", "teacher.store_topk=null"]).hash()
+        == base.hash()
+    )
     assert load_config(None, ["teacher.store_dtype=float16"]).hash() != base.hash()
     assert load_config(None, ["teacher.store_topk=3"]).hash() != base.hash()
 
@@ -294,18 +378,57 @@ def test_store_options_enter_the_config_hash_only_when_set():
 
 def test_a_run_distills_from_a_topk_store(make_cfg, teacher_file):
     path = teacher_file()
-    summary = run(make_cfg("method.name=soft_targets", "method.temperature=4", f"teacher.checkpoints=[{path}]", "teacher.store_topk=3", "teacher.store_dtype=float16", "optim.epochs=1"), kind="distill")
+    summary = run(
+        make_cfg(
+            "method.name=soft_targets",
+            "method.temperature=4",
+            f"teacher.checkpoints=[{path}]",
+            "teacher.store_topk=3",
+            "teacher.store_dtype=float16",
+            "optim.epochs=1",
+        ),
+        kind="distill",
+    )
     assert summary["steps"] == 6
-    lines = [json.loads(x) for x in (Path(make_cfg().run_dir).parent / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x)
+        for x in (Path(make_cfg().run_dir).parent / "run" / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert all(0 < line["soft"] < 1e3 for line in lines if "soft" in line)
 
 
-def test_a_run_at_another_temperature_than_its_topk_store_is_refused_before_training(make_cfg, teacher_file, tmp_path):
+def test_a_run_at_another_temperature_than_its_topk_store_is_refused_before_training(
+    make_cfg, teacher_file, tmp_path
+):
     path = teacher_file()
-    cfg = make_cfg("method.name=soft_targets", "method.temperature=4", f"teacher.checkpoints=[{path}]", "teacher.store_topk=3", f"teacher.store={tmp_path / 'store'}", "optim.epochs=1", name="a")
+    cfg = make_cfg(
+        "method.name=soft_targets",
+        "method.temperature=4",
+        f"teacher.checkpoints=[{path}]",
+        "teacher.store_topk=3",
+        f"teacher.store={tmp_path / 'store'}",
+        "optim.epochs=1",
+        name="a",
+    )
     run(cfg, kind="distill")
-    other = make_cfg("method.name=soft_targets", "method.temperature=20", f"teacher.checkpoints=[{path}]", "teacher.store_topk=3", f"teacher.store={tmp_path / 'store'}", "optim.epochs=1", name="b")
-    with pytest.raises(DKError, match=r"holds top-3 float32 log-probabilities at T=4 but the run asks for top-3 float32 log-probabilities at T=20"):
+    other = make_cfg(
+        "method.name=soft_targets",
+        "method.temperature=20",
+        f"teacher.checkpoints=[{path}]",
+        "teacher.store_topk=3",
+        f"teacher.store={tmp_path / 'store'}",
+        "optim.epochs=1",
+        name="b",
+    )
+    with pytest.raises(
+        DKError,
+        match=(
+            r"holds top-3 float32 log-probabilities at T=4 but the run asks for top-3 float32 "
+            r"log-probabilities at T=20"
+        ),
+    ):
         run(other, kind="distill")
     assert not (tmp_path / "b").exists()
 
@@ -321,7 +444,8 @@ def test_store_files_replaced_by_pickles_never_run(tmp_path, canary, victim, sha
     teacher, data, out = _teacher(), _data(), tmp_path / "s"
     teacher_outputs(teacher, data, out, StoreOptions(shard_size=20))
     (out / victim).write_bytes(payload)
-    if victim.endswith(".safetensors"):  # the attacker fixes the manifest too: only the format check is left
+    # the attacker fixes the manifest too: only the format check is left
+    if victim.endswith(".safetensors"):
         manifest = json.loads((out / "manifest.json").read_text())
         manifest["shards"][1]["sha256"] = hashlib.sha256(payload).hexdigest()
         (out / "manifest.json").write_text(json.dumps(manifest))
@@ -342,7 +466,20 @@ def test_store_files_replaced_by_pickles_never_run(tmp_path, canary, victim, sha
 def test_cli_build_and_info(tmp_path, teacher_file, capsys):
     t = teacher_file()
     out = tmp_path / "store"
-    args = ["teacher-outputs", "build", "--teacher", str(t), "--dataset", "mnist", "--limit", "300", "--shard-size", "128", "--out", str(out)]
+    args = [
+        "teacher-outputs",
+        "build",
+        "--teacher",
+        str(t),
+        "--dataset",
+        "mnist",
+        "--limit",
+        "300",
+        "--shard-size",
+        "128",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--dtype", "float16"]) == 0
     printed = capsys.readouterr().out
     assert "rank 0/1: computed 3 shard(s) [0, 1, 2], reused 0 of 3" in printed
@@ -357,32 +494,81 @@ def test_cli_build_and_info(tmp_path, teacher_file, capsys):
     assert "holds other outputs (kind dense ≠ topk" in capsys.readouterr().err
 
 
-def test_cli_build_defaults_to_the_cache_teacher_outputs_reads(teacher_file, capsys, shard_computes):
+def test_cli_build_defaults_to_the_cache_teacher_outputs_reads(
+    teacher_file, capsys, shard_computes
+):
     from darkknowledge.data import datasets
 
     t = teacher_file()
-    assert main(["teacher-outputs", "build", "--teacher", str(t), "--dataset", "mnist", "--limit", "300", "--dtype", "float16"]) == 0
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "build",
+                "--teacher",
+                str(t),
+                "--dataset",
+                "mnist",
+                "--limit",
+                "300",
+                "--dtype",
+                "float16",
+            ]
+        )
+        == 0
+    )
     assert len(shard_computes) == 1
-    teacher, first = Teacher.from_checkpoints([t]), datasets.get("mnist")("train").subset(torch.arange(300))
-    assert str(default_store_path(teacher, first, StoreOptions(dtype="float16"))) in capsys.readouterr().out
+    teacher, first = (
+        Teacher.from_checkpoints([t]),
+        datasets.get("mnist")("train").subset(torch.arange(300)),
+    )
+    assert (
+        str(default_store_path(teacher, first, StoreOptions(dtype="float16")))
+        in capsys.readouterr().out
+    )
     teacher_outputs(teacher, first, options=StoreOptions(dtype="float16"))
     assert len(shard_computes) == 1  # loaded, not computed again
 
 
-def test_one_store_of_the_whole_split_serves_the_runs_of_a_sweep(tmp_path, teacher_file, make_cfg, shard_computes):
+def test_one_store_of_the_whole_split_serves_the_runs_of_a_sweep(
+    tmp_path, teacher_file, make_cfg, shard_computes
+):
     """Precompute the split once; runs over different transfer sets drawn from it only load rows."""
     from darkknowledge.train import prepare_data
 
     t = teacher_file()
-    assert main(["teacher-outputs", "build", "--teacher", str(t), "--dataset", "mnist", "--out", str(tmp_path / "all")]) == 0
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "build",
+                "--teacher",
+                str(t),
+                "--dataset",
+                "mnist",
+                "--out",
+                str(tmp_path / "all"),
+            ]
+        )
+        == 0
+    )
     assert len(shard_computes) == 1
     store = f"teacher.store={tmp_path / 'all'}"
     for name, extra in (("omit3", ["data.omit_classes=[3]"]), ("t2", ["method.temperature=2"])):
-        cfg = make_cfg("method.name=soft_targets", f"teacher.checkpoints=[{t}]", "optim.epochs=1", store, *extra, name=name)
+        cfg = make_cfg(
+            "method.name=soft_targets",
+            f"teacher.checkpoints=[{t}]",
+            "optim.epochs=1",
+            store,
+            *extra,
+            name=name,
+        )
         run(cfg, kind="distill")
         train = prepare_data(cfg.data).train
         got = load_store(tmp_path / "all", Teacher.from_checkpoints([t]), train)
-        assert torch.allclose(got, compute_teacher_logits(Teacher.from_checkpoints([t]), train), atol=1e-6, rtol=0)
+        assert torch.allclose(
+            got, compute_teacher_logits(Teacher.from_checkpoints([t]), train), atol=1e-6, rtol=0
+        )
     assert len(shard_computes) == 1
 
 
@@ -396,7 +582,22 @@ def test_one_store_of_the_whole_split_serves_the_runs_of_a_sweep(tmp_path, teach
     ],
 )
 def test_cli_build_bad_arguments(tmp_path, teacher_file, capsys, extra, needle):
-    assert main(["teacher-outputs", "build", "--teacher", str(teacher_file()), "--limit", "10", "--out", str(tmp_path / "s"), *extra]) == 2
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "build",
+                "--teacher",
+                str(teacher_file()),
+                "--limit",
+                "10",
+                "--out",
+                str(tmp_path / "s"),
+                *extra,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("dk: error: ") and needle in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
@@ -408,16 +609,25 @@ def test_cli_info_on_something_else(tmp_path, capsys):
     assert main(["teacher-outputs", "info", str(tmp_path / "missing")]) == 2
 
 
-# ---------------------------------------------------------------- separate processes: kill, torchrun
+# ---------------------------------------------------------------- separate processes: kill,
+# torchrun
 
 
 def _env(**extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra
+    )
     return env
 
 
 def _dk(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "darkknowledge.cli", *args], env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "darkknowledge.cli", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 KILL_AFTER = """
@@ -442,11 +652,31 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.slow  # three processes; the in-process kill test above is in the default suite
 def test_a_killed_process_leaves_shards_and_the_rerun_finishes_them(tmp_path, teacher_file):
     t = teacher_file()
-    args = ["teacher-outputs", "build", "--teacher", str(t), "--dataset", "mnist", "--limit", "300", "--shard-size", "64"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER, *args, "--out", str(tmp_path / "s")], env=_env(DK_TEST_KILL_AFTER="2"), capture_output=True, text=True, timeout=120)
+    args = [
+        "teacher-outputs",
+        "build",
+        "--teacher",
+        str(t),
+        "--dataset",
+        "mnist",
+        "--limit",
+        "300",
+        "--shard-size",
+        "64",
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER, *args, "--out", str(tmp_path / "s")],
+        env=_env(DK_TEST_KILL_AFTER="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == 137, killed.stderr
     assert not (tmp_path / "s" / "manifest.json").exists()
-    assert sorted(p.name for p in (tmp_path / "s").glob("shard-*.json")) == ["shard-00000.json", "shard-00001.json"]
+    assert sorted(p.name for p in (tmp_path / "s").glob("shard-*.json")) == [
+        "shard-00000.json",
+        "shard-00001.json",
+    ]
     rerun = _dk(*args, "--out", str(tmp_path / "s"))
     assert rerun.returncode == 0, rerun.stderr
     assert "computed 3 shard(s) [2, 3, 4], reused 2 of 5" in rerun.stdout
@@ -456,21 +686,66 @@ def test_a_killed_process_leaves_shards_and_the_rerun_finishes_them(tmp_path, te
 
 
 def test_torchrun_builds_the_same_store_as_one_process(tmp_path, teacher_file):
-    """Two gloo processes (rank r builds shards r, r+2, ...) write the one-process store bit for bit."""
-    a, b = teacher_file("a.safetensors", seed=0), teacher_file("b.safetensors", seed=1)  # an ensemble
-    args = ["teacher-outputs", "build", "--teacher", str(a), "--teacher", str(b), "--dataset", "mnist", "--limit", "300", "--shard-size", "64", "--dtype", "float16"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "darkknowledge.cli", *args]
-    two = subprocess.run([*torchrun, "--out", str(tmp_path / "two")], env=_env(), capture_output=True, text=True, timeout=120)
+    """Two gloo processes (rank r builds shards r, r+2, ...) write the one-process store bit for
+    bit.
+    """
+    # an ensemble
+    a, b = teacher_file("a.safetensors", seed=0), teacher_file("b.safetensors", seed=1)
+    args = [
+        "teacher-outputs",
+        "build",
+        "--teacher",
+        str(a),
+        "--teacher",
+        str(b),
+        "--dataset",
+        "mnist",
+        "--limit",
+        "300",
+        "--shard-size",
+        "64",
+        "--dtype",
+        "float16",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "darkknowledge.cli",
+        *args,
+    ]
+    two = subprocess.run(
+        [*torchrun, "--out", str(tmp_path / "two")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "rank 0/2: computed 3 shard(s) [0, 2, 4]" in two.stdout and "rank 1/2: computed 2 shard(s) [1, 3]" in two.stdout
+    assert (
+        "rank 0/2: computed 3 shard(s) [0, 2, 4]" in two.stdout
+        and "rank 1/2: computed 2 shard(s) [1, 3]" in two.stdout
+    )
     one = _dk(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
     # resumable under torchrun too: only the deleted shard is rebuilt, by its rank
     (tmp_path / "two" / "shard-00003.safetensors").unlink()
-    again = subprocess.run([*torchrun, "--out", str(tmp_path / "two")], env=_env(), capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [*torchrun, "--out", str(tmp_path / "two")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "rank 0/2: computed 0 shard(s) [], reused 3 of 5" in again.stdout and "rank 1/2: computed 1 shard(s) [3], reused 1 of 5" in again.stdout
+    assert (
+        "rank 0/2: computed 0 shard(s) [], reused 3 of 5" in again.stdout
+        and "rank 1/2: computed 1 shard(s) [3], reused 1 of 5" in again.stdout
+    )
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
 
 
@@ -489,13 +764,23 @@ b.compute_shard = slow
 torch.manual_seed(0)
 teacher = Teacher([build_model("mlp", {"hidden": [8]}, 16, 10)])
 g = torch.Generator().manual_seed(0)
-data = TensorDataset(torch.randint(0, 256, (50, 4, 4), dtype=torch.uint8, generator=g), None, torch.arange(50), 10, "toy/train")
+images = torch.randint(0, 256, (50, 4, 4), dtype=torch.uint8, generator=g)
+data = TensorDataset(images, None, torch.arange(50), 10, "toy/train")
 print("sum", float(teacher_outputs(teacher, data, options=StoreOptions(shard_size=10)).sum()))
 """
 
 
 def test_students_started_together_build_the_shared_store_once(isolated_cache):
-    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_STUDENT], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_STUDENT],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     computed = [line for out, _ in outs for line in out.splitlines() if line.startswith("computed")]

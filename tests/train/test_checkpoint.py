@@ -1,4 +1,6 @@
-"""Checkpoints: safetensors + JSON, atomic, previous ones kept, broken ones skipped with a warning."""
+"""Checkpoints: safetensors + JSON, atomic, previous ones kept, broken ones skipped with a
+warning.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +25,36 @@ from darkknowledge.train.checkpoint import (
     save_checkpoint,
 )
 
-STATE = {"epoch": 0, "step_in_epoch": 1, "global_step": 1, "optimizer": {}, "config_hash": "h", "fingerprints": {}}
+STATE = {
+    "epoch": 0,
+    "step_in_epoch": 1,
+    "global_step": 1,
+    "optimizer": {},
+    "config_hash": "h",
+    "fingerprints": {},
+}
 
 
 def _save(root, step, value=0.0, keep=2):
-    return save_checkpoint(root, step, {"w": torch.full((2, 3), value)}, {"rng/torch": torch.zeros(4, dtype=torch.uint8)}, {**STATE, "global_step": step}, keep)
+    return save_checkpoint(
+        root,
+        step,
+        {"w": torch.full((2, 3), value)},
+        {"rng/torch": torch.zeros(4, dtype=torch.uint8)},
+        {**STATE, "global_step": step},
+        keep,
+    )
 
 
 def test_round_trip(tmp_path):
     path = _save(tmp_path, 5, 1.5)
     assert path.name == "step-000000005"
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors", "state.json", "state.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "manifest.json",
+        "model.safetensors",
+        "state.json",
+        "state.safetensors",
+    ]
     ck = read_checkpoint(path)
     assert torch.equal(ck["model"]["w"], torch.full((2, 3), 1.5))
     assert ck["state"]["global_step"] == 5 and ck["state"]["format"] == FORMAT
@@ -47,7 +68,9 @@ def test_keeps_the_newest_and_prunes_the_rest(tmp_path):
     assert latest_checkpoint(tmp_path)["state"]["global_step"] == 4
 
 
-@pytest.mark.parametrize("victim", ["model.safetensors", "state.safetensors", "state.json", "manifest.json"])
+@pytest.mark.parametrize(
+    "victim", ["model.safetensors", "state.safetensors", "state.json", "manifest.json"]
+)
 def test_a_truncated_latest_is_skipped_with_a_warning_naming_it(tmp_path, victim):
     _save(tmp_path, 1)
     latest = _save(tmp_path, 2)
@@ -63,7 +86,9 @@ def test_a_truncated_latest_is_skipped_with_a_warning_naming_it(tmp_path, victim
 def test_a_missing_file_is_named(tmp_path):
     path = _save(tmp_path, 1)
     (path / "state.safetensors").unlink()
-    with pytest.raises(DKError, match=r"step-000000001 is incomplete: state.safetensors is missing"):
+    with pytest.raises(
+        DKError, match=r"step-000000001 is incomplete: state.safetensors is missing"
+    ):
         read_checkpoint(path)
     with pytest.warns(UserWarning):
         assert latest_checkpoint(tmp_path) is None
@@ -77,7 +102,10 @@ def test_a_missing_checkpoint_directory(tmp_path):
 def test_state_written_by_something_else_is_refused(tmp_path):
     path = _save(tmp_path, 1)
     state = json.loads((path / "state.json").read_text())
-    for mutate, needle in ((lambda s: s.pop("optimizer"), "lacks optimizer"), (lambda s: s.update(format=1), "has format 1")):
+    for mutate, needle in (
+        (lambda s: s.pop("optimizer"), "lacks optimizer"),
+        (lambda s: s.update(format=1), "has format 1"),
+    ):
         changed = dict(state)
         mutate(changed)
         data = json.dumps(changed).encode()
@@ -120,7 +148,11 @@ def test_disk_full_while_writing_keeps_the_previous_and_leaves_no_temp(tmp_path,
         return real_write(path, data)
 
     monkeypatch.setattr(checkpoint_module, "_fsync_write", fail_on_second_file)
-    with pytest.raises(DKError, match=r"disk full writing checkpoint .*step-000000002; free space or choose another run_dir"):
+    with pytest.raises(
+        DKError,
+        match=r"disk full writing checkpoint .*step-000000002; free space or choose another "
+        r"run_dir",
+    ):
         _save(tmp_path, 2)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000001"]

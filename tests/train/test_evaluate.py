@@ -1,4 +1,6 @@
-"""Evaluation at temperature 1: errors, accuracy, NLL, ECE, agreement; temperature never reaches it."""
+"""Evaluation at temperature 1: errors, accuracy, NLL, ECE, agreement; temperature never reaches
+it.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +22,18 @@ def test_hand_example():
     m = classification_metrics(logits, labels)
     # argmax: 0, 1, 2, 0 (ties go to the first class) → examples 1 and 3 are wrong
     assert m["errors"] == 2 and m["n"] == 4 and m["accuracy"] == 0.5
-    p = [math.exp(2) / (math.exp(2) + 2), 1 / (math.exp(3) + 2), math.exp(4) / (math.exp(4) + 2 * math.e), 1 / 3]
+    p = [
+        math.exp(2) / (math.exp(2) + 2),
+        1 / (math.exp(3) + 2),
+        math.exp(4) / (math.exp(4) + 2 * math.e),
+        1 / 3,
+    ]
     assert m["nll"] == pytest.approx(-sum(math.log(x) for x in p) / 4, rel=1e-6)
 
 
 def test_ece_by_hand():
-    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right): bins [0.867, 0.933) and [0.6, 0.667)
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right): bins [0.867, 0.933) and [0.6,
+    # 0.667)
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.6, 0.4]])
     labels = torch.tensor([0, 1, 1, 0])
     expected = (2 / 4) * abs(0.5 - 0.9) + (2 / 4) * abs(1.0 - 0.6)
@@ -40,9 +48,16 @@ def test_agreement_with_a_single_teacher_and_an_ensemble():
     teacher = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
     assert classification_metrics(student, labels, teacher)["agreement"] == pytest.approx(2 / 3)
     # ensemble: the arithmetic mean of member probabilities decides
-    # member 0 says (0, 1, 1) confidently / weakly / weakly, member 1 says (1, 1, 0) weakly / confidently / confidently:
-    # the mean distribution says (0, 1, 0), which the student predicts every time; a majority of argmaxes would not.
-    members = torch.stack([torch.tensor([[5.0, 0.0], [0.0, 0.1], [0.0, 0.5]]), torch.tensor([[0.0, 0.1], [0.0, 5.0], [5.0, 0.0]])])
+    # member 0 says (0, 1, 1) confidently / weakly / weakly, member 1 says (1, 1, 0) weakly /
+    # confidently / confidently:
+    # the mean distribution says (0, 1, 0), which the student predicts every time; a majority of
+    # argmaxes would not.
+    members = torch.stack(
+        [
+            torch.tensor([[5.0, 0.0], [0.0, 0.1], [0.0, 0.5]]),
+            torch.tensor([[0.0, 0.1], [0.0, 5.0], [5.0, 0.0]]),
+        ]
+    )
     assert classification_metrics(student, labels, members)["agreement"] == 1.0
     assert classification_metrics(student, labels, members[1])["agreement"] == pytest.approx(2 / 3)
 
@@ -65,9 +80,18 @@ def test_temperature_is_not_a_parameter_of_evaluation():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 20.0])
-def test_a_students_evaluation_ignores_its_training_temperature(make_cfg, teacher_file, temperature):
-    """The run's reported test metrics equal evaluating the saved file, which carries no temperature."""
-    cfg = make_cfg("method.name=soft_targets", f"method.temperature={temperature}", f"teacher.checkpoints=[{teacher_file()}]", "optim.epochs=1")
+def test_a_students_evaluation_ignores_its_training_temperature(
+    make_cfg, teacher_file, temperature
+):
+    """The run's reported test metrics equal evaluating the saved file, which carries no
+    temperature.
+    """
+    cfg = make_cfg(
+        "method.name=soft_targets",
+        f"method.temperature={temperature}",
+        f"teacher.checkpoints=[{teacher_file()}]",
+        "optim.epochs=1",
+    )
     summary = run(cfg, kind="distill")
     model = load_model(cfg.run_dir)
     meta = json.dumps(model.spec.__dict__)

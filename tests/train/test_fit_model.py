@@ -1,4 +1,6 @@
-"""fit_model: a user's own nn.Module trained from a plain Python list of batches, by the one loop."""
+"""fit_model: a user's own nn.Module trained from a plain Python list of batches, by the one
+loop.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +43,16 @@ def test_a_users_module_trains_from_a_list_of_batches(tmp_path):
     torch.manual_seed(0)
     batches, held_out = _toy_batches(), _toy_batches(seed=1)
     net = TinyConvNet()
-    history = fit_model(net, batches, "hard_targets", {"lr": 0.2, "epochs": 4}, eval_batches={"valid": held_out}, device="cpu", run_dir=tmp_path / "r", progress=False)
+    history = fit_model(
+        net,
+        batches,
+        "hard_targets",
+        {"lr": 0.2, "epochs": 4},
+        eval_batches={"valid": held_out},
+        device="cpu",
+        run_dir=tmp_path / "r",
+        progress=False,
+    )
     assert history["steps"] == 4 * len(batches) and history["epochs"] == 4
     assert history["eval"]["valid"]["errors"] <= 12  # 240 held-out images, 3 easy classes
     losses = [r["loss"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
@@ -52,21 +63,33 @@ def test_distilling_from_a_users_teacher_module():
     torch.manual_seed(0)
     batches = _toy_batches()
     teacher = TinyConvNet()
-    fit_model(teacher, batches, "hard_targets", {"lr": 0.2, "epochs": 4}, device="cpu", progress=False)
+    fit_model(
+        teacher, batches, "hard_targets", {"lr": 0.2, "epochs": 4}, device="cpu", progress=False
+    )
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
     unlabelled = [(x, None) for x, _ in batches]  # soft targets only: no labels needed
     history = fit_model(
-        student, unlabelled, "soft_targets", {"name": "adam", "lr": 0.01, "epochs": 6}, method_params={"temperature": 4.0, "hard_weight": 0.0},
-        teacher=teacher, eval_batches={"valid": _toy_batches(seed=1)}, device="cpu", progress=False,
+        student,
+        unlabelled,
+        "soft_targets",
+        {"name": "adam", "lr": 0.01, "epochs": 6},
+        method_params={"temperature": 4.0, "hard_weight": 0.0},
+        teacher=teacher,
+        eval_batches={"valid": _toy_batches(seed=1)},
+        device="cpu",
+        progress=False,
     )
     assert history["eval"]["valid"]["agreement"] >= 0.9
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())  # never trained
-    assert teacher.training and all(p.requires_grad for p in teacher.parameters())  # given back as it was
+    # given back as it was
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
 
 
 def test_the_dataset_path_and_the_generic_path_are_one_loop(make_cfg):
-    """``dk train`` on MNIST equals fit_model fed the very same batches in the same order: bitwise."""
+    """``dk train`` on MNIST equals fit_model fed the very same batches in the same order:
+    bitwise.
+    """
     cfg = make_cfg("optim.name=sgd", "optim.lr=0.2")
     run(cfg)
     train = prepare_data(cfg.data).train
@@ -80,7 +103,15 @@ def test_the_dataset_path_and_the_generic_path_are_one_loop(make_cfg):
 
     torch.manual_seed(cfg.seed)
     model = build_model("mlp", {"hidden": [32]}, 784, 10)
-    fit_model(model, epoch, "hard_targets", cfg.optim, steps_per_epoch=math.ceil(len(train) / cfg.optim.batch_size), device="cpu", progress=False)
+    fit_model(
+        model,
+        epoch,
+        "hard_targets",
+        cfg.optim,
+        steps_per_epoch=math.ceil(len(train) / cfg.optim.batch_size),
+        device="cpu",
+        progress=False,
+    )
     ref = load_model(cfg.run_dir).state_dict()
     for k, v in model.state_dict().items():
         assert torch.equal(v, ref[k]), k
@@ -88,7 +119,12 @@ def test_the_dataset_path_and_the_generic_path_are_one_loop(make_cfg):
 
 def test_fit_model_resumes_exactly_from_its_run_dir(tmp_path):
     batches = _toy_batches()
-    common = {"optim": {"lr": 0.2, "epochs": 3}, "device": "cpu", "progress": False, "checkpoint_every_steps": 5}
+    common = {
+        "optim": {"lr": 0.2, "epochs": 3},
+        "device": "cpu",
+        "progress": False,
+        "checkpoint_every_steps": 5,
+    }
 
     def net():
         torch.manual_seed(0)
@@ -98,14 +134,18 @@ def test_fit_model_resumes_exactly_from_its_run_dir(tmp_path):
     fit_model(ref, batches, "hard_targets", run_dir=tmp_path / "ref", **common)
     cut = net()
     with pytest.raises(Interrupted):
-        fit_model(cut, batches, "hard_targets", run_dir=tmp_path / "cut", stop_after_steps=11, **common)
+        fit_model(
+            cut, batches, "hard_targets", run_dir=tmp_path / "cut", stop_after_steps=11, **common
+        )
     with pytest.raises(DKError, match="already holds checkpoints"):
         fit_model(net(), batches, "hard_targets", run_dir=tmp_path / "cut", **common)
     resumed = net()
     fit_model(resumed, batches, "hard_targets", run_dir=tmp_path / "cut", resume="auto", **common)
     for k, v in resumed.state_dict().items():
         assert torch.equal(v, ref.state_dict()[k]), k
-    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (
+        tmp_path / "ref" / "metrics.jsonl"
+    ).read_text()
 
 
 def test_fit_model_errors_are_one_line_dkerrors():

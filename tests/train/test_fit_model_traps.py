@@ -37,7 +37,17 @@ def _student(seed: int = 0) -> nn.Module:
 
 
 def _distil(teacher, **kw):
-    return fit_model(_student(), BATCHES, "soft_targets", {"epochs": 2, "lr": 0.1}, method_params={"temperature": 4.0}, teacher=teacher, device="cpu", progress=False, **kw)
+    return fit_model(
+        _student(),
+        BATCHES,
+        "soft_targets",
+        {"epochs": 2, "lr": 0.1},
+        method_params={"temperature": 4.0},
+        teacher=teacher,
+        device="cpu",
+        progress=False,
+        **kw,
+    )
 
 
 def test_a_teacher_module_is_frozen_during_the_distillation_and_given_back_as_it_was():
@@ -45,7 +55,8 @@ def test_a_teacher_module_is_frozen_during_the_distillation_and_given_back_as_it
     teacher.train()
     _distil(teacher)
     assert teacher.seen and not any(teacher.seen)  # eval mode (no dropout) on every batch
-    assert teacher.training and all(m.training for m in teacher.modules())  # given back in train mode
+    # given back in train mode
+    assert teacher.training and all(m.training for m in teacher.modules())
     assert all(p.requires_grad for p in teacher.parameters())
     teacher.eval()
     teacher.train()  # .train() works again
@@ -87,7 +98,16 @@ def test_how_often_one_evaluates_does_not_change_the_trained_weights():
     for every in (1, 3):
         student = _student()
         loader = DataLoader(TensorDataset(X, Y), batch_size=32)
-        fit_model(student, BATCHES, "hard_targets", {"epochs": 3, "lr": 0.1}, eval_batches={"valid": loader}, eval_every=every, device="cpu", progress=False)
+        fit_model(
+            student,
+            BATCHES,
+            "hard_targets",
+            {"epochs": 3, "lr": 0.1},
+            eval_batches={"valid": loader},
+            eval_every=every,
+            device="cpu",
+            progress=False,
+        )
         weights.append([p.detach().clone() for p in student.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
@@ -95,25 +115,70 @@ def test_how_often_one_evaluates_does_not_change_the_trained_weights():
 def test_unlabelled_batches_work_wherever_labelled_ones_do():
     teacher = Recorder()
     unlabelled = DataLoader(TensorDataset(X), batch_size=16)  # yields [x]: one-element lists
-    out = fit_model(_student(), unlabelled, "soft_targets", {"epochs": 2, "lr": 0.1}, method_params={"temperature": 4.0, "hard_weight": 0.0}, teacher=teacher,
-                    eval_batches={"unlabelled": [(x, None) for x, _ in BATCHES], "loader": unlabelled, "labelled": BATCHES}, device="cpu", progress=False)
-    assert set(out["eval"]["unlabelled"]) == {"n", "agreement"} and out["eval"]["unlabelled"]["n"] == 64
+    out = fit_model(
+        _student(),
+        unlabelled,
+        "soft_targets",
+        {"epochs": 2, "lr": 0.1},
+        method_params={"temperature": 4.0, "hard_weight": 0.0},
+        teacher=teacher,
+        eval_batches={
+            "unlabelled": [(x, None) for x, _ in BATCHES],
+            "loader": unlabelled,
+            "labelled": BATCHES,
+        },
+        device="cpu",
+        progress=False,
+    )
+    assert (
+        set(out["eval"]["unlabelled"]) == {"n", "agreement"}
+        and out["eval"]["unlabelled"]["n"] == 64
+    )
     assert out["eval"]["loader"] == out["eval"]["unlabelled"]
     assert "errors" in out["eval"]["labelled"]
 
 
 def test_a_batch_of_another_shape_is_refused_saying_what_to_yield():
-    with pytest.raises(DKError, match=r"a batch must be x, \(x,\) or \(x, y\) \(inputs and labels\), got a tuple of 3 items"):
-        fit_model(_student(), [(X, Y, Y)], "hard_targets", {"epochs": 1}, device="cpu", progress=False)
+    with pytest.raises(
+        DKError,
+        match=r"a batch must be x, \(x,\) or \(x, y\) \(inputs and labels\), got a tuple of 3 "
+        r"items",
+    ):
+        fit_model(
+            _student(), [(X, Y, Y)], "hard_targets", {"epochs": 1}, device="cpu", progress=False
+        )
     with pytest.raises(DKError, match=r"batch labels must be an integer tensor of shape \(64,\)"):
-        fit_model(_student(), [(X, Y.float())], "hard_targets", {"epochs": 1}, device="cpu", progress=False)
+        fit_model(
+            _student(),
+            [(X, Y.float())],
+            "hard_targets",
+            {"epochs": 1},
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_a_batch_size_that_would_be_ignored_is_refused():
     with pytest.raises(DKError, match="optim batch_size=32 has no effect here"):
-        fit_model(_student(), BATCHES, "hard_targets", {"epochs": 1, "batch_size": 32}, device="cpu", progress=False)
+        fit_model(
+            _student(),
+            BATCHES,
+            "hard_targets",
+            {"epochs": 1, "batch_size": 32},
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_selecting_on_unlabelled_batches_is_refused():
     with pytest.raises(DKError, match="select_best_on=valid needs labelled valid batches"):
-        fit_model(_student(), BATCHES, "hard_targets", {"epochs": 1}, eval_batches={"valid": [(X, None)]}, select_best_on="valid", device="cpu", progress=False)
+        fit_model(
+            _student(),
+            BATCHES,
+            "hard_targets",
+            {"epochs": 1},
+            eval_batches={"valid": [(X, None)]},
+            select_best_on="valid",
+            device="cpu",
+            progress=False,
+        )

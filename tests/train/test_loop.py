@@ -19,8 +19,17 @@ from darkknowledge.train.metrics import read_metrics
 def test_check_finite_names_step_batch_and_component():
     ok = torch.tensor(1.0)
     _check_finite(ok, {"soft": ok, "hard": ok}, step=0, epoch=0, batch=0)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 8 \(epoch 2, batch 3\): loss=nan, hard=inf"):
-        _check_finite(torch.tensor(float("nan")), {"soft": ok, "hard": torch.tensor(float("inf"))}, step=7, epoch=2, batch=3)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite loss at step 8 \(epoch 2, batch 3\): loss=nan, hard=inf",
+    ):
+        _check_finite(
+            torch.tensor(float("nan")),
+            {"soft": ok, "hard": torch.tensor(float("inf"))},
+            step=7,
+            epoch=2,
+            batch=3,
+        )
 
 
 def test_absurd_learning_rate_stops_with_a_clear_message(make_cfg):
@@ -42,8 +51,16 @@ def _weights(run_dir):
 
 
 def test_gradient_accumulation_equals_one_large_batch(make_cfg):
-    """batch 100 in chunks of 30 (30+30+30+10), and the last batch of 50 in 30+20, equals whole batches."""
-    common = ["data.train_size=250", "optim.batch_size=100", "optim.epochs=2", "optim.name=sgd", "optim.lr=0.5"]
+    """batch 100 in chunks of 30 (30+30+30+10), and the last batch of 50 in 30+20, equals whole
+    batches.
+    """
+    common = [
+        "data.train_size=250",
+        "optim.batch_size=100",
+        "optim.epochs=2",
+        "optim.name=sgd",
+        "optim.lr=0.5",
+    ]
     whole = make_cfg(*common, name="whole")
     chunked = make_cfg(*common, "optim.micro_batch_size=30", name="chunked")
     run(whole)
@@ -68,7 +85,14 @@ def test_run_directory_contents_and_resolved_config(make_cfg):
     cfg = make_cfg("seed=3", "data.validation_size=50", "select_best_on=valid")
     summary = run(cfg)
     root = Path(cfg.run_dir)
-    assert sorted(p.name for p in root.iterdir()) == [".darkknowledge-run", "checkpoints", "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".darkknowledge-run",
+        "checkpoints",
+        "config.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "summary.json",
+    ]
     saved = load_config(root / "config.yaml")
     assert saved == cfg and saved.hash() == cfg.hash() == summary["config_hash"]
     assert set(summary["eval"]) == {"valid", "test"}
@@ -91,10 +115,13 @@ def test_resume_auto_in_an_empty_or_missing_dir_starts_fresh(make_cfg):
 
 
 def test_a_fresh_start_discards_a_stale_log(make_cfg):
-    """A run killed before its first checkpoint leaves metrics.jsonl; the next start must not append to it."""
+    """A run killed before its first checkpoint leaves metrics.jsonl; the next start must not append
+    to it.
+    """
     cfg = make_cfg("optim.epochs=1")
     Path(cfg.run_dir).mkdir(parents=True)
-    (Path(cfg.run_dir) / ".darkknowledge-run").write_text("pid 1 on host since then\n")  # written first by every run
+    # written first by every run
+    (Path(cfg.run_dir) / ".darkknowledge-run").write_text("pid 1 on host since then\n")
     (Path(cfg.run_dir) / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "lo')
     run(cfg, resume="auto")
     losses = [r["loss"] for r in read_metrics(Path(cfg.run_dir) / "metrics.jsonl") if "loss" in r]
@@ -108,11 +135,15 @@ def test_resume_auto_on_a_finished_run_returns_its_summary_untouched(make_cfg):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
     again = run(cfg, resume="auto")
     assert again == summary
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()} == before
+    assert {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()
+    } == before
 
 
 def test_resume_auto_finishes_a_run_killed_after_its_last_checkpoint(make_cfg):
-    """Killed between the final checkpoint and the model/summary writes: resume evaluates and saves."""
+    """Killed between the final checkpoint and the model/summary writes: resume evaluates and
+    saves.
+    """
     cfg = make_cfg("optim.epochs=1")
     run(cfg)
     root = Path(cfg.run_dir)

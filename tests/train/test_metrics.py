@@ -1,4 +1,6 @@
-"""metrics.jsonl: appended per step, tolerant of a killed writer's half line, truncated on resume."""
+"""metrics.jsonl: appended per step, tolerant of a killed writer's half line, truncated on
+resume.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ def _write(path, records, tail=""):
 def test_write_appends_and_flushes(tmp_path):
     log = MetricsLog(tmp_path / "sub" / "m.jsonl")
     log.write({"step": 1, "loss": 2.0})
-    assert read_metrics(tmp_path / "sub" / "m.jsonl") == [{"step": 1, "loss": 2.0}]  # visible before close
+    assert read_metrics(tmp_path / "sub" / "m.jsonl") == [
+        {"step": 1, "loss": 2.0}
+    ]  # visible before close
     log.write({"step": 2, "loss": 1.0})
     log.close()
     assert [r["step"] for r in read_metrics(tmp_path / "sub" / "m.jsonl")] == [1, 2]
@@ -42,11 +46,15 @@ def test_truncate_after_drops_later_lines_and_the_half_line(tmp_path):
 
 def test_truncate_keeps_an_evaluation_only_if_the_checkpoint_followed_it(tmp_path):
     path = tmp_path / "m.jsonl"
-    records = [{"step": 10, "epoch": 0, "loss": 1.0}, {"step": 10, "epoch": 1, "split": "test", "errors": 3}]
+    records = [
+        {"step": 10, "epoch": 0, "loss": 1.0},
+        {"step": 10, "epoch": 1, "split": "test", "errors": 3},
+    ]
     _write(path, records)
     MetricsLog(path).truncate_after(10, epoch=1)  # checkpoint after the epoch-end evaluation
     assert read_metrics(path) == records
-    MetricsLog(path).truncate_after(10, epoch=0)  # checkpoint at the last step, before the evaluation
+    # checkpoint at the last step, before the evaluation
+    MetricsLog(path).truncate_after(10, epoch=0)
     assert read_metrics(path) == records[:1]
 
 

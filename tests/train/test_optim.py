@@ -12,10 +12,20 @@ from darkknowledge.train.optim import PaperDropoutSGD, build_optimizer, hyperpar
 
 
 def _paper(**kw):
-    return OptimConfig(name="paper_dropout", lr=10.0, lr_decay=0.998, initial_momentum=0.5, final_momentum=0.99, momentum_epochs=500, **kw)
+    return OptimConfig(
+        name="paper_dropout",
+        lr=10.0,
+        lr_decay=0.998,
+        initial_momentum=0.5,
+        final_momentum=0.99,
+        momentum_epochs=500,
+        **kw,
+    )
 
 
-@pytest.mark.parametrize(("epoch", "effective"), [(0, 5.0), (250, 1.545), (500, 0.0367), (1000, 0.0135)])
+@pytest.mark.parametrize(
+    ("epoch", "effective"), [(0, 5.0), (250, 1.545), (500, 0.0367), (1000, 0.0135)]
+)
 def test_paper_effective_step(epoch, effective):
     """lr_t (1 − m_t) with ε0 = 10, decay 0.998, momentum 0.5 → 0.99 over 500 epochs."""
     hp = hyperparams_at(_paper(), epoch, step=0, total_steps=1)
@@ -69,7 +79,10 @@ def test_cosine_and_constant_schedules():
 
 def test_build_optimizer_kinds():
     params = [torch.nn.Parameter(torch.zeros(2))]
-    assert isinstance(build_optimizer(OptimConfig(name="sgd", momentum=0.8, weight_decay=1e-4), params), torch.optim.SGD)
+    assert isinstance(
+        build_optimizer(OptimConfig(name="sgd", momentum=0.8, weight_decay=1e-4), params),
+        torch.optim.SGD,
+    )
     assert isinstance(build_optimizer(OptimConfig(name="adam", lr=1e-3), params), torch.optim.Adam)
     opt = build_optimizer(_paper(), params)
     assert isinstance(opt, PaperDropoutSGD) and opt.param_groups[0]["momentum"] == 0.5

@@ -16,7 +16,8 @@ def test_a_signal_is_recorded_not_raised(signum):
     with stop_on_signals() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signum)
-        assert stop.requested and stop.signum == signum  # Python runs the handler before the next bytecode
+        # Python runs the handler before the next bytecode
+        assert stop.requested and stop.signum == signum
 
 
 def test_handlers_are_restored_after_the_block():
@@ -65,13 +66,18 @@ def test_outside_the_main_thread_nothing_is_installed():
 def test_interrupted_exit_codes_and_message():
     exc = Interrupted(signal.SIGTERM, "runs/x/checkpoints/step-000000005")
     assert exc.exit_code == 143
-    assert str(exc) == "stopped by SIGTERM; checkpoint saved at runs/x/checkpoints/step-000000005; continue with --resume auto"
+    assert str(exc) == (
+        "stopped by SIGTERM; checkpoint saved at runs/x/checkpoints/step-000000005; continue "
+        "with --resume auto"
+    )
     assert Interrupted(signal.SIGINT, None).exit_code == 130
     assert "nothing to save" in str(Interrupted(signal.SIGINT, None))
 
 
 def test_a_signal_during_preparation_stops_before_the_first_step(make_cfg, monkeypatch):
-    """SIGTERM while the data is being prepared: exit 143 at the next phase boundary, nothing trained."""
+    """SIGTERM while the data is being prepared: exit 143 at the next phase boundary, nothing
+    trained.
+    """
     import importlib
     from pathlib import Path
 

@@ -10,7 +10,15 @@ from darkknowledge.cli import main
 
 pytest.importorskip("tensorboard")
 
-ARGS = ["model.hidden=[16]", "data.train_size=200", "data.test_size=50", "optim.epochs=2", "optim.batch_size=50", "progress=false", "tensorboard=true"]
+ARGS = [
+    "model.hidden=[16]",
+    "data.train_size=200",
+    "data.test_size=50",
+    "optim.epochs=2",
+    "optim.batch_size=50",
+    "progress=false",
+    "tensorboard=true",
+]
 
 
 def _scalars(logdir):
@@ -31,11 +39,38 @@ def test_every_metrics_line_is_a_tensorboard_scalar_and_a_resume_purges_what_it_
     lines = _jsonl(run)
     tb = _scalars(run / "tensorboard")
     assert tb["train/loss"] == [(r["step"], pytest.approx(r["loss"])) for r in lines if "loss" in r]
-    assert [v for _, v in tb["test/errors"]] == [r["errors"] for r in lines if r.get("split") == "test"]
+    assert [v for _, v in tb["test/errors"]] == [
+        r["errors"] for r in lines if r.get("split") == "test"
+    ]
 
     stopped = tmp_path / "stopped"
-    assert main(["train", "--run-dir", str(stopped), *ARGS, "stop_after_steps=3", "checkpoint_every_steps=3"]) == 143
-    assert main(["train", "--run-dir", str(stopped), *ARGS, "checkpoint_every_steps=3", "--resume", "auto"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--run-dir",
+                str(stopped),
+                *ARGS,
+                "stop_after_steps=3",
+                "checkpoint_every_steps=3",
+            ]
+        )
+        == 143
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--run-dir",
+                str(stopped),
+                *ARGS,
+                "checkpoint_every_steps=3",
+                "--resume",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert _scalars(stopped / "tensorboard")["train/loss"] == tb["train/loss"]  # no step twice
     assert _jsonl(stopped) == lines
 

@@ -14,12 +14,15 @@ from darkknowledge.errors import DKError
 from darkknowledge.train import threads as th
 
 
-@pytest.mark.parametrize(("setting", "busy", "default", "expected"), [
-    ("auto", 0.0, 2, 2),  # an idle machine: PyTorch's default
-    ("auto", None, 2, 2),  # not measurable (no /proc): PyTorch's default
-    ("auto", 1e6, 2, 1),  # every core busy: one thread, never zero
-    (3, 0.0, 2, 3),  # a count is taken as given
-])
+@pytest.mark.parametrize(
+    ("setting", "busy", "default", "expected"),
+    [
+        ("auto", 0.0, 2, 2),  # an idle machine: PyTorch's default
+        ("auto", None, 2, 2),  # not measurable (no /proc): PyTorch's default
+        ("auto", 1e6, 2, 1),  # every core busy: one thread, never zero
+        (3, 0.0, 2, 3),  # a count is taken as given
+    ],
+)
 def test_choose_threads(setting, busy, default, expected):
     assert th.choose_threads(setting, busy, default) == expected
 
@@ -66,7 +69,9 @@ def _spin(seconds: float) -> None:
         pass
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="busy cores are read from /proc/stat (Linux)")
+@pytest.mark.skipif(
+    not os.path.exists("/proc/stat"), reason="busy cores are read from /proc/stat (Linux)"
+)
 def test_busy_cores_sees_other_processes():
     cores = os.cpu_count() or 1
     procs = [mp.get_context("spawn").Process(target=_spin, args=(3.0,)) for _ in range(cores)]

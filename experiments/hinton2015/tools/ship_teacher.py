@@ -1,6 +1,8 @@
-"""Ship a finished cpu-scale teacher run as the smoke scale's teacher (``shipped/teacher_1200_cpu``).
+"""Ship a finished cpu-scale teacher run as the smoke scale's teacher
+(``shipped/teacher_1200_cpu``).
 
-    .venv/bin/python experiments/hinton2015/tools/ship_teacher.py runs/hinton2015/cpu/seed0/teacher_1200-<hash>
+    .venv/bin/python experiments/hinton2015/tools/ship_teacher.py
+    runs/hinton2015/cpu/seed0/teacher_1200-<hash>
 
 Copies the run's ``model.safetensors``, ``config.yaml`` and ``summary.json`` (with the model's
 sha256 added, which ``dk reproduce`` verifies before using it). The run must be the cpu scale's
@@ -35,15 +37,33 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads((src / "summary.json").read_text())
         lr = read_yaml(src / "config.yaml")["optim"]["lr"]  # the step size its select: chose
     except (OSError, ValueError, KeyError) as exc:
-        print(f"ship_teacher: error: {src} holds no finished run ({exc.__class__.__name__}); give the run directory of a finished teacher", file=sys.stderr)
+        print(
+            f"ship_teacher: error: {src} holds no finished run ({exc.__class__.__name__}); give "
+            "the run directory of a finished teacher",
+            file=sys.stderr,
+        )
         return 2
-    expected = Context(EXP, cells, "cpu", seed=0, overrides=[], device="auto", runs_root=Path("runs")).config(cells["teacher_1200"], [f"optim.lr={lr}"])
-    if summary.get("config_hash") != expected.hash() or lr not in cells["teacher_1200"].select["values"]:
-        print(f"ship_teacher: error: {src} is not the cpu scale's teacher_1200 of these configs (config hash differs); run `dk reproduce hinton2015 --scale cpu --only teacher_1200` first", file=sys.stderr)
+    expected = Context(
+        EXP, cells, "cpu", seed=0, overrides=[], device="auto", runs_root=Path("runs")
+    ).config(cells["teacher_1200"], [f"optim.lr={lr}"])
+    if (
+        summary.get("config_hash") != expected.hash()
+        or lr not in cells["teacher_1200"].select["values"]
+    ):
+        print(
+            f"ship_teacher: error: {src} is not the cpu scale's teacher_1200 of these configs "
+            "(config hash differs); run `dk reproduce hinton2015 --scale cpu --only teacher_1200` "
+            "first",
+            file=sys.stderr,
+        )
         return 2
     size = (src / "model.safetensors").stat().st_size
     if size > LIMIT:
-        print(f"ship_teacher: error: the model file is {size:,} bytes, over the {LIMIT:,}-byte limit for the repository", file=sys.stderr)
+        print(
+            f"ship_teacher: error: the model file is {size:,} bytes, over the {LIMIT:,}-byte limit "
+            "for the repository",
+            file=sys.stderr,
+        )
         return 2
     dst = EXP / "shipped" / "teacher_1200_cpu"
     dst.mkdir(parents=True, exist_ok=True)
@@ -52,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     summary["model_sha256"] = hashlib.sha256((dst / "model.safetensors").read_bytes()).hexdigest()
     summary["shipped_from"] = str(src)
     (dst / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"shipped {src} -> {dst}: {summary['eval']['test']['errors']} test errors, {size:,} bytes, sha256 {summary['model_sha256'][:16]}…, trained at {summary.get('git_sha', '?')}")
+    print(
+        f"shipped {src} -> {dst}: {summary['eval']['test']['errors']} test errors, {size:,} bytes, "
+        f"sha256 {summary['model_sha256'][:16]}…, trained at {summary.get('git_sha', '?')}"
+    )
     return 0
 
 

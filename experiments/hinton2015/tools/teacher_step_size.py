@@ -1,6 +1,7 @@
 """Why the teacher cannot use the printed ε0 = 10: dead ReLUs within the first 50 steps.
 
-    .venv/bin/python experiments/hinton2015/tools/teacher_step_size.py [--lr 10] [--steps 400] [--constrain-output]
+    .venv/bin/python experiments/hinton2015/tools/teacher_step_size.py [--lr 10] [--steps 400]
+    [--constrain-output]
 
 Trains the teacher net (784-1200-1200-10, ReLU, 20%/50% dropout, max-norm √15 on the hidden
 units, N(0, 0.01²) init, 2-pixel jitter) with the dropout paper's optimizer at a fixed epoch-0
@@ -26,9 +27,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lr", type=float, default=10.0, help="ε0")
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--constrain-output", action="store_true", help="also max-norm the output units (not in the paper)")
+    p.add_argument(
+        "--constrain-output",
+        action="store_true",
+        help="also max-norm the output units (not in the paper)",
+    )
     args = p.parse_args()
-    cfg = load_config("experiments/hinton2015/configs/teacher_1200.yaml", [f"optim.lr={args.lr}", "data.train_size=20000", "data.test_size=100"])
+    cfg = load_config(
+        "experiments/hinton2015/configs/teacher_1200.yaml",
+        [f"optim.lr={args.lr}", "data.train_size=20000", "data.test_size=100"],
+    )
     torch.manual_seed(0)
     train = prepare_data(cfg.data).train
     net = build_model("mlp", {k: v for k, v in cfg.model.items() if k != "name"}, 784, 10)
@@ -51,8 +59,12 @@ def main() -> None:
                 h1 = torch.relu(net.layers[0](x))
                 h2 = torch.relu(net.layers[1](h1))
             dead = [(h.sum(0) == 0).float().mean().item() for h in (h1, h2)]
-            print(f"ε0 {args.lr:g} step {step:4d}: loss {loss.item():.3f}, units never active: layer 1 {dead[0]:.0%}, layer 2 {dead[1]:.0%}; "
-                  f"min layer-1 bias {net.layers[0].bias.min().item():.1f}, output weight norm {net.layers[-1].weight.norm().item():.1f}")
+            print(
+                f"ε0 {args.lr:g} step {step:4d}: loss {loss.item():.3f}, units never active: layer "
+                f"1 {dead[0]:.0%}, layer 2 {dead[1]:.0%}; "
+                f"min layer-1 bias {net.layers[0].bias.min().item():.1f}, output weight norm "
+                f"{net.layers[-1].weight.norm().item():.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Data: sources (MNIST, Fashion-MNIST, mnist100, synthetic_jft), transfer sets, splits and jitter, as on-device tensors."""
+"""Data: sources (MNIST, Fashion-MNIST, mnist100, synthetic_jft), transfer sets, splits and jitter,
+as on-device tensors.
+"""
 
 from darkknowledge.data.augment import jitter
 from darkknowledge.data.cache import atomic_write_bytes, cache_dir

@@ -13,7 +13,8 @@ from darkknowledge.errors import DKError
 
 
 def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by its own (dx, dy), uniform on {-k..k}², filling the uncovered border with 0.
+    """Shift each image by its own (dx, dy), uniform on {-k..k}², filling the uncovered border with
+    0.
 
     ``out[b, y, x] = images[b, y - dy_b, x - dx_b]`` where that pixel exists, else 0. One pad and
     one gather for the whole batch: no per-image Python work, no host sync.
@@ -42,7 +43,9 @@ def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
         )
     if max_shift == 0:
         return images
-    shifts = torch.randint(-max_shift, max_shift + 1, (images.shape[0], 2), generator=generator, device=images.device)
+    shifts = torch.randint(
+        -max_shift, max_shift + 1, (images.shape[0], 2), generator=generator, device=images.device
+    )
     return shift_images(images, shifts, max_shift)
 
 
@@ -56,7 +59,8 @@ def shift_images(images: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> 
     k = max_shift
     b, h, w = images.shape
     dx, dy = shifts[:, 0:1], shifts[:, 1:2]
-    # In the k-padded image, source pixel (y - dy, x - dx) sits at (y - dy + k, x - dx + k), always inside.
+    # In the k-padded image, source pixel (y - dy, x - dx) sits at (y - dy + k, x - dx + k), always
+    # inside.
     padded = F.pad(images, (k, k, k, k))
     rows = torch.arange(h, device=images.device) + k - dy  # (B, H)
     cols = torch.arange(w, device=images.device) + k - dx  # (B, W)
@@ -65,5 +69,6 @@ def shift_images(images: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> 
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
-    # A generator made with device="cuda" reports cuda:0; compare the resolved index when both have one.
+    # A generator made with device="cuda" reports cuda:0; compare the resolved index when both have
+    # one.
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)

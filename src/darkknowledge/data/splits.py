@@ -23,7 +23,8 @@ def train_validation_split(
     labels = ds.require_labels("train_validation_split")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < len(ds):
         raise DKError(
-            f"validation size {size!r} is out of range for dataset {ds.name!r} of {len(ds)} examples",
+            f"validation size {size!r} is out of range for dataset {ds.name!r} of {len(ds)} "
+            "examples",
             f"use a size in [1, {len(ds) - 1}]",
         )
     counts = torch.bincount(labels.cpu(), minlength=ds.num_classes)

@@ -36,8 +36,12 @@ def prototypes() -> torch.Tensor:
     g = torch.Generator().manual_seed(SEEDS["prototypes"])
     d = SIDE * SIDE
     family = 128.0 + SPREAD["family"] * torch.randn(FAMILIES, d, generator=g)
-    group = family.repeat_interleave(GROUPS, dim=0) + SPREAD["group"] * torch.randn(FAMILIES * GROUPS, d, generator=g)
-    return group.repeat_interleave(CLASSES_PER_GROUP, dim=0) + SPREAD["class"] * torch.randn(NUM_CLASSES, d, generator=g)
+    group = family.repeat_interleave(GROUPS, dim=0) + SPREAD["group"] * torch.randn(
+        FAMILIES * GROUPS, d, generator=g
+    )
+    return group.repeat_interleave(CLASSES_PER_GROUP, dim=0) + SPREAD["class"] * torch.randn(
+        NUM_CLASSES, d, generator=g
+    )
 
 
 def group_of(classes: torch.Tensor) -> torch.Tensor:
@@ -47,16 +51,29 @@ def group_of(classes: torch.Tensor) -> torch.Tensor:
 
 @datasets.register("synthetic_jft")
 def load_synthetic_jft(split: str) -> TensorDataset:
-    """``synthetic_jft`` ``split``: "train" (150,000 examples) or "test" (30,000), 15,000 classes."""
+    """``synthetic_jft`` ``split``: "train" (150,000 examples) or "test" (30,000), 15,000
+    classes.
+    """
     if split not in PER_CLASS:
-        raise DKError(f"unknown synthetic_jft split {split!r}", "use 'train' (150,000 examples) or 'test' (30,000)")
+        raise DKError(
+            f"unknown synthetic_jft split {split!r}",
+            "use 'train' (150,000 examples) or 'test' (30,000)",
+        )
     g = torch.Generator().manual_seed(SEEDS[split])
     per = PER_CLASS[split]
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per)
-    x = prototypes()[labels] + SPREAD["example"] * torch.randn(len(labels), SIDE * SIDE, generator=g)
+    x = prototypes()[labels] + SPREAD["example"] * torch.randn(
+        len(labels), SIDE * SIDE, generator=g
+    )
     perm = torch.randperm(len(labels), generator=g)
     images = x[perm].round().clamp(0, 255).to(torch.uint8).view(-1, SIDE, SIDE)
-    return TensorDataset(images=images, labels=labels[perm], index=torch.arange(len(labels)), num_classes=NUM_CLASSES, name=f"synthetic_jft/{split}")
+    return TensorDataset(
+        images=images,
+        labels=labels[perm],
+        index=torch.arange(len(labels)),
+        num_classes=NUM_CLASSES,
+        name=f"synthetic_jft/{split}",
+    )
 
 
 @fetchers.register("synthetic_jft")

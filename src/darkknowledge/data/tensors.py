@@ -41,7 +41,8 @@ class TensorDataset:
             or self.images.dim() != 3
         ):
             raise DKError(
-                f"{where}: images must be a uint8 tensor of shape (N, H, W), got {_describe(self.images)}",
+                f"{where}: images must be a uint8 tensor of shape (N, H, W), got "
+                f"{_describe(self.images)}",
                 "convert pixels to uint8 in [0, 255] and drop any channel dimension",
             )
         n = self.images.shape[0]
@@ -60,7 +61,8 @@ class TensorDataset:
             or tuple(self.index.shape) != (n,)
         ):
             raise DKError(
-                f"{where}: index must be an int64 tensor of shape ({n},), got {_describe(self.index)}",
+                f"{where}: index must be an int64 tensor of shape ({n},), got "
+                f"{_describe(self.index)}",
                 "use torch.arange(N) for a whole split, or keep the source index when subsetting",
             )
         if self.index.device != self.images.device:
@@ -76,7 +78,8 @@ class TensorDataset:
             or tuple(self.labels.shape) != (n,)
         ):
             raise DKError(
-                f"{where}: labels must be an int64 tensor of shape ({n},), got {_describe(self.labels)}",
+                f"{where}: labels must be an int64 tensor of shape ({n},), got "
+                f"{_describe(self.labels)}",
                 "pass one int64 class id per image, or None for an unlabelled set",
             )
         if self.labels.device != self.images.device:
@@ -88,7 +91,8 @@ class TensorDataset:
         if len(bad):
             p = int(bad[0, 0])
             raise DKError(
-                f"{where}: label {int(self.labels[p])} at position {p} (source index {int(self.index[p])}) "
+                f"{where}: label {int(self.labels[p])} at position {p} (source index "
+                f"{int(self.index[p])}) "
                 f"is outside [0, {self.num_classes}) ({len(bad)} bad labels in all)",
                 "fix the source labels or raise num_classes",
             )
@@ -99,7 +103,8 @@ class TensorDataset:
     def __repr__(self) -> str:
         kind = "labelled" if self.labels is not None else "unlabelled"
         return (
-            f"TensorDataset(name={self.name!r}, n={len(self)}, image={tuple(self.images.shape[1:])}, "
+            f"TensorDataset(name={self.name!r}, n={len(self)}, "
+            f"image={tuple(self.images.shape[1:])}, "
             f"num_classes={self.num_classes}, {kind}, device={self.images.device})"
         )
 
@@ -108,7 +113,9 @@ class TensorDataset:
         return self.images.device
 
     def to(self, device: torch.device | str) -> TensorDataset:
-        """The same dataset on ``device`` (the fingerprint carries over: the content is unchanged)."""
+        """The same dataset on ``device`` (the fingerprint carries over: the content is
+        unchanged).
+        """
         moved = replace(
             self,
             images=self.images.to(device),
@@ -149,7 +156,8 @@ class TensorDataset:
                 or images.shape[1:] != self.images.shape[1:]
             ):
                 raise DKError(
-                    f"features() images must be uint8 (B, {self.images.shape[1]}, {self.images.shape[2]}), got {_describe(images)}",
+                    f"features() images must be uint8 (B, {self.images.shape[1]}, "
+                    f"{self.images.shape[2]}), got {_describe(images)}",
                     "pass a batch gathered from this dataset",
                 )
         elif positions is not None:
@@ -159,7 +167,9 @@ class TensorDataset:
         return images.reshape(images.shape[0], -1).to(torch.float32).div_(255)
 
     def fingerprint(self) -> str:
-        """sha256 hex over name, shape, pixels, labels (or "unlabelled") and index; device-independent."""
+        """sha256 hex over name, shape, pixels, labels (or "unlabelled") and index;
+        device-independent.
+        """
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(f"{self.name}\0{tuple(self.images.shape)}\0".encode())
@@ -202,7 +212,8 @@ class TensorDataset:
         positions = positions.to(device=self.images.device, dtype=torch.int64)
         if len(positions) and (int(positions.min()) < 0 or int(positions.max()) >= len(self)):
             raise DKError(
-                f"positions range [{int(positions.min())}, {int(positions.max())}] is outside dataset {self.name!r} of {len(self)} examples",
+                f"positions range [{int(positions.min())}, {int(positions.max())}] is outside "
+                f"dataset {self.name!r} of {len(self)} examples",
                 f"use positions in [0, {len(self)})",
             )
         return positions

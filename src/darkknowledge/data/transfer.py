@@ -1,7 +1,8 @@
 """Transfer sets: which training examples the student sees (Hinton et al. 2015, §3).
 
 The paper distils on MNIST with classes omitted (e.g. no 3s, §3), on a small fraction of the
-data (3% of the speech data as soft targets, §6) and without labels. ``num_classes`` never changes: the
+data (3% of the speech data as soft targets, §6) and without labels. ``num_classes`` never changes:
+the
 student still predicts every class.
 """
 
@@ -32,7 +33,8 @@ def keep_classes(ds: TensorDataset, classes: Iterable[int]) -> TensorDataset:
 
 
 def stratified_fraction(ds: TensorDataset, fraction: float, seed: int = 0) -> TensorDataset:
-    """A random ``fraction`` of each class of ``ds`` (rounded, at least one example per class present).
+    """A random ``fraction`` of each class of ``ds`` (rounded, at least one example per class
+    present).
 
     Deterministic in ``seed``; positions stay in ascending source order.
     """
@@ -84,7 +86,8 @@ def _nonempty(ds: TensorDataset, mask: torch.Tensor, operation: str) -> TensorDa
     positions = mask.nonzero().squeeze(1)
     if len(positions) == 0:
         raise DKError(
-            f"{operation} leaves no examples of dataset {ds.name!r} ({len(ds)} examples, class counts {ds.class_counts()})",
+            f"{operation} leaves no examples of dataset {ds.name!r} ({len(ds)} examples, class "
+            f"counts {ds.class_counts()})",
             "keep at least one class that is present",
         )
     return ds.subset(positions)

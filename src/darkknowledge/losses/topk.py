@@ -38,7 +38,8 @@ class TopKTargets:
         log_probs: (1, N, k) float, ``log p_i`` of those classes at ``temperature``.
         tail_log_prob: (1, N) float, ``log`` of the mass outside the top k (−inf if k = C).
         temperature: the T at which ``p`` was computed; a loss at another T is refused.
-        combine: how ensemble members were combined ("arithmetic"/"geometric"); None for one teacher.
+        combine: how ensemble members were combined ("arithmetic"/"geometric"); None for one
+        teacher.
         members: number of teacher members combined.
     """
 
@@ -53,12 +54,25 @@ class TopKTargets:
         idx, lp, tail = self.indices, self.log_probs, self.tail_log_prob
         if not all(isinstance(t, torch.Tensor) for t in (idx, lp, tail)):
             raise DKError("TopKTargets needs three tensors: indices, log_probs, tail_log_prob")
-        if idx.dim() != 3 or idx.shape[0] != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
-            raise DKError(f"TopKTargets indices must be integer (1, N, k), got {idx.dtype} {tuple(idx.shape)}")
+        if (
+            idx.dim() != 3
+            or idx.shape[0] != 1
+            or idx.is_floating_point()
+            or idx.dtype == torch.bool
+        ):
+            raise DKError(
+                f"TopKTargets indices must be integer (1, N, k), got {idx.dtype} {tuple(idx.shape)}"
+            )
         if lp.shape != idx.shape or not lp.is_floating_point():
-            raise DKError(f"TopKTargets log_probs must be float {tuple(idx.shape)} like the indices, got {lp.dtype} {tuple(lp.shape)}")
+            raise DKError(
+                f"TopKTargets log_probs must be float {tuple(idx.shape)} like the indices, got "
+                f"{lp.dtype} {tuple(lp.shape)}"
+            )
         if tuple(tail.shape) != tuple(idx.shape[:2]) or not tail.is_floating_point():
-            raise DKError(f"TopKTargets tail_log_prob must be float {tuple(idx.shape[:2])}, got {tail.dtype} {tuple(tail.shape)}")
+            raise DKError(
+                f"TopKTargets tail_log_prob must be float {tuple(idx.shape[:2])}, got {tail.dtype} "
+                f"{tuple(tail.shape)}"
+            )
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
 
     @property
@@ -81,17 +95,38 @@ class TopKTargets:
         """Index the first two dimensions like a tensor, e.g. ``targets[:, positions]``."""
         parts = key if isinstance(key, tuple) else (key,)
         if len(parts) > 2 or any(p is Ellipsis or p is None for p in parts):
-            raise DKError(f"TopKTargets can be indexed on its first two dimensions only, got {key!r}", "use targets[:, positions]")
-        return TopKTargets(self.indices[key], self.log_probs[key], self.tail_log_prob[key], self.temperature, self.combine, self.members)
+            raise DKError(
+                f"TopKTargets can be indexed on its first two dimensions only, got {key!r}",
+                "use targets[:, positions]",
+            )
+        return TopKTargets(
+            self.indices[key],
+            self.log_probs[key],
+            self.tail_log_prob[key],
+            self.temperature,
+            self.combine,
+            self.members,
+        )
 
     def to(self, device: torch.device | str) -> TopKTargets:
-        return TopKTargets(self.indices.to(device), self.log_probs.to(device), self.tail_log_prob.to(device), self.temperature, self.combine, self.members)
+        return TopKTargets(
+            self.indices.to(device),
+            self.log_probs.to(device),
+            self.tail_log_prob.to(device),
+            self.temperature,
+            self.combine,
+            self.members,
+        )
 
     def detach(self) -> TopKTargets:
-        """The targets themselves: stored outputs never carry gradients (mirrors ``Tensor.detach``)."""
+        """The targets themselves: stored outputs never carry gradients (mirrors
+        ``Tensor.detach``).
+        """
         return self
 
-    def at(self, temperature: float, combine: str = "arithmetic") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def at(
+        self, temperature: float, combine: str = "arithmetic"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(indices (B, k), log_probs (B, k), tail_log_prob (B,))`` for a loss at ``temperature``.
 
         A loss at another temperature than the one the targets were made at, or with another
@@ -101,18 +136,23 @@ class TopKTargets:
         combine = check_combine(combine)
         if t != self.temperature:
             raise DKError(
-                f"top-k teacher outputs were stored at temperature {self.temperature:g} but the loss uses temperature {t:g}",
-                f"set the method's temperature to {self.temperature:g}, or rebuild the store at {t:g} (a dense store serves every temperature)",
+                f"top-k teacher outputs were stored at temperature {self.temperature:g} but the "
+                f"loss uses temperature {t:g}",
+                f"set the method's temperature to {self.temperature:g}, or rebuild the store at "
+                f"{t:g} (a dense store serves every temperature)",
             )
         if self.members > 1 and self.combine is not None and combine != self.combine:
             raise DKError(
-                f"top-k teacher outputs combine {self.members} members by the {self.combine} mean but the run asks for {combine}",
+                f"top-k teacher outputs combine {self.members} members by the {self.combine} mean "
+                f"but the run asks for {combine}",
                 f"set teacher.combine={self.combine}, or rebuild the store with combine {combine}",
             )
         return self.indices[0], self.log_probs[0], self.tail_log_prob[0]
 
 
-def topk_targets(teacher_logits: torch.Tensor, k: int, temperature: float, combine: str = "arithmetic") -> TopKTargets:
+def topk_targets(
+    teacher_logits: torch.Tensor, k: int, temperature: float, combine: str = "arithmetic"
+) -> TopKTargets:
     """Compress teacher logits into :class:`TopKTargets` at ``temperature``.
 
     ``log p = combine_log_probs(teacher_logits, T, combine)``; the k largest ``log p_i`` (ties
@@ -133,11 +173,16 @@ def topk_targets(teacher_logits: torch.Tensor, k: int, temperature: float, combi
     log_p = combine_log_probs(logits, temperature, combine)
     classes = log_p.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= classes:
-        raise DKError(f"top-k needs 1 ≤ k ≤ {classes} (the class count), got k={k!r}", f"use k in [1, {classes}]")
+        raise DKError(
+            f"top-k needs 1 ≤ k ≤ {classes} (the class count), got k={k!r}",
+            f"use k in [1, {classes}]",
+        )
     values, indices = log_p.topk(k, dim=-1)
     tail = torch.logsumexp(log_p.scatter(-1, indices, -math.inf), dim=-1)
     combined = combine if members > 1 else None
-    return TopKTargets(indices[None], values[None], tail[None], float(temperature), combined, members)
+    return TopKTargets(
+        indices[None], values[None], tail[None], float(temperature), combined, members
+    )
 
 
 def soft_target_loss_topk(
@@ -149,7 +194,8 @@ def soft_target_loss_topk(
 ) -> torch.Tensor:
     """T² · KL over the k + 1 buckets (the teacher's top-k classes and one tail), batch mean.
 
-    ``loss = T² · (1/B) · sum_b [ sum_{i ∈ top-k} p_bi (log p_bi − log q_bi) + p_b,tail (log p_b,tail − log q_b,tail) ]``
+    ``loss = T² · (1/B) · sum_b [ sum_{i ∈ top-k} p_bi (log p_bi − log q_bi) + p_b,tail (log
+    p_b,tail − log q_b,tail) ]``
 
     with ``q = softmax(z/T)`` the student distribution, ``q_tail = 1 − sum_{top-k} q`` (computed
     as a logsumexp over the student's non-top-k classes) and ``0 · log 0 = 0`` (an empty tail,
@@ -173,17 +219,31 @@ def soft_target_loss_topk(
     teacher = as_float(topk_log_probs, "topk_log_probs")
     tail = as_float(tail_log_prob, "tail_log_prob")
     if student.dim() != 2 or student.shape[0] == 0:
-        raise DKError(f"student_logits must be a non-empty (batch, classes), got shape {tuple(student.shape)}")
-    batch, classes = student.shape
-    if not isinstance(topk_indices, torch.Tensor) or topk_indices.is_floating_point() or topk_indices.dtype == torch.bool:
-        raise DKError("topk_indices must be an integer tensor of class indices")
-    if topk_indices.dim() != 2 or topk_indices.shape[0] != batch or not 1 <= topk_indices.shape[1] <= classes:
         raise DKError(
-            f"topk_indices must be (batch, k) with batch {batch} and 1 ≤ k ≤ {classes}, got shape {tuple(topk_indices.shape)}",
+            f"student_logits must be a non-empty (batch, classes), got shape {tuple(student.shape)}"
+        )
+    batch, classes = student.shape
+    if (
+        not isinstance(topk_indices, torch.Tensor)
+        or topk_indices.is_floating_point()
+        or topk_indices.dtype == torch.bool
+    ):
+        raise DKError("topk_indices must be an integer tensor of class indices")
+    if (
+        topk_indices.dim() != 2
+        or topk_indices.shape[0] != batch
+        or not 1 <= topk_indices.shape[1] <= classes
+    ):
+        raise DKError(
+            f"topk_indices must be (batch, k) with batch {batch} and 1 ≤ k ≤ {classes}, got shape "
+            f"{tuple(topk_indices.shape)}",
             "compute the teacher's top-k on the same examples and label set as the student",
         )
     if teacher.shape != topk_indices.shape or tuple(tail.shape) != (batch,):
-        raise DKError(f"topk_log_probs must be {tuple(topk_indices.shape)} and tail_log_prob ({batch},), got {tuple(teacher.shape)} and {tuple(tail.shape)}")
+        raise DKError(
+            f"topk_log_probs must be {tuple(topk_indices.shape)} and tail_log_prob ({batch},), got "
+            f"{tuple(teacher.shape)} and {tuple(tail.shape)}"
+        )
     dtype = compute_dtype(student, teacher, tail)
     student_log_probs = log_softmax_with_temperature(student.to(dtype), t)
     indices = topk_indices.to(device=student.device, dtype=torch.long)

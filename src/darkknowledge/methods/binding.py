@@ -51,8 +51,10 @@ def state_problem(connector: nn.Module | None, tensors: dict[str, torch.Tensor])
     expected = connector_state(connector)
     saved = {k for k in tensors if k.startswith(PREFIX)}
     if saved != set(expected):
-        return (f"state.safetensors holds the method tensors {sorted(saved)}, "
-                f"the method has {sorted(expected)}")
+        return (
+            f"state.safetensors holds the method tensors {sorted(saved)}, "
+            f"the method has {sorted(expected)}"
+        )
     for key, value in expected.items():
         if tensors[key].shape != value.shape or tensors[key].dtype != value.dtype:
             saved_as = f"{tensors[key].dtype} {tuple(tensors[key].shape)}"

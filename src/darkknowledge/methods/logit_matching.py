@@ -12,9 +12,11 @@ from darkknowledge.methods.base import Method, MethodOutput, StepInputs, methods
 @methods.register("logit_matching")
 @dataclass(frozen=True)
 class LogitMatching(Method):
-    """Logit matching (Caruana et al. 2006 / Bucila et al. 2006 model compression; Hinton et al. 2015, §2.1).
+    """Logit matching (Caruana et al. 2006 / Bucila et al. 2006; Hinton et al. 2015, §2.1).
 
-    ``loss = logit_weight · (1/B) sum_b sum_i ½((z − z̄) − (v − v̄))²  + hard_weight · CE(labels, q_1)``:
+    Model compression by
+    ``loss = logit_weight · (1/B) sum_b sum_i ½((z − z̄) − (v − v̄))²
+    + hard_weight · CE(labels, q_1)``:
     squared error between per-example zero-meaned student and teacher logits (the T → ∞ limit of
     ``N ·`` the soft-target loss, see :func:`~darkknowledge.losses.logit_matching_loss`), plus an
     optional cross-entropy with the true labels. An ensemble teacher is matched through the mean of

@@ -26,7 +26,8 @@ def soft_term(method: Method, batch: StepInputs, temperature: float) -> torch.Te
 class SoftTargets(Method):
     """Soft-target distillation (Hinton et al. 2015, §2).
 
-    ``loss = soft_weight · T²·KL(p_T ‖ q_T) + hard_weight · CE(labels, q_1)``: the soft term (T² inside
+    ``loss = soft_weight · T²·KL(p_T ‖ q_T) + hard_weight · CE(labels, q_1)``: the soft term (T²
+    inside
     :func:`~darkknowledge.losses.soft_target_loss`) against the teacher at temperature T, plus a
     usually much smaller cross-entropy with the true labels at T = 1 on the same logits. With
     ``hard_weight = 0`` the transfer set may be unlabelled.

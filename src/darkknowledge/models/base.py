@@ -21,7 +21,11 @@ def build_model(name: str, params: dict[str, Any], in_features: int, num_classes
     spec = build_dataclass(spec_cls, params, f"model ({name})")
     count = getattr(spec, "parameter_count", None)
     if count is not None:
-        check_fits_in_memory(f"model ({name}) {short(params, 60)} with {in_features} inputs and {num_classes} classes", count(in_features, num_classes))
+        check_fits_in_memory(
+            f"model ({name}) {short(params, 60)} with {in_features} inputs and {num_classes} "
+            "classes",
+            count(in_features, num_classes),
+        )
     return spec.build(in_features=in_features, num_classes=num_classes)
 
 
@@ -50,7 +54,8 @@ def check_fits_in_memory(what: str, parameters: int) -> None:
     need, free = parameters * 4 * TRAINING_COPIES, available_memory()
     if need > free:
         raise DKError(
-            f"{what} has {parameters:,} parameters: training it needs about {need / 1e9:,.1f} GB, this machine has {free / 1e9:,.1f} GB available",
+            f"{what} has {parameters:,} parameters: training it needs about {need / 1e9:,.1f} GB, "
+            f"this machine has {free / 1e9:,.1f} GB available",
             "use smaller layer widths (or a machine with more memory)",
         )
 

@@ -37,10 +37,13 @@ class BatchedMLP(nn.Module):
     """K MLPs of one :class:`MLPSpec` with stacked weights; dropout is drawn per element.
 
     Built from K ordinary models (:meth:`from_models`), so each replica keeps its own
-    initialization (its own seed). Input ``(K, batch, in_features)``, output ``(K, batch, classes)``.
+    initialization (its own seed). Input ``(K, batch, in_features)``, output ``(K, batch,
+    classes)``.
     """
 
-    def __init__(self, spec: MLPSpec, in_features: int, num_classes: int, layers: Sequence[BatchedLinear]) -> None:
+    def __init__(
+        self, spec: MLPSpec, in_features: int, num_classes: int, layers: Sequence[BatchedLinear]
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.in_features = in_features
@@ -54,20 +57,34 @@ class BatchedMLP(nn.Module):
             raise DKError("BatchedMLP needs at least one model", "pass a list of MLPs")
         first = models[0]
         for m in models:
-            if not isinstance(m, MLP) or m.spec != first.spec or (m.in_features, m.num_classes) != (first.in_features, first.num_classes):
-                raise DKError("BatchedMLP stacks MLPs of one architecture only", "build every replica from the same model config")
+            if (
+                not isinstance(m, MLP)
+                or m.spec != first.spec
+                or (m.in_features, m.num_classes) != (first.in_features, first.num_classes)
+            ):
+                raise DKError(
+                    "BatchedMLP stacks MLPs of one architecture only",
+                    "build every replica from the same model config",
+                )
         layers = [
-            BatchedLinear(torch.stack([m.layers[i].weight.detach() for m in models]).clone(), torch.stack([m.layers[i].bias.detach() for m in models]).clone())
+            BatchedLinear(
+                torch.stack([m.layers[i].weight.detach() for m in models]).clone(),
+                torch.stack([m.layers[i].bias.detach() for m in models]).clone(),
+            )
             for i in range(len(first.layers))
         ]
-        return cls(first.spec, first.in_features, first.num_classes, layers).to(first.layers[0].weight.device)
+        return cls(first.spec, first.in_features, first.num_classes, layers).to(
+            first.layers[0].weight.device
+        )
 
     def unstack(self) -> list[MLP]:
         """K ordinary MLPs holding copies of the replicas' weights (on this model's device)."""
         out = []
         for k in range(self.replicas):
             m = MLP(self.spec, self.in_features, self.num_classes).to(self.layers[0].weight.device)
-            m.load_state_dict({name: t[k].detach().clone() for name, t in self.state_dict().items()})
+            m.load_state_dict(
+                {name: t[k].detach().clone() for name, t in self.state_dict().items()}
+            )
             out.append(m)
         return out
 

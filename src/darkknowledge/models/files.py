@@ -34,7 +34,11 @@ def resolve_model_path(path: str | Path) -> Path:
     if p.is_dir():
         p = p / MODEL_FILE
     if not p.is_file():
-        raise DKError(f"model checkpoint {path} not found", "give a model.safetensors file or a finished run directory (train it first with `dk train`)")
+        raise DKError(
+            f"model checkpoint {path} not found",
+            "give a model.safetensors file or a finished run directory (train it first with `dk "
+            "train`)",
+        )
     return p
 
 
@@ -46,9 +50,17 @@ def model_bytes(model: nn.Module) -> bytes:
     :func:`load_model`, so one flipped bit in the weights is found, not distilled from)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     config = model_config(model)
-    digest = hashlib.sha256(_tensor_bytes(st_save(tensors, metadata={"darkknowledge.model": "{}"}))).hexdigest()  # the layout does not depend on the metadata
-    # one metadata key (safetensors writes several in no fixed order): the file's bytes stay deterministic
-    return st_save(tensors, metadata={"darkknowledge.model": json.dumps({**config, DIGEST_KEY: digest}, sort_keys=True)})
+    digest = hashlib.sha256(
+        _tensor_bytes(st_save(tensors, metadata={"darkknowledge.model": "{}"}))
+    ).hexdigest()  # the layout does not depend on the metadata
+    # one metadata key (safetensors writes several in no fixed order): the file's bytes stay
+    # deterministic
+    return st_save(
+        tensors,
+        metadata={
+            "darkknowledge.model": json.dumps({**config, DIGEST_KEY: digest}, sort_keys=True)
+        },
+    )
 
 
 def _tensor_bytes(raw: bytes) -> bytes:
@@ -74,31 +86,64 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise DKError(f"model checkpoint {p} cannot be read ({exc.strerror or exc.__class__.__name__})", "check the path and its permissions") from None
+        raise DKError(
+            f"model checkpoint {p} cannot be read ({exc.strerror or exc.__class__.__name__})",
+            "check the path and its permissions",
+        ) from None
     try:
         tensors = st_load(raw)
         meta = _metadata(raw)
         cfg = json.loads(meta["darkknowledge.model"]) if "darkknowledge.model" in meta else None
     except (SafetensorError, ValueError) as exc:
-        raise DKError(f"model checkpoint {p} is corrupt or not a darkknowledge model file ({exc.__class__.__name__}: {exc})", fix) from None
+        raise DKError(
+            f"model checkpoint {p} is corrupt or not a darkknowledge model file "
+            f"({exc.__class__.__name__}: {exc})",
+            fix,
+        ) from None
     if cfg is None:
-        raise DKError(f"model checkpoint {p} has no darkknowledge model config", "save models with darkknowledge (dk train / dk distill)")
-    digest = cfg.get(DIGEST_KEY) if isinstance(cfg, dict) else None  # files written before digests existed have none
+        raise DKError(
+            f"model checkpoint {p} has no darkknowledge model config",
+            "save models with darkknowledge (dk train / dk distill)",
+        )
+    # files written before digests existed have none
+    digest = cfg.get(DIGEST_KEY) if isinstance(cfg, dict) else None
     if digest is not None and hashlib.sha256(_tensor_bytes(raw)).hexdigest() != digest:
-        raise DKError(f"model checkpoint {p} is corrupt: its weights do not match the sha256 they were saved with", fix)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str) or not isinstance(cfg.get("params"), dict) or any(isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), int) or cfg.get(k) < 1 for k in ("in_features", "num_classes")):
+        raise DKError(
+            f"model checkpoint {p} is corrupt: its weights do not match the sha256 they were saved "
+            "with",
+            fix,
+        )
+    if (
+        not isinstance(cfg, dict)
+        or not isinstance(cfg.get("name"), str)
+        or not isinstance(cfg.get("params"), dict)
+        or any(
+            isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), int) or cfg.get(k) < 1
+            for k in ("in_features", "num_classes")
+        )
+    ):
         raise DKError(f"model checkpoint {p} has a malformed model config {short(cfg)}", fix)
     try:  # the config is checked (and bounded) before anything is allocated
         model = build_model(cfg["name"], cfg["params"], cfg["in_features"], cfg["num_classes"])
     except DKError as exc:
-        raise DKError(f"model checkpoint {p} describes a model that cannot be built: {exc}") from None
+        raise DKError(
+            f"model checkpoint {p} describes a model that cannot be built: {exc}"
+        ) from None
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:
-        raise DKError(f"model checkpoint {p} does not match its config (missing {sorted(missing)}, unexpected {sorted(unexpected)})", "re-create the checkpoint")
+        raise DKError(
+            f"model checkpoint {p} does not match its config (missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)})",
+            "re-create the checkpoint",
+        )
     for k, v in expected.items():
         if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:
-            raise DKError(f"model checkpoint {p}: {k} is {tensors[k].dtype} {tuple(tensors[k].shape)} but its config needs {v.dtype} {tuple(v.shape)}", "re-create the checkpoint")
+            raise DKError(
+                f"model checkpoint {p}: {k} is {tensors[k].dtype} {tuple(tensors[k].shape)} but "
+                f"its config needs {v.dtype} {tuple(v.shape)}",
+                "re-create the checkpoint",
+            )
     model.load_state_dict(tensors)
     return model.to(map_location)
 

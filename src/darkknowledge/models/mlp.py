@@ -42,17 +42,29 @@ class MLPSpec:
 
     def __post_init__(self) -> None:
         if len(self.hidden) > MAX_LAYERS:
-            raise DKError(f"model.hidden has {len(self.hidden):,} layers, more than {MAX_LAYERS}", "give a list of layer widths, e.g. [800, 800]")
+            raise DKError(
+                f"model.hidden has {len(self.hidden):,} layers, more than {MAX_LAYERS}",
+                "give a list of layer widths, e.g. [800, 800]",
+            )
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise DKError(f"model.hidden={short(self.hidden)} is invalid", "give a list of positive layer widths, e.g. [800, 800]")
+            raise DKError(
+                f"model.hidden={short(self.hidden)} is invalid",
+                "give a list of positive layer widths, e.g. [800, 800]",
+            )
         for key in ("input_dropout", "hidden_dropout"):
             p = getattr(self, key)
             if not 0.0 <= p < 1.0:
-                raise DKError(f"model.{key}={p} is out of range", "use a dropout probability in [0, 1)")
+                raise DKError(
+                    f"model.{key}={p} is out of range", "use a dropout probability in [0, 1)"
+                )
         if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
-            raise DKError(f"model.max_norm={self.max_norm} is invalid", "use a positive number or null")
+            raise DKError(
+                f"model.max_norm={self.max_norm} is invalid", "use a positive number or null"
+            )
         if self.init_std is not None and not self.init_std > 0:
-            raise DKError(f"model.init_std={self.init_std} is invalid", "use a positive number or null")
+            raise DKError(
+                f"model.init_std={self.init_std} is invalid", "use a positive number or null"
+            )
 
     def parameter_count(self, in_features: int, num_classes: int) -> int:
         """How many parameters ``build`` would allocate (checked before it does)."""
@@ -86,7 +98,9 @@ class MLP(nn.Module):
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *[int(h) for h in spec.hidden], num_classes]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         if spec.init_std is not None:
             for layer in self.layers:
                 nn.init.normal_(layer.weight, 0.0, spec.init_std)
@@ -100,7 +114,9 @@ class MLP(nn.Module):
         return self.layers[-1](x)
 
     def max_norm_weights(self) -> list[torch.Tensor]:
-        """Weights whose rows (each hidden unit's incoming vector) the max-norm constraint bounds."""
+        """Weights whose rows (each hidden unit's incoming vector) the max-norm constraint
+        bounds.
+        """
         return [layer.weight for layer in self.layers[:-1]] if self.spec.max_norm else []
 
     @torch.no_grad()

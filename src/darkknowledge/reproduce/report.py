@@ -26,7 +26,11 @@ def _stat(values: dict[str, float]) -> str:
         return "—"
     v = list(values.values())
     mean = statistics.fmean(v)
-    fmt = (lambda x: f"{x:.0f}") if all(float(x).is_integer() for x in v) and mean >= 10 else (lambda x: f"{x:.3g}")
+    fmt = (
+        (lambda x: f"{x:.0f}")
+        if all(float(x).is_integer() for x in v) and mean >= 10
+        else (lambda x: f"{x:.3g}")
+    )
     if len(v) == 1:
         return f"{fmt(mean)} (1 seed)"
     return f"{fmt(mean)} ± {statistics.stdev(v):.2g} ({len(v)} seeds)"
@@ -36,7 +40,11 @@ def _mean(values: dict[str, float]) -> float | None:
     return statistics.fmean(values.values()) if values else None
 
 
-def _target(spec: dict[str, Any] | None, values: dict[str, float], measured: dict[tuple[str, str, str], dict[str, float]]) -> str:
+def _target(
+    spec: dict[str, Any] | None,
+    values: dict[str, float],
+    measured: dict[tuple[str, str, str], dict[str, float]],
+) -> str:
     """One scale's target (``le``/``ge`` a bar, ``within`` a distance; ``of: cell/metric`` makes
     the bar relative to that number measured at the same scale; ``stretch`` a harder bar), and
     whether the mean over seeds meets it."""
@@ -49,7 +57,13 @@ def _target(spec: dict[str, Any] | None, values: dict[str, float], measured: dic
     op = next(k for k in ("le", "ge", "within") if k in spec)
     bar = float(spec[op])
     sym = {"le": "≤", "ge": "≥", "within": "within"}[op]
-    text = f"{sym} {bar:g}" + (f" of `{spec['of'].split('/')[0]}`" if op == "within" else f" + `{spec['of'].split('/')[0]}`" if ref is not None or "of" in spec else "")
+    text = f"{sym} {bar:g}" + (
+        f" of `{spec['of'].split('/')[0]}`"
+        if op == "within"
+        else f" + `{spec['of'].split('/')[0]}`"
+        if ref is not None or "of" in spec
+        else ""
+    )
     mean = _mean(values)
     if mean is None or ("of" in spec and ref is None):
         verdict = "not measured"
@@ -72,7 +86,8 @@ def _target(spec: dict[str, Any] | None, values: dict[str, float], measured: dic
 def claims_table(claims: list[Claim], rows: list[dict[str, str]]) -> str:
     by = {scale: latest(rows, scale) for scale in ("full", "cpu", "smoke")}
     lines = [
-        "| cell | metric | paper | ours, full scale | ours, cpu scale | ours, smoke scale | target, cpu scale | target, full scale |",
+        "| cell | metric | paper | ours, full scale | ours, cpu scale | ours, smoke scale | "
+        "target, cpu scale | target, full scale |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in claims:
@@ -80,12 +95,17 @@ def claims_table(claims: list[Claim], rows: list[dict[str, str]]) -> str:
         paper = "—" if c.value is None else f"{c.value:g} {c.unit} ({c.section})"
         note = f" — {c.note}" if c.note else ""
         ours = " | ".join(_stat(by[scale].get(key, {})) for scale in ("full", "cpu", "smoke"))
-        targets = " | ".join(_target((c.target or {}).get(scale), by[scale].get(key, {}), by[scale]) for scale in ("cpu", "full"))
+        targets = " | ".join(
+            _target((c.target or {}).get(scale), by[scale].get(key, {}), by[scale])
+            for scale in ("cpu", "full")
+        )
         lines.append(f"| `{c.cell}` | {c.metric}{note} | {paper} | {ours} | {targets} |")
     return "\n".join(lines)
 
 
-def sweep_table(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[int, dict[float, float]]]:
+def sweep_table(
+    rows: list[dict[str, str]], scale: str
+) -> tuple[str, dict[int, dict[float, float]]]:
     by = latest(rows, scale)
     grid: dict[int, dict[float, float]] = {}
     for (cell, variant, metric), vals in by.items():
@@ -96,10 +116,18 @@ def sweep_table(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[int, 
     if not grid:
         return "", grid
     temps = sorted({t for g in grid.values() for t in g})
-    lines = ["| units/layer | " + " | ".join(f"T={t:g}" for t in temps) + " |", "|---" * (len(temps) + 1) + "|"]
+    lines = [
+        "| units/layer | " + " | ".join(f"T={t:g}" for t in temps) + " |",
+        "|---" * (len(temps) + 1) + "|",
+    ]
     for w in sorted(grid):
         best = min(grid[w].values())
-        cells = [(f"**{grid[w][t]:.0f}**" if grid[w][t] == best else f"{grid[w][t]:.0f}") if t in grid[w] else "—" for t in temps]
+        cells = [
+            (f"**{grid[w][t]:.0f}**" if grid[w][t] == best else f"{grid[w][t]:.0f}")
+            if t in grid[w]
+            else "—"
+            for t in temps
+        ]
         lines.append(f"| {w} | " + " | ".join(cells) + " |")
     return "\n".join(lines), grid
 
@@ -109,7 +137,8 @@ def training_time(rows: list[dict[str, str]], scale: str) -> str:
     metric; each run once, by config hash). A run first recorded at another scale (the shipped
     teacher the smoke scale borrows) is named, not counted."""
     owner: dict[str, str] = {}
-    for r in sorted(rows, key=lambda r: r["date"]):  # a run belongs to the scale that recorded it first
+    # a run belongs to the scale that recorded it first
+    for r in sorted(rows, key=lambda r: r["date"]):
         owner.setdefault(r["config_hash"], r["scale"])
     for r in rows:  # or, surely, to the scale that trained it (a borrowed run records no speed)
         if r["metric"] == "samples_per_s":
@@ -119,12 +148,25 @@ def training_time(rows: list[dict[str, str]], scale: str) -> str:
         if r["scale"] == scale and r["seed"] == "0":
             current[(r["cell"], r["variant"], r["metric"])] = r  # later rows replace earlier ones
     mine = list(current.values())
-    walls = {r["config_hash"]: float(r["wall_seconds"]) for r in mine if owner[r["config_hash"]] == scale}
+    walls = {
+        r["config_hash"]: float(r["wall_seconds"]) for r in mine if owner[r["config_hash"]] == scale
+    }
     borrowed = sorted({f"`{r['cell']}`" for r in mine if owner[r["config_hash"]] != scale})
-    speed = [float(r["value"]) for r in mine if r["metric"] == "samples_per_s" and r["cell"] == "teacher_1200"]
+    speed = [
+        float(r["value"])
+        for r in mine
+        if r["metric"] == "samples_per_s" and r["cell"] == "teacher_1200"
+    ]
     teacher = f"; the teacher trained at {speed[-1]:,.0f} samples/s" if speed else ""
-    from_other = f"; {', '.join(borrowed)} is another scale's run (the shipped teacher), not counted" if borrowed else ""
-    return f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum of their wall times){teacher}{from_other}"
+    from_other = (
+        f"; {', '.join(borrowed)} is another scale's run (the shipped teacher), not counted"
+        if borrowed
+        else ""
+    )
+    return (
+        f"seed 0's {len(walls)} runs took {sum(walls.values()) / 60:.0f} minutes in all (the sum "
+        f"of their wall times){teacher}{from_other}"
+    )
 
 
 def sweep_shape(grid: dict[int, dict[float, float]]) -> str:
@@ -134,12 +176,23 @@ def sweep_shape(grid: dict[int, dict[float, float]]) -> str:
     for w in sorted(grid):
         best = min(grid[w], key=lambda t: (grid[w][t], t))
         if w < 300:
-            parts.append(f"{w} units: best T = {best:g} (paper: 2.5–4, {'inside' if 2.5 <= best <= 4 else 'outside'})")
+            parts.append(
+                f"{w} units: best T = {best:g} (paper: 2.5–4, "
+                f"{'inside' if 2.5 <= best <= 4 else 'outside'})"
+            )
         else:
             high = [grid[w][t] for t in grid[w] if t >= 8]
-            spread = f", T ≥ 8 within {max(high) - min(high):.0f} errors of each other" if len(high) > 1 else ""
+            spread = (
+                f", T ≥ 8 within {max(high) - min(high):.0f} errors of each other"
+                if len(high) > 1
+                else ""
+            )
             parts.append(f"{w} units: best T = {best:g}{spread}")
-    return "Shape: " + "; ".join(parts) + " (paper: with ≥ 300 units all T above 8 give fairly similar results)."
+    return (
+        "Shape: "
+        + "; ".join(parts)
+        + " (paper: with ≥ 300 units all T above 8 give fairly similar results)."
+    )
 
 
 def _pyplot() -> tuple[Any, Any] | None:
@@ -186,35 +239,68 @@ def plot_sweep(grid: dict[int, dict[float, float]], path: Path, scale: str) -> b
 ENSEMBLE_CELL = "ensemble_distill"
 
 
-def ensemble_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[str, dict[str, dict[int, float]]]]:
+def ensemble_results(
+    rows: list[dict[str, str]], scale: str
+) -> tuple[str, dict[str, dict[str, dict[int, float]]]]:
     """The ensemble cell's table (baseline, ensemble, distilled, gain, share kept, per dataset;
-    means over seeds) and its accuracy by member count: dataset → {"ensemble"|"distilled": {m: %}}."""
+    means over seeds) and its accuracy by member count: dataset → {"ensemble"|"distilled": {m:
+    %}}."""
     by = latest(rows, scale)
     mean = lambda metric, variant="": _mean(by.get((ENSEMBLE_CELL, variant, metric), {}))  # noqa: E731
-    datasets = sorted({m.removeprefix("baseline_accuracy_") for (c, _, m) in by if c == ENSEMBLE_CELL and m.startswith("baseline_accuracy_")})
+    datasets = sorted(
+        {
+            m.removeprefix("baseline_accuracy_")
+            for (c, _, m) in by
+            if c == ENSEMBLE_CELL and m.startswith("baseline_accuracy_")
+        }
+    )
     curves: dict[str, dict[str, dict[int, float]]] = {}
     lines = [
-        "| dataset | baseline: a member (mean; range) | ensemble of 10: arithmetic / geometric | distilled (T, step size) | ensemble's gain | share of the gain kept |",
+        "| dataset | baseline: a member (mean; range) | ensemble of 10: arithmetic / geometric | "
+        "distilled (T, step size) | ensemble's gain | share of the gain kept |",
         "|---|---|---|---|---|---|",
     ]
     fmt = lambda v, f="{:.2f}": "—" if v is None else f.format(v)  # noqa: E731
     for ds in datasets:
-        base, lo, hi = mean(f"baseline_accuracy_{ds}"), mean(f"member_accuracy_min_{ds}"), mean(f"member_accuracy_max_{ds}")
-        ens, geo, dist = mean(f"ensemble_accuracy_{ds}"), mean(f"ensemble_geometric_accuracy_{ds}"), mean(f"distilled_accuracy_{ds}")
-        t, lr, gain, kept = mean(f"selected_temperature_{ds}"), mean(f"selected_lr_{ds}"), mean(f"gain_{ds}"), mean(f"gain_kept_{ds}")
+        base, lo, hi = (
+            mean(f"baseline_accuracy_{ds}"),
+            mean(f"member_accuracy_min_{ds}"),
+            mean(f"member_accuracy_max_{ds}"),
+        )
+        ens, geo, dist = (
+            mean(f"ensemble_accuracy_{ds}"),
+            mean(f"ensemble_geometric_accuracy_{ds}"),
+            mean(f"distilled_accuracy_{ds}"),
+        )
+        t, lr, gain, kept = (
+            mean(f"selected_temperature_{ds}"),
+            mean(f"selected_lr_{ds}"),
+            mean(f"gain_{ds}"),
+            mean(f"gain_kept_{ds}"),
+        )
         chosen = f" (T = {t:g}, {lr:g})" if t is not None and lr is not None else ""
-        lines.append(f"| {ds} | {fmt(base)} % ({fmt(lo)}–{fmt(hi)}) | {fmt(ens)} / {fmt(geo)} % | {fmt(dist)} %{chosen} | {fmt(gain, '{:+.2f}')} points | {fmt(kept, '{:.0%}')} |")
+        lines.append(
+            f"| {ds} | {fmt(base)} % ({fmt(lo)}–{fmt(hi)}) | {fmt(ens)} / {fmt(geo)} % | "
+            f"{fmt(dist)} %{chosen} | {fmt(gain, '{:+.2f}')} points | {fmt(kept, '{:.0%}')} |"
+        )
         for kind in ("ensemble", "distilled"):
             pts = {}
             for (c, variant, metric), vals in by.items():
-                if c == ENSEMBLE_CELL and metric == f"{kind}_accuracy" and variant.startswith(f"{ds}_m"):
+                if (
+                    c == ENSEMBLE_CELL
+                    and metric == f"{kind}_accuracy"
+                    and variant.startswith(f"{ds}_m")
+                ):
                     pts[int(variant.rsplit("_m", 1)[1])] = statistics.fmean(vals.values())
             curves.setdefault(ds, {})[kind] = pts
         if base is not None:
             curves[ds]["baseline"] = {0: base}  # the members' mean: one model trained on the labels
     if not datasets:
         return "", {}
-    paper = "paper (speech, Table 1): baseline 58.9 %, ensemble of 10 61.1 %, distilled 60.8 % frame accuracy: 86 % of the gain kept"
+    paper = (
+        "paper (speech, Table 1): baseline 58.9 %, ensemble of 10 61.1 %, distilled 60.8 % frame "
+        "accuracy: 86 % of the gain kept"
+    )
     return "\n".join(lines) + f"\n\n- test accuracy; {paper}", curves
 
 
@@ -227,10 +313,19 @@ def plot_members(curves: dict[str, dict[str, dict[int, float]]], path: Path, sca
     for ax, (ds, kinds) in zip(axes[0], sorted(curves.items()), strict=True):
         for kind, style in (("ensemble", "o-"), ("distilled", "s--")):
             ms = sorted(kinds.get(kind, {}))
-            label = "ensemble of the first m members" if kind == "ensemble" else "one model distilled from them"
+            label = (
+                "ensemble of the first m members"
+                if kind == "ensemble"
+                else "one model distilled from them"
+            )
             ax.plot(ms, [kinds[kind][m] for m in ms], style, label=label)
         if kinds.get("baseline"):
-            ax.axhline(kinds["baseline"][0], color="gray", linestyle=":", label="one model on the labels (members' mean)")
+            ax.axhline(
+                kinds["baseline"][0],
+                color="gray",
+                linestyle=":",
+                label="one model on the labels (members' mean)",
+            )
         ax.set_xscale("log")
         ms = sorted(set(kinds.get("ensemble", {})) | set(kinds.get("distilled", {})))
         ax.set_xticks(ms)
@@ -246,16 +341,41 @@ def plot_members(curves: dict[str, dict[str, dict[int, float]]], path: Path, sca
 
 SPECIALISTS_CELL = "specialists_mnist100"
 # Table 4 [P]: relative top-1 gain by the number of specialists covering the true class
-PAPER_COVERING_GAIN = {1: 3.4, 2: 7.4, 3: 8.8, 4: 10.5, 5: 11.1, 6: 11.3, 7: 12.8, 8: 13.6, 9: 16.6, 10: 14.1}
+PAPER_COVERING_GAIN = {
+    1: 3.4,
+    2: 7.4,
+    3: 8.8,
+    4: 10.5,
+    5: 11.1,
+    6: 11.3,
+    7: 12.8,
+    8: 13.6,
+    9: 16.6,
+    10: 14.1,
+}
 
 
-def specialist_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dict[int, tuple[float, float]]]:
+def specialist_results(
+    rows: list[dict[str, str]], scale: str
+) -> tuple[str, dict[int, tuple[float, float]]]:
     """The specialists cell's Table 3 and Table 4 analogues (means over seeds) and, for the bar
     chart, covering count → (our relative gain %, images)."""
     # the covering groups of the latest system only (an older run may have had other groups)
-    last = {r["seed"]: r["config_hash"] for r in rows if r["cell"] == SPECIALISTS_CELL and r["scale"] == scale and r["metric"] == "top1"}
+    last = {
+        r["seed"]: r["config_hash"]
+        for r in rows
+        if r["cell"] == SPECIALISTS_CELL and r["scale"] == scale and r["metric"] == "top1"
+    }
     current = set(last.values())
-    by = latest([r for r in rows if not (r["cell"] == SPECIALISTS_CELL and r["variant"].startswith("covering")) or r["config_hash"] in current], scale)
+    by = latest(
+        [
+            r
+            for r in rows
+            if not (r["cell"] == SPECIALISTS_CELL and r["variant"].startswith("covering"))
+            or r["config_hash"] in current
+        ],
+        scale,
+    )
     mean = lambda metric, variant="": _mean(by.get((SPECIALISTS_CELL, variant, metric), {}))  # noqa: E731
     if mean("top1") is None:
         return "", {}
@@ -265,28 +385,55 @@ def specialist_results(rows: list[dict[str, str]], scale: str) -> tuple[str, dic
     cond, cond_spec = mean("conditional"), mean("conditional_with_specialists")
     distilled, kept = mean("top1_distilled"), mean("gain_kept")
     lines = [
-        f"{fmt(mean('specialists'), '{:.0f}')} specialists over clusters of confusable classes, {fmt(mean('classes_covered'), '{:.0f}')} of 100 classes covered; test images of `mnist100`.",
+        f"{fmt(mean('specialists'), '{:.0f}')} specialists over clusters of confusable classes, "
+        f"{fmt(mean('classes_covered'), '{:.0f}')} of 100 classes covered; test images of "
+        "`mnist100`.",
         "",
-        "| system | test top-1 | conditional test accuracy | relative gain (top-1) | parameters | latency per image (CPU) |",
+        "| system | test top-1 | conditional test accuracy | relative gain (top-1) | parameters | "
+        "latency per image (CPU) |",
         "|---|---|---|---|---|---|",
-        f"| generalist | {fmt(top1)} | {fmt(cond)} | | {fmt(mean('parameters_generalist'), '{:,.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.3f} ms')} |",
-        f"| generalist + specialists | {fmt(spec)} | {fmt(cond_spec)} | {fmt(gain(top1, spec), '{:+.1f} %')} | {fmt(mean('parameters_system'), '{:,.0f}')} | {fmt(mean('latency_ms_system'), '{:.3f} ms')} |",
-        f"| one network distilled from the system | {fmt(distilled)} | | {fmt(gain(top1, distilled), '{:+.1f} %')} | {fmt(mean('parameters_generalist'), '{:,.0f}')} | (the generalist's) |",
+        f"| generalist | {fmt(top1)} | {fmt(cond)} | | "
+        f"{fmt(mean('parameters_generalist'), '{:,.0f}')} | "
+        f"{fmt(mean('latency_ms_generalist'), '{:.3f} ms')} |",
+        f"| generalist + specialists | {fmt(spec)} | {fmt(cond_spec)} | "
+        f"{fmt(gain(top1, spec), '{:+.1f} %')} | {fmt(mean('parameters_system'), '{:,.0f}')} | "
+        f"{fmt(mean('latency_ms_system'), '{:.3f} ms')} |",
+        f"| one network distilled from the system | {fmt(distilled)} | | "
+        f"{fmt(gain(top1, distilled), '{:+.1f} %')} | "
+        f"{fmt(mean('parameters_generalist'), '{:,.0f}')} | (the generalist's) |",
         "",
-        f"- share of the specialists' gain the distilled network keeps: {fmt(kept, '{:.0%}')}" if kept is not None else "- share kept: — (no gain to share, or not measured)",
-        f"- validation top-1 (what the settings were compared on): {fmt(mean('valid_top1'))} → {fmt(mean('valid_top1_with_specialists'))} with specialists",
-        "- paper (JFT, Table 3): top-1 25.0 % → 26.1 % (+4.4 % relative), conditional 43.1 % → 45.9 %; distilling the specialists back was not done",
+        f"- share of the specialists' gain the distilled network keeps: {fmt(kept, '{:.0%}')}"
+        if kept is not None
+        else "- share kept: — (no gain to share, or not measured)",
+        f"- validation top-1 (what the settings were compared on): {fmt(mean('valid_top1'))} → "
+        f"{fmt(mean('valid_top1_with_specialists'))} with specialists",
+        "- paper (JFT, Table 3): top-1 25.0 % → 26.1 % (+4.4 % relative), conditional 43.1 % → "
+        "45.9 %; distilling the specialists back was not done",
         "",
-        "| specialists covering the true class | test images | generalist | with specialists | relative gain | paper (Table 4) |",
+        "| specialists covering the true class | test images | generalist | with specialists | "
+        "relative gain | paper (Table 4) |",
         "|---|---|---|---|---|---|",
     ]
     bars: dict[int, tuple[float, float]] = {}
-    covering = sorted({int(v.removeprefix("covering")) for (c, v, _) in by if c == SPECIALISTS_CELL and v.startswith("covering")})
+    covering = sorted(
+        {
+            int(v.removeprefix("covering"))
+            for (c, v, _) in by
+            if c == SPECIALISTS_CELL and v.startswith("covering")
+        }
+    )
     for k in covering:
-        n, g, w = mean("covering_n", f"covering{k}"), mean("covering_generalist", f"covering{k}"), mean("covering_with_specialists", f"covering{k}")
+        n, g, w = (
+            mean("covering_n", f"covering{k}"),
+            mean("covering_generalist", f"covering{k}"),
+            mean("covering_with_specialists", f"covering{k}"),
+        )
         rel = gain(g, w)
         paper = "0" if k == 0 else f"+{PAPER_COVERING_GAIN[min(k, 10)]} %"
-        lines.append(f"| {k} | {fmt(n, '{:.0f}')} | {fmt(g)} | {fmt(w)} | {fmt(rel, '{:+.1f} %')} | {paper} |")
+        lines.append(
+            f"| {k} | {fmt(n, '{:.0f}')} | {fmt(g)} | {fmt(w)} | {fmt(rel, '{:+.1f} %')} | {paper} "
+            "|"
+        )
         if rel is not None and n is not None:
             bars[k] = (rel, n)
     return "\n".join(lines), bars
@@ -303,13 +450,25 @@ def specialists_at_scale(rows: list[dict[str, str]], scale: str) -> str:
     if mean("cluster_seconds") is None:
         return ""
     fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731
-    return "\n".join([
-        "| classes | specialists × classes | classes covered | clustering | specialists' training | system: test images/s | latency per image: generalist / system | test top-1: generalist / system |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| 15,000 | {fmt(mean('specialists'), '{:.0f}')} × 300 | {fmt(mean('classes_covered'), '{:,.0f}')} | {fmt(mean('cluster_seconds'), '{:.0f} s')} | {fmt(mean('specialists_seconds'), '{:.0f} s')} | {fmt(mean('system_images_per_second'), '{:.0f}')} | {fmt(mean('latency_ms_generalist'), '{:.1f}')} / {fmt(mean('latency_ms_system'), '{:.1f} ms')} | {fmt(mean('top1'), '{:.2f}')} / {fmt(mean('top1_with_specialists'), '{:.2f} %')} |",
-        "",
-        "- `synthetic_jft` is generated (JFT's label space only): it measures scale, and its accuracies claim nothing; wall times on this machine's CPU as the rows record it",
-    ])
+    return "\n".join(
+        [
+            "| classes | specialists × classes | classes covered | clustering | specialists' "
+            "training | system: test images/s | latency per image: generalist / system | test "
+            "top-1: generalist / system |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| 15,000 | {fmt(mean('specialists'), '{:.0f}')} × 300 | "
+            f"{fmt(mean('classes_covered'), '{:,.0f}')} | "
+            f"{fmt(mean('cluster_seconds'), '{:.0f} s')} | "
+            f"{fmt(mean('specialists_seconds'), '{:.0f} s')} | "
+            f"{fmt(mean('system_images_per_second'), '{:.0f}')} | "
+            f"{fmt(mean('latency_ms_generalist'), '{:.1f}')} / "
+            f"{fmt(mean('latency_ms_system'), '{:.1f} ms')} | {fmt(mean('top1'), '{:.2f}')} / "
+            f"{fmt(mean('top1_with_specialists'), '{:.2f} %')} |",
+            "",
+            "- `synthetic_jft` is generated (JFT's label space only): it measures scale, and its "
+            "accuracies claim nothing; wall times on this machine's CPU as the rows record it",
+        ]
+    )
 
 
 def plot_covering(bars: dict[int, tuple[float, float]], path: Path, scale: str) -> bool:
@@ -322,9 +481,22 @@ def plot_covering(bars: dict[int, tuple[float, float]], path: Path, scale: str) 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     width = 0.4
     ax.bar([k - width / 2 for k in ks], [bars[k][0] for k in ks], width, label="ours (mnist100)")
-    ax.bar([k + width / 2 for k in ks], [0.0 if k == 0 else PAPER_COVERING_GAIN[min(k, 10)] for k in ks], width, label="paper (JFT, Table 4)", color="lightgray", edgecolor="gray")
+    ax.bar(
+        [k + width / 2 for k in ks],
+        [0.0 if k == 0 else PAPER_COVERING_GAIN[min(k, 10)] for k in ks],
+        width,
+        label="paper (JFT, Table 4)",
+        color="lightgray",
+        edgecolor="gray",
+    )
     for k in ks:
-        ax.annotate(f"n={bars[k][1]:.0f}", (k - width / 2, bars[k][0]), ha="center", va="bottom" if bars[k][0] >= 0 else "top", fontsize=7)
+        ax.annotate(
+            f"n={bars[k][1]:.0f}",
+            (k - width / 2, bars[k][0]),
+            ha="center",
+            va="bottom" if bars[k][0] >= 0 else "top",
+            fontsize=7,
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(ks)
     ax.set_xlabel("specialists covering the true class")
@@ -336,7 +508,8 @@ def plot_covering(bars: dict[int, tuple[float, float]], path: Path, scale: str) 
 
 def deployment_table(path: Path) -> str:
     """What each model costs to serve (``tools/deployment.py`` rows, the latest per model and
-    runtime): parameters, size on disk, test errors, ECE and CPU latency, PyTorch vs ONNX vs int8."""
+    runtime): parameters, size on disk, test errors, ECE and CPU latency, PyTorch vs ONNX vs
+    int8."""
     if not path.exists():
         return ""
     with open(path, newline="") as f:
@@ -350,7 +523,9 @@ def deployment_table(path: Path) -> str:
         out += [
             f"### Deployment ({scale} scale): what each model costs to serve",
             "",
-            "| model | parameters | size: safetensors / ONNX / ONNX int8 | test errors: fp32 / int8 | ECE | batch 1 p50 ms: PyTorch / ONNX / int8 | batch 64 p50 ms: PyTorch / ONNX / int8 |",
+            "| model | parameters | size: safetensors / ONNX / ONNX int8 | test errors: fp32 / "
+            "int8 | ECE | batch 1 p50 ms: PyTorch / ONNX / int8 | batch 64 p50 ms: PyTorch / ONNX "
+            "/ int8 |",
             "|---|---|---|---|---|---|---|",
         ]
         for cell in cells:
@@ -358,9 +533,22 @@ def deployment_table(path: Path) -> str:
             if any(v is None for v in r.values()):
                 continue
             size = " / ".join(f"{int(r[rt]['bytes']) / 1e6:.2f} MB" for rt in r)
-            lat = {b: " / ".join(f"{float(r[rt][f'{b}_p50_ms']):.3f}" for rt in r) for b in ("b1", "b64")}
-            out.append(f"| `{cell}` | {int(r['pytorch']['parameters']):,} | {size} | {r['onnx']['test_errors']} / {r['onnx-int8']['test_errors']} | {float(r['pytorch']['ece']):.4f} | {lat['b1']} | {lat['b64']} |")
-        out += ["", f"- measured by `tools/deployment.py` on {first['machine']}, {first['threads']} CPU thread, {first['date'][:10]} (commit {first['git_sha'][:10]}); ONNX files by `dk export` (logits within 1e-4 of PyTorch's), int8 by onnxruntime's dynamic quantization", ""]
+            lat = {
+                b: " / ".join(f"{float(r[rt][f'{b}_p50_ms']):.3f}" for rt in r)
+                for b in ("b1", "b64")
+            }
+            out.append(
+                f"| `{cell}` | {int(r['pytorch']['parameters']):,} | {size} | "
+                f"{r['onnx']['test_errors']} / {r['onnx-int8']['test_errors']} | "
+                f"{float(r['pytorch']['ece']):.4f} | {lat['b1']} | {lat['b64']} |"
+            )
+        out += [
+            "",
+            f"- measured by `tools/deployment.py` on {first['machine']}, {first['threads']} CPU "
+            f"thread, {first['date'][:10]} (commit {first['git_sha'][:10]}); ONNX files by `dk "
+            "export` (logits within 1e-4 of PyTorch's), int8 by onnxruntime's dynamic quantization",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -445,17 +633,29 @@ def write_report(exp_dir: Path) -> str:
     for scale in ("full", "cpu", "smoke"):
         devs = devices(rows, scale)
         if devs:
-            parts.append(f"- {scale} scale measured on: {', '.join(devs)}; {training_time(rows, scale)}")
+            parts.append(
+                f"- {scale} scale measured on: {', '.join(devs)}; {training_time(rows, scale)}"
+            )
     custom = sorted({r["scale"] for r in rows if r["scale"] not in ("full", "cpu", "smoke")})
     if custom:
         n = sum(r["scale"] in custom for r in rows)
-        parts.append(f"- {n} rows of runs with overridden settings ({', '.join(f'`{c}`' for c in custom)}) are in results.csv, not in these tables")
+        parts.append(
+            f"- {n} rows of runs with overridden settings ({', '.join(f'`{c}`' for c in custom)}) "
+            "are in results.csv, not in these tables"
+        )
     parts.append("")
     for scale in ("full", "cpu", "smoke"):
         table, grid = sweep_table(rows, scale)
         if not table:
             continue
-        parts += [f"### Temperature sweep ({scale} scale): test errors, best per width in bold", "", table, "", sweep_shape(grid), ""]
+        parts += [
+            f"### Temperature sweep ({scale} scale): test errors, best per width in bold",
+            "",
+            table,
+            "",
+            sweep_shape(grid),
+            "",
+        ]
         png = exp_dir / f"temperature_sweep_{scale}.png"
         if plot_sweep(grid, png, scale):
             parts += [f"![temperature sweep, {scale} scale]({png.name})", ""]
@@ -471,20 +671,34 @@ def write_report(exp_dir: Path) -> str:
         table, bars = specialist_results(rows, scale)
         if not table:
             continue
-        parts += [f"### Specialists ({scale} scale): `{SPECIALISTS_CELL}`, Tables 3 and 4", "", table, ""]
+        parts += [
+            f"### Specialists ({scale} scale): `{SPECIALISTS_CELL}`, Tables 3 and 4",
+            "",
+            table,
+            "",
+        ]
         png = exp_dir / f"specialists_covering_{scale}.png"
         if plot_covering(bars, png, scale):
             parts += [f"![relative gain by covering specialists, {scale} scale]({png.name})", ""]
     for scale in ("full", "cpu", "smoke"):
         table = specialists_at_scale(rows, scale)
         if table:
-            parts += [f"### Specialists at JFT's label space ({scale} scale): `{SCALE_CELL}`", "", table, ""]
+            parts += [
+                f"### Specialists at JFT's label space ({scale} scale): `{SCALE_CELL}`",
+                "",
+                table,
+                "",
+            ]
     deployment = deployment_table(exp_dir / "deployment.csv")
     if deployment:
         parts += [deployment]
     generated = "\n".join(parts).rstrip() + "\n"
     readme = exp_dir / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.exists() else f"# {exp_dir.name}\n\n{START}\n{END}\n"
+    text = (
+        readme.read_text(encoding="utf-8")
+        if readme.exists()
+        else f"# {exp_dir.name}\n\n{START}\n{END}\n"
+    )
     if START not in text or END not in text:
         text = text.rstrip() + f"\n\n{START}\n{END}\n"
     head, rest = text.split(START, 1)

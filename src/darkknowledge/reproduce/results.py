@@ -14,7 +14,19 @@ import yaml
 from darkknowledge.data import atomic_write_bytes
 from darkknowledge.errors import DKError
 
-COLUMNS = ["cell", "variant", "scale", "seed", "device", "metric", "value", "wall_seconds", "git_sha", "date", "config_hash"]
+COLUMNS = [
+    "cell",
+    "variant",
+    "scale",
+    "seed",
+    "device",
+    "metric",
+    "value",
+    "wall_seconds",
+    "git_sha",
+    "date",
+    "config_hash",
+]
 
 
 def read_results(path: str | Path) -> list[dict[str, str]]:
@@ -50,7 +62,10 @@ def append_results(path: str | Path, rows: list[dict[str, Any]]) -> int:
     try:
         atomic_write_bytes(path, buf.getvalue().encode())
     except OSError as exc:
-        raise DKError(f"cannot write {path} ({os.strerror(exc.errno or 0)})", "make the experiment folder writable or pass --root to a writable copy") from None
+        raise DKError(
+            f"cannot write {path} ({os.strerror(exc.errno or 0)})",
+            "make the experiment folder writable or pass --root to a writable copy",
+        ) from None
     return len(rows)
 
 
@@ -62,7 +77,9 @@ class Claim:
     unit: str
     section: str
     tolerance: float | None
-    target: dict[str, dict[str, Any]] | None = None  # scale → its target (claims.yaml's header says how)
+    target: dict[str, dict[str, Any]] | None = (
+        None  # scale → its target (claims.yaml's header says how)
+    )
     note: str = ""
 
 
@@ -71,7 +88,10 @@ def read_claims(path: str | Path) -> list[Claim]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     except (OSError, yaml.YAMLError) as exc:
-        raise DKError(f"cannot read claims file {path} ({exc.__class__.__name__})", "restore experiments/<name>/claims.yaml") from None
+        raise DKError(
+            f"cannot read claims file {path} ({exc.__class__.__name__})",
+            "restore experiments/<name>/claims.yaml",
+        ) from None
     return [Claim(**c) for c in raw]
 
 

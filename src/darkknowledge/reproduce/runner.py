@@ -53,7 +53,16 @@ SCALES = ("smoke", "cpu", "full")
 # Overrides that change how a run executes or reports, not what it computes: rows of a command
 # given only these keep their scale's label. Any other override (data.train_size=..., bf16, ...)
 # labels its rows ``<scale>-custom``, which the README's smoke/full columns leave out.
-EXECUTION_ONLY = ("train_step", "sync_every", "threads", "progress", "log_every", "checkpoint_every", "checkpoint_every_steps", "tensorboard")
+EXECUTION_ONLY = (
+    "train_step",
+    "sync_every",
+    "threads",
+    "progress",
+    "log_every",
+    "checkpoint_every",
+    "checkpoint_every_steps",
+    "tensorboard",
+)
 
 
 @dataclass
@@ -67,19 +76,32 @@ class Cell:
     sweep: dict[str, Any] = field(default_factory=dict)
     offset: dict[str, Any] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
-    shipped: dict[str, Any] = field(default_factory=dict)  # {path, scales}: a trained run in the repository
-    ensemble: dict[str, Any] = field(default_factory=dict)  # an ensemble cell: members, datasets, temperatures, ...
-    specialists: dict[str, Any] = field(default_factory=dict)  # a specialists cell: clusters, train, student
+    # {path, scales}: a trained run in the repository
+    shipped: dict[str, Any] = field(default_factory=dict)
+    # an ensemble cell: members, datasets, temperatures, ...
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    # a specialists cell: clusters, train, student
+    specialists: dict[str, Any] = field(default_factory=dict)
     # scales at which the cell runs only when named (--only): kept out of that scale's whole table
     on_request: list[str] = field(default_factory=list)
 
 
 def find_experiment(name: str, root: str | Path | None) -> Path:
-    candidates = [Path(root) / name] if root else [Path.cwd() / "experiments" / name, Path(__file__).resolve().parents[3] / "experiments" / name]
+    candidates = (
+        [Path(root) / name]
+        if root
+        else [
+            Path.cwd() / "experiments" / name,
+            Path(__file__).resolve().parents[3] / "experiments" / name,
+        ]
+    )
     for c in candidates:
         if (c / "configs").is_dir():
             return c
-    raise DKError(f"experiment {name!r} not found (looked in {', '.join(str(c) for c in candidates)})", "run from the repository root or pass --root path/to/experiments")
+    raise DKError(
+        f"experiment {name!r} not found (looked in {', '.join(str(c) for c in candidates)})",
+        "run from the repository root or pass --root path/to/experiments",
+    )
 
 
 def load_cells(exp_dir: Path) -> dict[str, Cell]:
@@ -88,14 +110,24 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
         raw = read_yaml(path)
         scales = {scale: scale_overrides(raw, scale) for scale in (raw.get("scales") or {})}
         cell = Cell(
-            id=raw["cell"], kind=raw["kind"], run=raw.get("run") or {}, scales=scales,
-            teacher=raw.get("teacher"), reference=raw.get("reference"),
-            sweep=raw.get("sweep") or {}, offset=raw.get("offset") or {}, select=raw.get("select") or {},
-            shipped=raw.get("shipped") or {}, ensemble=raw.get("ensemble") or {}, specialists=raw.get("specialists") or {},
+            id=raw["cell"],
+            kind=raw["kind"],
+            run=raw.get("run") or {},
+            scales=scales,
+            teacher=raw.get("teacher"),
+            reference=raw.get("reference"),
+            sweep=raw.get("sweep") or {},
+            offset=raw.get("offset") or {},
+            select=raw.get("select") or {},
+            shipped=raw.get("shipped") or {},
+            ensemble=raw.get("ensemble") or {},
+            specialists=raw.get("specialists") or {},
             on_request=list(raw.get("on_request") or []),
         )
         if cell.kind not in KINDS:
-            raise DKError(f"{path}: unknown cell kind {cell.kind!r}", f"use one of {', '.join(KINDS)}")
+            raise DKError(
+                f"{path}: unknown cell kind {cell.kind!r}", f"use one of {', '.join(KINDS)}"
+            )
         cells[cell.id] = cell
     return cells
 
@@ -103,7 +135,19 @@ def load_cells(exp_dir: Path) -> dict[str, Cell]:
 class Context:
     """What every cell function needs: scale, seed, where runs go, and row recording."""
 
-    def __init__(self, exp_dir: Path, cells: dict[str, Cell], scale: str, seed: int, overrides: list[str], device: str, runs_root: Path, selected: dict[str, list[str]] | None = None, ranking: dict[str, list[tuple[Any, float]]] | None = None, retrain: bool = False) -> None:
+    def __init__(
+        self,
+        exp_dir: Path,
+        cells: dict[str, Cell],
+        scale: str,
+        seed: int,
+        overrides: list[str],
+        device: str,
+        runs_root: Path,
+        selected: dict[str, list[str]] | None = None,
+        ranking: dict[str, list[tuple[Any, float]]] | None = None,
+        retrain: bool = False,
+    ) -> None:
         self.exp_dir, self.cells, self.scale, self.seed = exp_dir, cells, scale, seed
         self.retrain = retrain  # train cells that ship a trained run anew
         self.overrides, self.device, self.runs_root = overrides, device, runs_root
@@ -126,7 +170,12 @@ class Context:
             data.setdefault("teacher", {})["checkpoints"] = [self.done[cell.teacher]["run_dir"]]
         data = apply_overrides(data, cell.scales.get(self.scale, []) + list(extra) + self.overrides)
         cfg = build_dataclass(RunConfig, data, "")
-        cfg.run_dir = str(self.runs_root / self.scale / f"seed{self.seed}" / f"{name or cell.id}-{cfg.hash()[:10]}")
+        cfg.run_dir = str(
+            self.runs_root
+            / self.scale
+            / f"seed{self.seed}"
+            / f"{name or cell.id}-{cfg.hash()[:10]}"
+        )
         return cfg
 
     def train(self, cfg: RunConfig, kind: str) -> dict[str, Any]:
@@ -143,16 +192,26 @@ class Context:
         summary["run_dir"] = str(run_dir)
         return summary
 
-    def record(self, cell: str, metric: str, value: float, summary: dict[str, Any], variant: str = "") -> None:
-        self.rows.append({
-            "cell": cell, "variant": variant, "scale": self.label, "seed": self.seed,
-            "device": summary["device"], "metric": metric, "value": _fmt(value),
-            # a reused run keeps the commit and date of the command that trained it
-            "wall_seconds": f"{summary['wall_seconds']:.1f}", "git_sha": summary.get("git_sha") or self.sha,
-            "date": summary.get("finished_utc") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "config_hash": summary["config_hash"][:10],
-        })
-
+    def record(
+        self, cell: str, metric: str, value: float, summary: dict[str, Any], variant: str = ""
+    ) -> None:
+        self.rows.append(
+            {
+                "cell": cell,
+                "variant": variant,
+                "scale": self.label,
+                "seed": self.seed,
+                "device": summary["device"],
+                "metric": metric,
+                "value": _fmt(value),
+                # a reused run keeps the commit and date of the command that trained it
+                "wall_seconds": f"{summary['wall_seconds']:.1f}",
+                "git_sha": summary.get("git_sha") or self.sha,
+                "date": summary.get("finished_utc")
+                or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "config_hash": summary["config_hash"][:10],
+            }
+        )
 
     def record_speed(self, cell: str, summary: dict[str, Any], variant: str = "") -> None:
         """The machine's training speed in this run: examples seen per second of training
@@ -160,11 +219,15 @@ class Context:
         models = len(summary.get("replicas") or [None])
         seen = summary["transfer_set"]["size"] * summary["epochs"] * models
         if summary.get("train_seconds"):
-            self.record(cell, "samples_per_s", seen / summary["train_seconds"], summary, variant=variant)
+            self.record(
+                cell, "samples_per_s", seen / summary["train_seconds"], summary, variant=variant
+            )
 
 
 def finished_run(cfg: RunConfig, run_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """The summary of a finished run of exactly ``cfg`` in ``run_dir`` (default: its own), else None."""
+    """The summary of a finished run of exactly ``cfg`` in ``run_dir`` (default: its own), else
+    None.
+    """
     path = Path(run_dir or cfg.run_dir) / "summary.json"
     if not path.exists():
         return None
@@ -194,16 +257,23 @@ def select_on_validation(ctx: Context, cell: Cell, kind: str) -> None:
     sel = cell.select
     if not sel or cell.id in ctx.selected:  # nothing to choose, or chosen on an earlier seed
         return
-    if "scales" in sel and ctx.scale not in sel["scales"]:  # this scale keeps the value as configured
+    # this scale keeps the value as configured
+    if "scales" in sel and ctx.scale not in sel["scales"]:
         return
     key, values = sel["key"], sel["values"]
     scores = _select_batched(ctx, cell, kind, key, values) if sel.get("batched", True) else None
     if scores is None:
         scores = _select_one_by_one(ctx, cell, kind, key, values)
     if all(math.isinf(x) for x in scores):
-        raise DKError(f"cell {cell.id}: every candidate {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
+        raise DKError(
+            f"cell {cell.id}: every candidate {key} in {values} diverged",
+            f"add smaller values to select.values in {cell.id}.yaml",
+        )
     # best first; ties keep the listed order (sorted is stable); diverged candidates drop out
-    ctx.ranking[cell.id] = sorted(((v, x) for v, x in zip(values, scores, strict=True) if not math.isinf(x)), key=lambda vx: vx[1])
+    ctx.ranking[cell.id] = sorted(
+        ((v, x) for v, x in zip(values, scores, strict=True) if not math.isinf(x)),
+        key=lambda vx: vx[1],
+    )
     ctx.selected[cell.id] = [f"{key}={ctx.ranking[cell.id][0][0]}"]
 
 
@@ -211,21 +281,40 @@ def _candidate_overrides(ctx: Context, cell: Cell) -> list[str]:
     """What a candidate run changes: the validation split it is scored on, and the scale's
     ``select.candidate`` overrides (a shorter schedule, where the cell's budget needs one)."""
     sel = cell.select
-    size = sel["validation_size"][ctx.scale] if isinstance(sel["validation_size"], dict) else sel["validation_size"]
+    size = (
+        sel["validation_size"][ctx.scale]
+        if isinstance(sel["validation_size"], dict)
+        else sel["validation_size"]
+    )
     extra = sel.get("candidate") or {}
     extra = extra.get(ctx.scale, []) if isinstance(extra, dict) else extra
     return [f"data.validation_size={size}", *extra]
 
 
-def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list) -> list[float] | None:
+def _select_batched(
+    ctx: Context, cell: Cell, kind: str, key: str, values: list
+) -> list[float] | None:
     """Validation errors of the step-size candidates trained as one batched run
     (``replicas.optim.lr``, each replica equal to its candidate's own run); None when the
     candidates cannot be batched (another key, another optimizer), and they are then trained one
     by one. A diverging candidate's score is inf."""
     probe = ctx.config(cell)
-    if key != "optim.lr" or len(values) < 2 or probe.optim.name not in ("sgd", "paper_dropout") or probe.optim.weight_decay:
+    if (
+        key != "optim.lr"
+        or len(values) < 2
+        or probe.optim.name not in ("sgd", "paper_dropout")
+        or probe.optim.weight_decay
+    ):
         return None
-    runs = _batched_step_sizes(ctx, cell, kind, values, _candidate_overrides(ctx, cell), f"{cell.id}_select_{key}", "select")
+    runs = _batched_step_sizes(
+        ctx,
+        cell,
+        kind,
+        values,
+        _candidate_overrides(ctx, cell),
+        f"{cell.id}_select_{key}",
+        "select",
+    )
     if runs is None:
         return None
     scores = []
@@ -236,11 +325,18 @@ def _select_batched(ctx: Context, cell: Cell, kind: str, key: str, values: list)
         scores.append(r["eval"]["valid"]["errors"])
         ctx.record(cell.id, "select_valid_errors", scores[-1], r, variant=f"{key}={value}")
         ctx.last_summary = r
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {r['eval']['valid']['n']} (candidates as one batched run, {r['wall_seconds']:.1f}s on {r['device']})", flush=True)
+        print(
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} "
+            f"validation errors / {r['eval']['valid']['n']} (candidates as one batched run, "
+            f"{r['wall_seconds']:.1f}s on {r['device']})",
+            flush=True,
+        )
     return scores
 
 
-def _batched_step_sizes(ctx: Context, cell: Cell, kind: str, values: list, extra: list[str], name: str, what: str) -> list[dict[str, Any] | None] | None:
+def _batched_step_sizes(
+    ctx: Context, cell: Cell, kind: str, values: list, extra: list[str], name: str, what: str
+) -> list[dict[str, Any] | None] | None:
     """Runs of the cell with each step size in ``values``, trained as one batched run
     (``replicas.optim.lr``): one summary per value (its replica's evaluation), None for a value
     that diverged. A diverging step size drops out and the others train again, still batched (a
@@ -249,14 +345,25 @@ def _batched_step_sizes(ctx: Context, cell: Cell, kind: str, values: list, extra
     left = list(range(len(values)))
     while left:
         lrs = [float(values[i]) for i in left]
-        overrides = [f"replicas.optim.lr={json.dumps(lrs)}"] if len(lrs) > 1 else [f"optim.lr={lrs[0]}"]
+        overrides = (
+            [f"replicas.optim.lr={json.dumps(lrs)}"] if len(lrs) > 1 else [f"optim.lr={lrs[0]}"]
+        )
         try:
-            s = ctx.train(ctx.config(cell, [*overrides, *extra], name=name if len(lrs) > 1 else f"{name}={lrs[0]}"), kind)
+            s = ctx.train(
+                ctx.config(
+                    cell, [*overrides, *extra], name=name if len(lrs) > 1 else f"{name}={lrs[0]}"
+                ),
+                kind,
+            )
         except NonFiniteLossError as exc:
             k = exc.replica if len(lrs) > 1 else 0
             if k is None:
                 return None
-            print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} {what} optim.lr={values[left[k]]}: diverged ({exc}); the others train again", flush=True)
+            print(
+                f"[{ctx.scale} seed {ctx.seed}] {cell.id} {what} optim.lr={values[left[k]]}: "
+                f"diverged ({exc}); the others train again",
+                flush=True,
+            )
             runs[left.pop(k)] = None
             continue
         for i, r in zip(left, s["replicas"] if len(lrs) > 1 else [s], strict=True):
@@ -268,21 +375,34 @@ def _batched_step_sizes(ctx: Context, cell: Cell, kind: str, values: list, extra
 def _select_one_by_one(ctx: Context, cell: Cell, kind: str, key: str, values: list) -> list[float]:
     scores = []
     for value in values:
-        cfg = ctx.config(cell, [f"{key}={value}", *_candidate_overrides(ctx, cell)], name=f"{cell.id}_select_{key}={value}")
+        cfg = ctx.config(
+            cell,
+            [f"{key}={value}", *_candidate_overrides(ctx, cell)],
+            name=f"{cell.id}_select_{key}={value}",
+        )
         try:
             s = ctx.train(cfg, kind)
         except NonFiniteLossError as exc:  # a step size too large for this loss: not a candidate
             scores.append(math.inf)
-            print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: diverged ({exc})", flush=True)
+            print(
+                f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: diverged ({exc})",
+                flush=True,
+            )
             continue
         scores.append(s["eval"]["valid"]["errors"])
         ctx.record(cell.id, "select_valid_errors", scores[-1], s, variant=f"{key}={value}")
         ctx.last_summary = s
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on {s['device']}", flush=True)
+        print(
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id} select {key}={value}: {scores[-1]} "
+            f"validation errors / {s['eval']['valid']['n']}, {s['wall_seconds']:.1f}s on "
+            f"{s['device']}",
+            flush=True,
+        )
     return scores
 
 
-REJECT_FACTOR, REJECT_SLACK = 1.5, 5  # a final run worse than this on the validation images is rejected
+# a final run worse than this on the validation images is rejected
+REJECT_FACTOR, REJECT_SLACK = 1.5, 5
 
 
 def train_selected(ctx: Context, cell: Cell, kind: str) -> dict[str, Any]:
@@ -311,16 +431,32 @@ def train_selected(ctx: Context, cell: Cell, kind: str) -> dict[str, Any]:
             seen, n, s, why = math.inf, 0, ctx.last_summary, f"diverged ({exc})"
         else:
             seen, n = _errors_on_validation_images(ctx, cell, cfg.run_dir)
-            why = f"{seen} errors on the {n} validation images it trained on, more than {REJECT_FACTOR:g} × {held_out:g} + {REJECT_SLACK} (its candidate's errors on them, unseen)"
+            why = (
+                f"{seen} errors on the {n} validation images it trained on, more than "
+                f"{REJECT_FACTOR:g} × {held_out:g} + {REJECT_SLACK} (its candidate's errors on "
+                "them, unseen)"
+            )
         if seen <= REJECT_FACTOR * held_out + REJECT_SLACK:
             ctx.ranking[cell.id] = ranking[i:]  # later seeds start from the value that held
             ctx.record(cell.id, f"selected_{key}", float(value), s)
             ctx.record(cell.id, "final_errors_on_valid_images", seen, s)
             return s
         ctx.record(cell.id, "select_rejected", seen, s, variant=f"{key}={value}")
-        nxt = f"; trying {key}={ranking[i + 1][0]}, the next best on validation" if i + 1 < len(ranking) else ""
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: WARNING the run with the selected {key}={value} is rejected: {why}{nxt}", flush=True)
-    raise DKError(f"cell {cell.id}: every {key} candidate that did well on validation trained to a rejected run on the whole transfer set", f"add smaller values to select.values in {cell.id}.yaml")
+        nxt = (
+            f"; trying {key}={ranking[i + 1][0]}, the next best on validation"
+            if i + 1 < len(ranking)
+            else ""
+        )
+        print(
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: WARNING the run with the selected "
+            f"{key}={value} is rejected: {why}{nxt}",
+            flush=True,
+        )
+    raise DKError(
+        f"cell {cell.id}: every {key} candidate that did well on validation trained to a rejected "
+        "run on the whole transfer set",
+        f"add smaller values to select.values in {cell.id}.yaml",
+    )
 
 
 def _errors_on_validation_images(ctx: Context, cell: Cell, run_dir: str) -> tuple[int, int]:
@@ -348,19 +484,39 @@ def shipped_run(ctx: Context, cell: Cell) -> dict[str, Any] | None:
         summary = json.loads((where / "summary.json").read_text())
         digest = hashlib.sha256((where / "model.safetensors").read_bytes()).hexdigest()
     except (OSError, ValueError) as exc:
-        raise DKError(f"the shipped run of {cell.id} in {where} cannot be read ({exc.__class__.__name__})", fix) from None
+        raise DKError(
+            f"the shipped run of {cell.id} in {where} cannot be read ({exc.__class__.__name__})",
+            fix,
+        ) from None
     if digest != summary.get("model_sha256"):
-        raise DKError(f"the shipped model of {cell.id} ({where / 'model.safetensors'}) does not match its checksum", fix)
+        raise DKError(
+            f"the shipped model of {cell.id} ({where / 'model.safetensors'}) does not match its "
+            "checksum",
+            fix,
+        )
     test = prepare_data(ctx.config(cell).data).test
     logits = predict_logits(load_model(where), test)
     errors = int((logits.argmax(dim=1) != test.labels).sum())
-    try:  # the path as the user's runs name it: relative, so config hashes do not depend on the clone's place
+    # the path as the user's runs name it: relative, so config hashes do not depend on the clone's
+    # place
+    try:
         run_dir = str(where.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         run_dir = str(where)
     t0 = summary["eval"]["test"]
-    print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the shipped {spec.get('trained_at', '')} run ({where}, trained at {summary.get('git_sha', '?')[:10]}): {errors} test errors / {len(test)} (its summary: {t0['errors']} / {t0['n']})", flush=True)
-    return {**summary, "eval": {"test": {"errors": errors, "n": len(test)}}, "run_dir": run_dir, "reused": True, "shipped": True}
+    print(
+        f"[{ctx.scale} seed {ctx.seed}] {cell.id}: the shipped {spec.get('trained_at', '')} run "
+        f"({where}, trained at {summary.get('git_sha', '?')[:10]}): {errors} test errors / "
+        f"{len(test)} (its summary: {t0['errors']} / {t0['n']})",
+        flush=True,
+    )
+    return {
+        **summary,
+        "eval": {"test": {"errors": errors, "n": len(test)}},
+        "run_dir": run_dir,
+        "reused": True,
+        "shipped": True,
+    }
 
 
 def cell_train(ctx: Context, cell: Cell, kind: str = "train") -> None:
@@ -408,12 +564,20 @@ def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:
     seeds = [ctx.seed for ctx in ctxs]
     batched = first.config(cell, [f"replicas.seeds={json.dumps(seeds)}"], name=f"{cell.id}_seeds")
     s = first.train(batched, "train")
-    print(f"[{first.scale}] {cell.id}: seeds {seeds} trained as one batched run, {s['wall_seconds']:.1f}s on {s['device']}", flush=True)
+    print(
+        f"[{first.scale}] {cell.id}: seeds {seeds} trained as one batched run, "
+        f"{s['wall_seconds']:.1f}s on {s['device']}",
+        flush=True,
+    )
     for target, replica in zip(targets, batched.replica_configs(), strict=True):
         if finished_run(target) is not None:
             continue
         if finished_run(target, replica.run_dir) is None:
-            print(f"[{first.scale}] {cell.id} seed {replica.seed}: the batched replica's config differs from the seed's run; training it alone", flush=True)
+            print(
+                f"[{first.scale}] {cell.id} seed {replica.seed}: the batched replica's config "
+                "differs from the seed's run; training it alone",
+                flush=True,
+            )
             continue
         Path(target.run_dir).mkdir(parents=True, exist_ok=True)
         for f in Path(replica.run_dir).iterdir():
@@ -431,21 +595,30 @@ def cell_sweep(ctx: Context, cell: Cell) -> None:
     exactly as its own run would (docs/performance.md); rows then share that run's wall time."""
     temps = cell.sweep["temperatures"]
     widths = cell.sweep["widths"]
-    widths = widths[ctx.scale] if isinstance(widths, dict) else widths  # per scale, or one list for all
+    # per scale, or one list for all
+    widths = widths[ctx.scale] if isinstance(widths, dict) else widths
     for width in widths:
         hidden = [f"model.hidden=[{width},{width}]", *_width_overrides(cell, width, ctx.scale)]
         if cell.sweep.get("batched", True):
-            cfg = ctx.config(cell, [*hidden, f"replicas.method.temperature={json.dumps(temps)}"], name=f"{cell.id}_w{width}")
+            cfg = ctx.config(
+                cell,
+                [*hidden, f"replicas.method.temperature={json.dumps(temps)}"],
+                name=f"{cell.id}_w{width}",
+            )
             s = ctx.train(cfg, "distill")
             ctx.record_speed(cell.id, s, variant=f"w{width}")
             for temp, replica in zip(temps, s["replicas"], strict=True):
                 variant = f"w{width}_T{temp:g}"
-                ctx.record(cell.id, "test_errors", replica["eval"]["test"]["errors"], s, variant=variant)
+                ctx.record(
+                    cell.id, "test_errors", replica["eval"]["test"]["errors"], s, variant=variant
+                )
                 _say(ctx, f"{cell.id} {variant}", {**s, "eval": replica["eval"]})
             continue
         for temp in temps:
             variant = f"w{width}_T{temp:g}"
-            cfg = ctx.config(cell, [*hidden, f"method.temperature={temp}"], name=f"{cell.id}_{variant}")
+            cfg = ctx.config(
+                cell, [*hidden, f"method.temperature={temp}"], name=f"{cell.id}_{variant}"
+            )
             s = ctx.train(cfg, "distill")
             ctx.record(cell.id, "test_errors", s["eval"]["test"]["errors"], s, variant=variant)
             _say(ctx, f"{cell.id} {variant}", s)
@@ -457,18 +630,26 @@ def _width_overrides(cell: Cell, width: int, scale: str) -> list[str]:
     extra = (cell.sweep.get("per_width") or {}).get(width) or []
     extra = extra.get(scale, []) if isinstance(extra, dict) else extra
     if not isinstance(extra, list) or not all(isinstance(o, str) for o in extra):
-        raise DKError(f"cell {cell.id}: sweep.per_width.{width} must be a list of key=value overrides (or scale: list)", "write it as e.g. {30: [optim.lr=0.02]}")
+        raise DKError(
+            f"cell {cell.id}: sweep.per_width.{width} must be a list of key=value overrides (or "
+            "scale: list)",
+            "write it as e.g. {30: [optim.lr=0.02]}",
+        )
     return extra
 
 
-def errors_with_offsets(logits: torch.Tensor, labels: torch.Tensor, classes: list[int], offsets: torch.Tensor) -> torch.Tensor:
+def errors_with_offsets(
+    logits: torch.Tensor, labels: torch.Tensor, classes: list[int], offsets: torch.Tensor
+) -> torch.Tensor:
     """Errors for each bias offset added to the logits of ``classes``: (len(offsets),)."""
     shifted = logits.unsqueeze(0).repeat(len(offsets), 1, 1)
     shifted[:, :, classes] += offsets.view(-1, 1, 1)
     return (shifted.argmax(dim=2) != labels.unsqueeze(0)).sum(dim=1)
 
 
-def best_offset(logits: torch.Tensor, labels: torch.Tensor, classes: list[int], offsets: torch.Tensor) -> float:
+def best_offset(
+    logits: torch.Tensor, labels: torch.Tensor, classes: list[int], offsets: torch.Tensor
+) -> float:
     """The offset with fewest errors (ties: the smallest magnitude, i.e. the first in the grid)."""
     errs = errors_with_offsets(logits, labels, classes, offsets)
     return float(offsets[int(torch.argmin(errs))])
@@ -490,16 +671,24 @@ def cell_offset(ctx: Context, cell: Cell) -> None:
     offsets = sign * torch.arange(start, stop + step / 2, step, dtype=torch.float32)
     splits = prepare_data(cfg.data)
     if splits.valid is None:
-        raise DKError(f"cell {cell.id} needs a validation split to choose its offset", "set data.validation_size")
+        raise DKError(
+            f"cell {cell.id} needs a validation split to choose its offset",
+            "set data.validation_size",
+        )
     model = load_model(cfg.run_dir)
-    logits = {name: predict_logits(model, ds) for name, ds in (("valid", splits.valid), ("test", splits.test))}
+    logits = {
+        name: predict_logits(model, ds)
+        for name, ds in (("valid", splits.valid), ("test", splits.test))
+    }
     test_labels = splits.test.labels
     on = torch.isin(test_labels, torch.tensor(classes))
     tag = "_".join(str(c) for c in classes)
 
     def report(suffix: str, offset: float) -> None:
         errs = errors_with_offsets(logits["test"], test_labels, classes, torch.tensor([offset]))[0]
-        errs_on = errors_with_offsets(logits["test"][on], test_labels[on], classes, torch.tensor([offset]))[0]
+        errs_on = errors_with_offsets(
+            logits["test"][on], test_labels[on], classes, torch.tensor([offset])
+        )[0]
         ctx.record(cell.id, f"test_errors{suffix}", int(errs), s)
         ctx.record(cell.id, f"test_error_rate{suffix}", 100.0 * float(errs) / len(test_labels), s)
         ctx.record(cell.id, f"test_errors_on_{tag}{suffix}", int(errs_on), s)
@@ -516,13 +705,21 @@ def cell_offset(ctx: Context, cell: Cell) -> None:
 def cell_regularizer(ctx: Context, cell: Cell) -> None:
     """Soft targets as a regularizer (§6): a small transfer set, hard+early stopping vs soft."""
     ref = ctx.done[cell.reference]
-    hard_cfg = ctx.config(cell, ["method={name: hard_targets}", "select_best_on=valid", "eval_every=1"], name=f"{cell.id}_hard")
+    hard_cfg = ctx.config(
+        cell,
+        ["method={name: hard_targets}", "select_best_on=valid", "eval_every=1"],
+        name=f"{cell.id}_hard",
+    )
     hard = ctx.train(hard_cfg, "train")
     _say(ctx, f"{cell.id} hard (early stopping at epoch {hard.get('best_epoch')})", hard)
     soft = _soft_arm(ctx, cell)
     _say(ctx, f"{cell.id} soft", soft)
     ctx.done[cell.id] = soft
-    h, s_, full = hard["eval"]["test"]["errors"], soft["eval"]["test"]["errors"], ref["eval"]["test"]["errors"]
+    h, s_, full = (
+        hard["eval"]["test"]["errors"],
+        soft["eval"]["test"]["errors"],
+        ref["eval"]["test"]["errors"],
+    )
     ctx.record(cell.id, "hard_test_errors", h, hard)
     ctx.record(cell.id, "hard_best_epoch", hard.get("best_epoch") or 0, hard)
     ctx.record(cell.id, "soft_test_errors", s_, soft)
@@ -541,21 +738,42 @@ def _soft_arm(ctx: Context, cell: Cell) -> dict[str, Any]:
         return ctx.train(ctx.config(cell, name=f"{cell.id}_soft"), "distill")
     key, values = sel["key"], sel["values"]
     if key != "optim.lr":
-        raise DKError(f"cell {cell.id}: select.key={key} is not supported for a regularizer cell", "select optim.lr")
-    runs = _batched_step_sizes(ctx, cell, "distill", values, [], f"{cell.id}_soft_select", "soft arm")
+        raise DKError(
+            f"cell {cell.id}: select.key={key} is not supported for a regularizer cell",
+            "select optim.lr",
+        )
+    runs = _batched_step_sizes(
+        ctx, cell, "distill", values, [], f"{cell.id}_soft_select", "soft arm"
+    )
     if runs is None:  # a divergence that names no replica: one by one
         runs = []
         for value in values:
             try:
-                runs.append(ctx.train(ctx.config(cell, [f"optim.lr={value}"], name=f"{cell.id}_soft_{key}={value}"), "distill"))
+                runs.append(
+                    ctx.train(
+                        ctx.config(
+                            cell, [f"optim.lr={value}"], name=f"{cell.id}_soft_{key}={value}"
+                        ),
+                        "distill",
+                    )
+                )
             except NonFiniteLossError:
                 runs.append(None)
     scores = [math.inf if r is None else r["eval"]["valid"]["errors"] for r in runs]
     if all(math.isinf(x) for x in scores):
-        raise DKError(f"cell {cell.id}: every soft-arm {key} in {values} diverged", f"add smaller values to select.values in {cell.id}.yaml")
+        raise DKError(
+            f"cell {cell.id}: every soft-arm {key} in {values} diverged",
+            f"add smaller values to select.values in {cell.id}.yaml",
+        )
     for value, r in zip(values, runs, strict=True):
         if r is not None:
-            ctx.record(cell.id, "soft_select_valid_errors", r["eval"]["valid"]["errors"], r, variant=f"{key}={value}")
+            ctx.record(
+                cell.id,
+                "soft_select_valid_errors",
+                r["eval"]["valid"]["errors"],
+                r,
+                variant=f"{key}={value}",
+            )
     best = scores.index(min(scores))
     ctx.record(cell.id, f"soft_selected_{key}", float(values[best]), runs[best])
     return runs[best]
@@ -575,7 +793,11 @@ KINDS: dict[str, Callable[[Context, Cell], None]] = {
 def _say(ctx: Context, what: str, s: dict[str, Any]) -> None:
     t = s["eval"]["test"]
     tag = " (reused)" if s.get("reused") else ""
-    print(f"[{ctx.scale} seed {ctx.seed}] {what}: {t['errors']} test errors / {t['n']}, {s['wall_seconds']:.1f}s on {s['device']}{tag}", flush=True)
+    print(
+        f"[{ctx.scale} seed {ctx.seed}] {what}: {t['errors']} test errors / {t['n']}, "
+        f"{s['wall_seconds']:.1f}s on {s['device']}{tag}",
+        flush=True,
+    )
 
 
 def _order(cells: dict[str, Cell], only: list[str] | None, scale: str | None = None) -> list[str]:
@@ -606,7 +828,18 @@ def report_only(experiment: str, root: str | None = None) -> int:
     return 0
 
 
-def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smoke", seeds: int = 1, root: str | None = None, device: str = "auto", overrides: list[str] = (), runs_root: str | None = None, batch_seeds: bool = True, retrain_teacher: bool = False) -> int:
+def reproduce(
+    experiment: str,
+    only: list[str] | None = None,
+    scale: str = "smoke",
+    seeds: int = 1,
+    root: str | None = None,
+    device: str = "auto",
+    overrides: list[str] = (),
+    runs_root: str | None = None,
+    batch_seeds: bool = True,
+    retrain_teacher: bool = False,
+) -> int:
     """Run the cells (and what they depend on), append rows, regenerate and print the table.
 
     ``batch_seeds``: train the seeds of each ``train`` cell as one batched run (default);
@@ -624,7 +857,21 @@ def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smok
     started = time.perf_counter()
     selected: dict[str, list[str]] = {}
     ranking: dict[str, list[tuple[Any, float]]] = {}
-    ctxs = [Context(exp_dir, cells, scale, seed, list(overrides), device, runs, selected, ranking, retrain_teacher) for seed in range(seeds)]
+    ctxs = [
+        Context(
+            exp_dir,
+            cells,
+            scale,
+            seed,
+            list(overrides),
+            device,
+            runs,
+            selected,
+            ranking,
+            retrain_teacher,
+        )
+        for seed in range(seeds)
+    ]
     for cid in order:
         cell = cells[cid]
         if batch_seeds and seeds > 1 and cell.kind == "train":
@@ -638,7 +885,10 @@ def reproduce(experiment: str, only: list[str] | None = None, scale: str = "smok
                 ctx.rows = []
     table = write_report(exp_dir)
     print(table)
-    print(f"\n{len(order)} cells × {seeds} seed(s) at {scale} scale in {time.perf_counter() - started:.0f}s; rows appended to {exp_dir / 'results.csv'}")
+    print(
+        f"\n{len(order)} cells × {seeds} seed(s) at {scale} scale in "
+        f"{time.perf_counter() - started:.0f}s; rows appended to {exp_dir / 'results.csv'}"
+    )
     return 0
 
 

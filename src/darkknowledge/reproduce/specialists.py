@@ -50,7 +50,13 @@ def _settings(spec: dict[str, Any], scale: str) -> dict[str, Any]:
 
 def _stage(ctx: Context, seconds: float, key: str) -> dict[str, Any]:
     """What a row needs of a stage that is not an ordinary run (its own key as the config hash)."""
-    return {"device": "cpu", "wall_seconds": seconds, "config_hash": key, "git_sha": source_sha(), "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return {
+        "device": "cpu",
+        "wall_seconds": seconds,
+        "config_hash": key,
+        "git_sha": source_sha(),
+        "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def _latency_ms(fn: Any, x: torch.Tensor, repeats: int = 200) -> float:
@@ -69,7 +75,11 @@ def _latency_ms(fn: Any, x: torch.Tensor, repeats: int = 200) -> float:
 def cell_specialists(ctx: Context, cell: Cell) -> None:
     spec = cell.specialists
     _check(spec)
-    cl, tr, st = _settings(spec.get("clusters"), ctx.scale), _settings(spec.get("train"), ctx.scale), _settings(spec.get("student"), ctx.scale)
+    cl, tr, st = (
+        _settings(spec.get("clusters"), ctx.scale),
+        _settings(spec.get("train"), ctx.scale),
+        _settings(spec.get("student"), ctx.scale),
+    )
     top_n = int(spec.get("top_n", 1))
     gen_cfg = ctx.config(cell, name=f"{cell.id}_generalist")
     gen = ctx.train(gen_cfg, "train")
@@ -79,29 +89,63 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
 
     # clusters and specialists, keyed by what they depend on; trained once
     # "recipe" numbers how clusters and specialists are made: bump it when that code changes
-    key = hashlib.sha256(json.dumps({"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 2}, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 2},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     where = Path(gen_cfg.run_dir).parent / f"{cell.id}_specialists-{key[:10]}"
     done = where / "summary.json"
     if done.is_file():
         saved = json.loads(done.read_text())
         clusters = torch.tensor(saved["clusters"], dtype=torch.bool)
-        specialists = BatchedMLP.from_models([load_model(where / "replicas" / str(m)) for m in range(len(clusters))])
+        specialists = BatchedMLP.from_models(
+            [load_model(where / "replicas" / str(m)) for m in range(len(clusters))]
+        )
         seconds, cluster_seconds = saved["seconds"], saved["cluster_seconds"]
     else:
         t0 = time.perf_counter()
         probs = predict_logits(generalist, _cluster_images(splits, cl)).softmax(dim=1)
-        clusters = confusable_clusters(probs, int(cl["k"]), int(cl["size"]), seed=int(cl.get("seed", 0)), normalize=bool(cl.get("normalize", True)))
+        clusters = confusable_clusters(
+            probs,
+            int(cl["k"]),
+            int(cl["size"]),
+            seed=int(cl.get("seed", 0)),
+            normalize=bool(cl.get("normalize", True)),
+        )
         clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
         cluster_seconds = time.perf_counter() - t0
         settings = SpecialistSettings(**tr)
-        soft = predict_logits(generalist, splits.train).div(settings.temperature).softmax(dim=1) if settings.soft_weight else None
+        soft = (
+            predict_logits(generalist, splits.train).div(settings.temperature).softmax(dim=1)
+            if settings.soft_weight
+            else None
+        )
         specialists, info = train_specialists(generalist, clusters, splits.train, settings, soft)
         seconds = cluster_seconds + info["seconds"]
         for m, model in enumerate(specialists.unstack()):
             (where / "replicas" / str(m)).mkdir(parents=True, exist_ok=True)
             save_model(model, where / "replicas" / str(m) / "model.safetensors")
-        atomic_write_bytes(done, json.dumps({"clusters": clusters.int().tolist(), "seconds": seconds, "cluster_seconds": cluster_seconds, "settings": tr, "generalist": gen["run_dir"]}, indent=1).encode())
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of {int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one batched model in {info['seconds']:.1f}s", flush=True)
+        atomic_write_bytes(
+            done,
+            json.dumps(
+                {
+                    "clusters": clusters.int().tolist(),
+                    "seconds": seconds,
+                    "cluster_seconds": cluster_seconds,
+                    "settings": tr,
+                    "generalist": gen["run_dir"],
+                },
+                indent=1,
+            ).encode(),
+        )
+        print(
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of "
+            f"{int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one "
+            f"batched model in {info['seconds']:.1f}s",
+            flush=True,
+        )
     stage = _stage(ctx, seconds, key)
     ctx.record(cell.id, "specialists", len(clusters), stage)
     ctx.record(cell.id, "cluster_seconds", cluster_seconds, stage)
@@ -109,45 +153,109 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     ctx.record(cell.id, "classes_covered", int(clusters.any(dim=0).sum()), stage)
 
     t = _evaluate(ctx, cell, stage, (generalist, specialists, clusters, top_n), splits)
-    distilled = _distill_into_one(ctx, cell, (generalist, specialists, clusters, top_n), splits, st, t, key, where, gen_cfg) if st else None
+    distilled = (
+        _distill_into_one(
+            ctx,
+            cell,
+            (generalist, specialists, clusters, top_n),
+            splits,
+            st,
+            t,
+            key,
+            where,
+            gen_cfg,
+        )
+        if st
+        else None
+    )
 
     # inference cost: parameters and single-image latency on this CPU
     x = splits.test.features(torch.arange(min(200, len(splits.test))))
     gen_params = sum(p.numel() for p in generalist.parameters())
     ctx.record(cell.id, "parameters_generalist", gen_params, stage)
-    ctx.record(cell.id, "parameters_system", gen_params + sum(p.numel() for p in specialists.parameters()), stage)
+    ctx.record(
+        cell.id,
+        "parameters_system",
+        gen_params + sum(p.numel() for p in specialists.parameters()),
+        stage,
+    )
     ctx.record(cell.id, "latency_ms_generalist", _latency_ms(generalist, x), stage)
-    ctx.record(cell.id, "latency_ms_system", _latency_ms(lambda xi: predict(generalist, specialists, clusters, _One(xi), top_n, keep_probs=False), x), stage)
+    ctx.record(
+        cell.id,
+        "latency_ms_system",
+        _latency_ms(
+            lambda xi: predict(
+                generalist, specialists, clusters, _One(xi), top_n, keep_probs=False
+            ),
+            x,
+        ),
+        stage,
+    )
     one = f"; one distilled network {distilled:.2f}%" if distilled is not None else ""
-    print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → {100 * t['top1_with_specialists']:.2f}% with specialists (conditional {100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%){one}", flush=True)
+    print(
+        f"[{ctx.scale} seed {ctx.seed}] {cell.id}: top-1 {100 * t['top1']:.2f}% → "
+        f"{100 * t['top1_with_specialists']:.2f}% with specialists (conditional "
+        f"{100 * t['conditional']:.2f}% → {100 * t['conditional_with_specialists']:.2f}%){one}",
+        flush=True,
+    )
 
 
-def _evaluate(ctx: Context, cell: Cell, stage: dict[str, Any], system: tuple, splits: Any) -> dict[str, Any]:
+def _evaluate(
+    ctx: Context, cell: Cell, stage: dict[str, Any], system: tuple, splits: Any
+) -> dict[str, Any]:
     """Tables 3 and 4 on the test images (and top-1 on the validation images, on which every
     setting of the cell is compared); records them and the system's test images per second."""
     generalist, specialists, clusters, top_n = system
     if splits.valid is not None:
         valid = predict(generalist, specialists, clusters, splits.valid, top_n, keep_probs=False)
-        v = specialist_tables(valid["pred_general"], valid["pred"], splits.valid.labels, clusters, valid["active"])
+        v = specialist_tables(
+            valid["pred_general"], valid["pred"], splits.valid.labels, clusters, valid["active"]
+        )
         ctx.record(cell.id, "valid_top1", 100.0 * v["top1"], stage)
-        ctx.record(cell.id, "valid_top1_with_specialists", 100.0 * v["top1_with_specialists"], stage)
-        print(f"[{ctx.scale} seed {ctx.seed}] {cell.id}: validation top-1 {100 * v['top1']:.2f}% → {100 * v['top1_with_specialists']:.2f}% with specialists", flush=True)
+        ctx.record(
+            cell.id, "valid_top1_with_specialists", 100.0 * v["top1_with_specialists"], stage
+        )
+        print(
+            f"[{ctx.scale} seed {ctx.seed}] {cell.id}: validation top-1 {100 * v['top1']:.2f}% → "
+            f"{100 * v['top1_with_specialists']:.2f}% with specialists",
+            flush=True,
+        )
     t0 = time.perf_counter()
     test = predict(generalist, specialists, clusters, splits.test, top_n, keep_probs=False)
     seconds = time.perf_counter() - t0
     ctx.record(cell.id, "system_images_per_second", len(splits.test) / seconds, stage)
-    t = specialist_tables(test["pred_general"], test["pred"], splits.test.labels, clusters, test["active"])
-    for name in ("top1", "top1_with_specialists", "relative_gain", "conditional", "conditional_with_specialists"):
+    t = specialist_tables(
+        test["pred_general"], test["pred"], splits.test.labels, clusters, test["active"]
+    )
+    for name in (
+        "top1",
+        "top1_with_specialists",
+        "relative_gain",
+        "conditional",
+        "conditional_with_specialists",
+    ):
         ctx.record(cell.id, name, 100.0 * t[name] if name != "relative_gain" else t[name], stage)
     for row in t["by_covering"]:
         for name in ("n", "generalist", "with_specialists", "relative_gain"):
             value = 100.0 * row[name] if name in ("generalist", "with_specialists") else row[name]
             if value == value:  # not NaN
-                ctx.record(cell.id, f"covering_{name}", value, stage, variant=f"covering{row['covering']}")
+                ctx.record(
+                    cell.id, f"covering_{name}", value, stage, variant=f"covering{row['covering']}"
+                )
     return t
 
 
-def _distill_into_one(ctx: Context, cell: Cell, system: tuple, splits: Any, st: dict[str, Any], t: dict[str, Any], key: str, where: Path, gen_cfg: Any) -> float:
+def _distill_into_one(
+    ctx: Context,
+    cell: Cell,
+    system: tuple,
+    splits: Any,
+    st: dict[str, Any],
+    t: dict[str, Any],
+    key: str,
+    where: Path,
+    gen_cfg: Any,
+) -> float:
     """The debt the paper leaves: one network of the generalist's size trained on the whole
     system's distributions over the training images; records its test top-1 and the share of
     the specialists' gain it keeps."""
@@ -155,9 +263,18 @@ def _distill_into_one(ctx: Context, cell: Cell, system: tuple, splits: Any, st: 
     t0 = time.perf_counter()
     q_train = predict(generalist, specialists, clusters, splits.train, top_n)["q"]
     torch.manual_seed(int(st.get("seed", ctx.seed)))
-    student = build_model(gen_cfg.model["name"], {k: v for k, v in gen_cfg.model.items() if k != "name"}, generalist.in_features, generalist.num_classes)
+    student = build_model(
+        gen_cfg.model["name"],
+        {k: v for k, v in gen_cfg.model.items() if k != "name"},
+        generalist.in_features,
+        generalist.num_classes,
+    )
     distill_into_one(student, q_train, splits.train, DistillSettings(**st))
-    student_stage = _stage(ctx, time.perf_counter() - t0, hashlib.sha256((key + json.dumps(st, sort_keys=True)).encode()).hexdigest())
+    student_stage = _stage(
+        ctx,
+        time.perf_counter() - t0,
+        hashlib.sha256((key + json.dumps(st, sort_keys=True)).encode()).hexdigest(),
+    )
     save_model(student, where / "student.safetensors")
     distilled = 100.0 * accuracy(student, splits.test)
     ctx.record(cell.id, "top1_distilled", distilled, student_stage)
@@ -173,7 +290,10 @@ def _cluster_images(splits: Any, cl: dict[str, Any]) -> Any:
     hesitations on images it did not train on) or ``train``."""
     source = cl.get("images", "validation" if splits.valid is not None else "train")
     if source not in ("validation", "train") or (source == "validation" and splits.valid is None):
-        raise DKError(f"specialists.clusters.images={source!r} is not available", "use 'train', or 'validation' with data.validation_size > 0")
+        raise DKError(
+            f"specialists.clusters.images={source!r} is not available",
+            "use 'train', or 'validation' with data.validation_size > 0",
+        )
     return splits.valid if source == "validation" else splits.train
 
 
@@ -192,4 +312,7 @@ class _One:
 
 def _check(spec: dict[str, Any]) -> None:
     if "clusters" not in spec:
-        raise DKError("a specialists cell needs specialists.clusters (k, size)", "add specialists: {clusters: {k: 10, size: 20}}")
+        raise DKError(
+            "a specialists cell needs specialists.clusters (k, size)",
+            "add specialists: {clusters: {k: 10, size: 20}}",
+        )

@@ -29,7 +29,10 @@ from darkknowledge.errors import DKError
 def prediction_covariance(probs: torch.Tensor) -> torch.Tensor:
     """The (C, C) covariance of the generalist's predicted distributions ``probs`` (N, C)."""
     if probs.dim() != 2 or probs.shape[0] < 2:
-        raise DKError(f"probs must be (N ≥ 2, classes), got shape {tuple(probs.shape)}", "pass the generalist's softmax outputs over a dataset")
+        raise DKError(
+            f"probs must be (N ≥ 2, classes), got shape {tuple(probs.shape)}",
+            "pass the generalist's softmax outputs over a dataset",
+        )
     p = probs.float() if probs.dtype != torch.float64 else probs
     centred = p - p.mean(dim=0, keepdim=True)
     return centred.T @ centred / (p.shape[0] - 1)
@@ -42,13 +45,19 @@ def _init_centres(points: torch.Tensor, k: int, g: torch.Generator) -> torch.Ten
     nearest = torch.cdist(points, centres[0][None]).squeeze(1) ** 2
     for _ in range(1, k):
         weights = nearest.cpu().double()
-        i = int(torch.multinomial(weights / weights.sum(), 1, generator=g)) if weights.sum() > 0 else int(torch.randint(n, (1,), generator=g))
+        i = (
+            int(torch.multinomial(weights / weights.sum(), 1, generator=g))
+            if weights.sum() > 0
+            else int(torch.randint(n, (1,), generator=g))
+        )
         centres.append(points[i])
         nearest = torch.minimum(nearest, torch.cdist(points, points[i][None]).squeeze(1) ** 2)
     return torch.stack(centres)
 
 
-def kmeans(points: torch.Tensor, k: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024) -> torch.Tensor:
+def kmeans(
+    points: torch.Tensor, k: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024
+) -> torch.Tensor:
     """Mini-batch (online) K-means of ``points`` (n, d): the (k, d) centres.
 
     Each step draws ``batch_size`` points, assigns them to their nearest centre and moves each
@@ -82,7 +91,16 @@ def correlation(cov: torch.Tensor) -> torch.Tensor:
     return cov * scale[:, None] * scale[None, :]
 
 
-def confusable_clusters(probs: torch.Tensor, k: int, size: int, *, seed: int = 0, steps: int = 100, batch_size: int = 1024, normalize: bool = True) -> torch.Tensor:
+def confusable_clusters(
+    probs: torch.Tensor,
+    k: int,
+    size: int,
+    *,
+    seed: int = 0,
+    steps: int = 100,
+    batch_size: int = 1024,
+    normalize: bool = True,
+) -> torch.Tensor:
     """``k`` clusters of ``size`` confusable classes each, from the generalist's predictions.
 
     Returns a (k, C) bool membership matrix: row m holds the classes whose nearest centre is m
@@ -92,7 +110,10 @@ def confusable_clusters(probs: torch.Tensor, k: int, size: int, *, seed: int = 0
     """
     c = probs.shape[-1]
     if not 2 <= size < c:
-        raise DKError(f"cluster size {size} for {c} classes", f"use a size between 2 and {c - 1} (a specialist keeps a dustbin class for the rest)")
+        raise DKError(
+            f"cluster size {size} for {c} classes",
+            f"use a size between 2 and {c - 1} (a specialist keeps a dustbin class for the rest)",
+        )
     points = prediction_covariance(probs)
     if normalize:
         points = correlation(points)

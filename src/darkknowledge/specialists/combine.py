@@ -121,7 +121,8 @@ def _check_clusters(clusters: object) -> torch.Tensor:
         )
     if clusters.dim() != 2 or clusters.shape[0] < 1 or clusters.shape[1] < 2:
         raise DKError(
-            f"clusters must be (specialists, classes) with at least 1 specialist and 2 classes, got shape {tuple(clusters.shape)}"
+            "clusters must be (specialists, classes) with at least 1 specialist and 2 classes, "
+            f"got shape {tuple(clusters.shape)}"
         )
     sizes = clusters.sum(dim=1)
     if bool((sizes == 0).any()):
@@ -134,7 +135,8 @@ def _check_clusters(clusters: object) -> torch.Tensor:
         m = int((sizes == classes).nonzero()[0, 0])
         raise DKError(
             f"specialist {m}'s cluster covers all {classes} classes, leaving its dustbin nothing",
-            "leave at least one class out of every cluster (a specialist over all classes is a generalist)",
+            "leave at least one class out of every cluster (a specialist over all classes is a "
+            "generalist)",
         )
     return clusters
 
@@ -186,7 +188,8 @@ def _check_active(active: object, batch: int, specialists: int) -> torch.Tensor:
         )
     if tuple(active.shape) != (batch, specialists):
         raise DKError(
-            f"active must be (batch, specialists) = {(batch, specialists)}, got shape {tuple(active.shape)}"
+            f"active must be (batch, specialists) = {(batch, specialists)}, got shape "
+            f"{tuple(active.shape)}"
         )
     return active
 
@@ -200,8 +203,10 @@ def _check_specialists(
     want = (batch, specialists, classes + 1)
     if tuple(p.shape) != want:
         raise DKError(
-            f"p_specialists must be (batch, specialists, classes + 1) = {want}, got shape {tuple(p.shape)}",
-            "put specialist m's class probabilities at their class indices and its dustbin last (see dense_specialist_probs)",
+            f"p_specialists must be (batch, specialists, classes + 1) = {want}, got shape "
+            f"{tuple(p.shape)}",
+            "put specialist m's class probabilities at their class indices and its dustbin last "
+            "(see dense_specialist_probs)",
         )
     clusters, active = clusters.to(p.device), active.to(p.device)
     rows = p[active]  # (K, C + 1), the active specialists' outputs
@@ -212,8 +217,10 @@ def _check_specialists(
         k, c = (stray != 0).nonzero()[0].tolist()
         b, m = active.nonzero()[k].tolist()
         raise DKError(
-            f"p_specialists[{b}, {m}] puts probability {float(rows[k, c]):.3g} on class {c}, outside specialist {m}'s cluster",
-            f"entries outside a cluster must be 0; the dustbin goes in the last column (index {classes})",
+            f"p_specialists[{b}, {m}] puts probability {float(rows[k, c]):.3g} on class {c}, "
+            f"outside specialist {m}'s cluster",
+            "entries outside a cluster must be 0; the dustbin goes in the last column (index "
+            f"{classes})",
         )
     return p
 
@@ -243,7 +250,8 @@ def dense_specialist_probs(outputs: Sequence[torch.Tensor], clusters: torch.Tens
     specialists, classes = clusters.shape
     if isinstance(outputs, torch.Tensor) or len(outputs) != specialists:
         raise DKError(
-            f"outputs must be a sequence of {specialists} tensors (one per specialist), got {type(outputs).__name__} of length {len(outputs)}"
+            f"outputs must be a sequence of {specialists} tensors (one per specialist), got "
+            f"{type(outputs).__name__} of length {len(outputs)}"
         )
     outputs = [_float(o, f"outputs[{m}]") for m, o in enumerate(outputs)]
     if outputs[0].dim() != 2:
@@ -258,7 +266,8 @@ def dense_specialist_probs(outputs: Sequence[torch.Tensor], clusters: torch.Tens
         size = int(clusters[m].sum())
         if tuple(out.shape) != (batch, size + 1):
             raise DKError(
-                f"outputs[{m}] must be (batch, cluster size + 1) = {(batch, size + 1)}, got shape {tuple(out.shape)}"
+                f"outputs[{m}] must be (batch, cluster size + 1) = {(batch, size + 1)}, got shape "
+                f"{tuple(out.shape)}"
             )
         index = torch.cat([clusters[m].nonzero()[:, 0].cpu(), torch.tensor([classes])]).to(
             out.device
@@ -306,7 +315,8 @@ def objective(
     q = _float(q, "q")
     if tuple(q.shape) != tuple(p_g.shape):
         raise DKError(
-            f"q must be (batch, classes) = {tuple(p_g.shape)} like p_general, got shape {tuple(q.shape)}"
+            f"q must be (batch, classes) = {tuple(p_g.shape)} like p_general, got shape "
+            f"{tuple(q.shape)}"
         )
     dtype = _dtype(q, p_g, p_s)
     q, p_g = q.to(dtype), p_g.to(dtype)
@@ -355,7 +365,8 @@ def combine(
     missed = int((~result.converged).sum())
     if missed:
         warnings.warn(
-            f"specialist combination: {missed} of {result.q.shape[0]} image(s) did not converge in {max_steps} steps (their q is the best found)",
+            f"specialist combination: {missed} of {result.q.shape[0]} image(s) did not converge in "
+            f"{max_steps} steps (their q is the best found)",
             stacklevel=2,
         )
     return result.q
@@ -432,9 +443,8 @@ class _Atoms(NamedTuple):
 
     of: torch.Tensor  # (R, C) int64, the atom of each class
     weight: torch.Tensor  # (R, K) W_a = Σ_{c in a} w_c (λ for padding)
-    pattern: (
-        torch.Tensor
-    )  # (R, M, K) 1 where atom a lies outside specialist m's cluster and d_m > 0
+    # (R, M, K) 1 where atom a lies outside specialist m's cluster and d_m > 0
+    pattern: torch.Tensor
     valid: torch.Tensor  # (R, K) bool, False for padding
 
 

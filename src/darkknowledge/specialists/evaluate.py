@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 
 
-def specialist_tables(p_general: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, clusters: torch.Tensor, active: torch.Tensor) -> dict:
+def specialist_tables(
+    p_general: torch.Tensor,
+    q: torch.Tensor,
+    labels: torch.Tensor,
+    clusters: torch.Tensor,
+    active: torch.Tensor,
+) -> dict:
     """Table 3 and Table 4 numbers from the generalist's distributions ``p_general`` (N, C), the
     combined ones ``q`` (N, C), the true ``labels`` (N,), the (M, C) cluster membership and the
     (N, M) active specialists. ``p_general`` and ``q`` may also be the predicted classes (N,)."""
@@ -23,7 +29,11 @@ def specialist_tables(p_general: torch.Tensor, q: torch.Tensor, labels: torch.Te
 
     def acc(mask: torch.Tensor) -> tuple[float, float, int]:
         n = int(mask.sum())
-        return (float(gen_right[mask].float().mean()) if n else float("nan"), float(comb_right[mask].float().mean()) if n else float("nan"), n)
+        return (
+            float(gen_right[mask].float().mean()) if n else float("nan"),
+            float(comb_right[mask].float().mean()) if n else float("nan"),
+            n,
+        )
 
     everything = torch.ones_like(labels, dtype=torch.bool)
     top1, top1_spec, n = acc(everything)
@@ -32,7 +42,17 @@ def specialist_tables(p_general: torch.Tensor, q: torch.Tensor, labels: torch.Te
     by_cover = []
     for k in sorted(set(covering.tolist())):
         g, c, count = acc(covering == k)
-        by_cover.append({"covering": int(k), "n": count, "generalist": g, "with_specialists": c, "relative_gain": (c - g) / g if g > 0 else float("nan"), "changed_right": int((comb_right & ~gen_right & (covering == k)).sum()), "changed_wrong": int((~comb_right & gen_right & (covering == k)).sum())})
+        by_cover.append(
+            {
+                "covering": int(k),
+                "n": count,
+                "generalist": g,
+                "with_specialists": c,
+                "relative_gain": (c - g) / g if g > 0 else float("nan"),
+                "changed_right": int((comb_right & ~gen_right & (covering == k)).sum()),
+                "changed_wrong": int((~comb_right & gen_right & (covering == k)).sum()),
+            }
+        )
     return {
         "n": n,
         "top1": top1,

@@ -25,7 +25,16 @@ from darkknowledge.specialists.combine import combine, dense_specialist_probs
 
 
 @torch.no_grad()
-def predict(generalist: nn.Module, specialists: BatchedMLP, clusters: torch.Tensor, data: TensorDataset, top_n: int = 1, *, keep_probs: bool = True, budget: int = 20_000_000) -> dict[str, torch.Tensor]:
+def predict(
+    generalist: nn.Module,
+    specialists: BatchedMLP,
+    clusters: torch.Tensor,
+    data: TensorDataset,
+    top_n: int = 1,
+    *,
+    keep_probs: bool = True,
+    budget: int = 20_000_000,
+) -> dict[str, torch.Tensor]:
     """The whole system over ``data``: ``active`` (N, M), and either the distributions
     ``p_general`` and ``q`` (N, C) or, with ``keep_probs=False``, only their argmaxes
     ``pred_general`` and ``pred`` (N,) (what a 15,000-class label space can afford to keep).
@@ -40,7 +49,18 @@ def predict(generalist: nn.Module, specialists: BatchedMLP, clusters: torch.Tens
     device = next(generalist.parameters()).device
     clusters = clusters.to(device)
     n, classes = len(data), clusters.shape[1]
-    top = torch.cat([generalist(data.features(torch.arange(s, min(s + 2000, n))).to(device)).topk(top_n, dim=1).indices.cpu() for s in range(0, n, 2000)]) if n else torch.zeros(0, top_n, dtype=torch.long)
+    top = (
+        torch.cat(
+            [
+                generalist(data.features(torch.arange(s, min(s + 2000, n))).to(device))
+                .topk(top_n, dim=1)
+                .indices.cpu()
+                for s in range(0, n, 2000)
+            ]
+        )
+        if n
+        else torch.zeros(0, top_n, dtype=torch.long)
+    )
     order = torch.argsort(top[:, 0], stable=True)
     covering = clusters.T.cpu()  # (C, M)
     active = covering[top].any(dim=1)  # (N, M)
@@ -48,7 +68,10 @@ def predict(generalist: nn.Module, specialists: BatchedMLP, clusters: torch.Tens
     if keep_probs:
         out["p_general"], out["q"] = torch.zeros(n, classes), torch.zeros(n, classes)
     else:
-        out["pred_general"], out["pred"] = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        out["pred_general"], out["pred"] = (
+            torch.zeros(n, dtype=torch.long),
+            torch.zeros(n, dtype=torch.long),
+        )
     start = 0
     while start < n:
         stop = _chunk_end(active[order], start, classes, budget)
@@ -58,13 +81,20 @@ def predict(generalist: nn.Module, specialists: BatchedMLP, clusters: torch.Tens
         used = torch.nonzero(active[pos].any(dim=0)).flatten()
         q = p_g
         if len(used):
-            per = specialists(x.unsqueeze(0).expand(specialists.replicas, -1, -1))[used.to(device)].double().softmax(dim=-1)
+            per = (
+                specialists(x.unsqueeze(0).expand(specialists.replicas, -1, -1))[used.to(device)]
+                .double()
+                .softmax(dim=-1)
+            )
             p_s = dense_specialist_probs(list(per), clusters[used.to(device)])
             q = combine(p_g, p_s, clusters[used.to(device)], active[pos][:, used].to(device))
         if keep_probs:
             out["p_general"][pos], out["q"][pos] = p_g.float().cpu(), q.float().cpu()
         else:
-            out["pred_general"][pos], out["pred"][pos] = p_g.argmax(dim=1).cpu(), q.argmax(dim=1).cpu()
+            out["pred_general"][pos], out["pred"][pos] = (
+                p_g.argmax(dim=1).cpu(),
+                q.argmax(dim=1).cpu(),
+            )
         start = stop
     return out
 
@@ -93,12 +123,17 @@ class DistillSettings:
     seed: int = 0
 
 
-def distill_into_one(student: nn.Module, q_train: torch.Tensor, train: TensorDataset, settings: DistillSettings) -> dict[str, float]:
+def distill_into_one(
+    student: nn.Module, q_train: torch.Tensor, train: TensorDataset, settings: DistillSettings
+) -> dict[str, float]:
     """Train ``student`` (in place) on the system's combined distributions ``q_train`` (N, C)
     over ``train``: ``T²·KL(q_T ‖ student_T) + hard_weight · CE(labels)``, with ``log q`` serving
     as the teacher's logits (softmax(log q / T) is q softened at T)."""
     if q_train.shape[0] != len(train):
-        raise DKError(f"{q_train.shape[0]} target distributions for {len(train)} training images", "compute q over the same training images")
+        raise DKError(
+            f"{q_train.shape[0]} target distributions for {len(train)} training images",
+            "compute q over the same training images",
+        )
     device = next(student.parameters()).device
     g = torch.Generator().manual_seed(settings.seed)
     teacher_logits = q_train.clamp_min(1e-12).log().to(device)
@@ -116,9 +151,13 @@ def distill_into_one(student: nn.Module, q_train: torch.Tensor, train: TensorDat
             z = student(x)
             loss = soft_target_loss(z, teacher_logits[pos.to(device)], settings.temperature)
             if settings.hard_weight and train.labels is not None:
-                loss = loss + settings.hard_weight * hard_target_loss(z, train.labels[pos].to(device))
+                loss = loss + settings.hard_weight * hard_target_loss(
+                    z, train.labels[pos].to(device)
+                )
             if not torch.isfinite(loss):
-                raise DKError(f"the student's loss is not finite ({float(loss)})", "lower the step size")
+                raise DKError(
+                    f"the student's loss is not finite ({float(loss)})", "lower the step size"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -131,7 +170,12 @@ def accuracy(model: nn.Module, data: TensorDataset) -> float:
     with torch.no_grad():
         model.eval()
         device = next(model.parameters()).device
-        z = torch.cat([model(data.features(torch.arange(s, min(s + 2000, len(data)))).to(device)) for s in range(0, len(data), 2000)])
+        z = torch.cat(
+            [
+                model(data.features(torch.arange(s, min(s + 2000, len(data)))).to(device))
+                for s in range(0, len(data), 2000)
+            ]
+        )
     return float((z.argmax(dim=1).cpu() == data.labels).float().mean())
 
 

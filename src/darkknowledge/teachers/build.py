@@ -67,12 +67,15 @@ def check_teacher_fits(teacher: Teacher, dataset: TensorDataset) -> None:
     in_features = dataset.images[0].numel() if len(dataset) else 0
     if teacher.num_classes != dataset.num_classes or teacher.in_features != in_features:
         raise DKError(
-            f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but {dataset.name} has {dataset.num_classes} classes and {in_features} inputs",
+            f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but "
+            f"{dataset.name} has {dataset.num_classes} classes and {in_features} inputs",
             "use a teacher trained on this dataset",
         )
 
 
-def _check_finite(logits: torch.Tensor, teacher: Teacher, dataset: TensorDataset, start: int) -> None:
+def _check_finite(
+    logits: torch.Tensor, teacher: Teacher, dataset: TensorDataset, start: int
+) -> None:
     """DKError naming the first example whose teacher logits are NaN or Inf (a diverged teacher)."""
     finite = torch.isfinite(logits).flatten(start_dim=2).all(dim=2)  # (members, rows)
     if bool(finite.all()):
@@ -80,13 +83,21 @@ def _check_finite(logits: torch.Tensor, teacher: Teacher, dataset: TensorDataset
     member, pos = (int(v) for v in (~finite).nonzero()[0])
     count = int((~finite.all(dim=0)).sum())
     raise DKError(
-        f"teacher {teacher.sources[member]} outputs non-finite logits for {count} examples of {dataset.name}, first at source index {int(dataset.index[start + pos])}",
+        f"teacher {teacher.sources[member]} outputs non-finite logits for {count} examples of "
+        f"{dataset.name}, first at source index {int(dataset.index[start + pos])}",
         "the teacher checkpoint is broken (it may have diverged); retrain it or pick another",
     )
 
 
 @torch.inference_mode()
-def compute_shard(teacher: Teacher, dataset: TensorDataset, start: int, stop: int, options: StoreOptions, batch_size: int = 2000) -> dict[str, torch.Tensor]:
+def compute_shard(
+    teacher: Teacher,
+    dataset: TensorDataset,
+    start: int,
+    stop: int,
+    options: StoreOptions,
+    batch_size: int = 2000,
+) -> dict[str, torch.Tensor]:
     """The tensors of the shard holding rows ``[start, stop)`` (CPU, in store dtype).
 
     Dense: ``logits`` (members, rows, classes). Top-k: ``indices`` (rows, k) int32,
@@ -102,11 +113,15 @@ def compute_shard(teacher: Teacher, dataset: TensorDataset, start: int, stop: in
     logits = torch.cat(chunks, dim=1)
     _check_finite(logits, teacher, dataset, start)
     dtype = DTYPES[options.dtype]
-    out = {"index": dataset.index[start:stop].cpu().clone(), "row_sha256": row_digests(dataset.images[start:stop])}
+    out = {
+        "index": dataset.index[start:stop].cpu().clone(),
+        "row_sha256": row_digests(dataset.images[start:stop]),
+    }
     if options.topk is None:
         if dtype == torch.float16 and float(logits.abs().max()) > FLOAT16_MAX:
             raise DKError(
-                f"teacher logits of {dataset.name} reach {float(logits.abs().max()):.4g}, beyond float16's range ({FLOAT16_MAX:g})",
+                f"teacher logits of {dataset.name} reach {float(logits.abs().max()):.4g}, beyond "
+                f"float16's range ({FLOAT16_MAX:g})",
                 "use the float32 store dtype",
             )
         out["logits"] = logits.to(dtype).cpu()
@@ -118,14 +133,33 @@ def compute_shard(teacher: Teacher, dataset: TensorDataset, start: int, stop: in
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _sidecar(key: dict[str, Any], i: int, start: int, stop: int, sha256: str, size: int) -> dict[str, Any]:
-    return {"format": SHARD_FORMAT, "key": key, "shard": i, "file": shard_name(i), "start": start, "stop": stop, "sha256": sha256, "bytes": size}
+def _sidecar(
+    key: dict[str, Any], i: int, start: int, stop: int, sha256: str, size: int
+) -> dict[str, Any]:
+    return {
+        "format": SHARD_FORMAT,
+        "key": key,
+        "shard": i,
+        "file": shard_name(i),
+        "start": start,
+        "stop": stop,
+        "sha256": sha256,
+        "bytes": size,
+    }
 
 
 def shard_is_complete(out: Path, key: dict[str, Any], i: int, start: int, stop: int) -> str | None:
     """The shard file's sha256 if shard ``i`` of this build is on disk and intact, else None."""
     side = read_json(out / sidecar_name(i))
-    if side is None or side != {**side, "format": SHARD_FORMAT, "key": key, "shard": i, "file": shard_name(i), "start": start, "stop": stop}:
+    if side is None or side != {
+        **side,
+        "format": SHARD_FORMAT,
+        "key": key,
+        "shard": i,
+        "file": shard_name(i),
+        "start": start,
+        "stop": stop,
+    }:
         return None
     try:
         digest = file_sha256(out / shard_name(i))
@@ -134,7 +168,9 @@ def shard_is_complete(out: Path, key: dict[str, Any], i: int, start: int, stop: 
     return digest if digest == side.get("sha256") else None
 
 
-def write_shard(out: Path, key: dict[str, Any], i: int, start: int, stop: int, tensors: dict[str, torch.Tensor]) -> None:
+def write_shard(
+    out: Path, key: dict[str, Any], i: int, start: int, stop: int, tensors: dict[str, torch.Tensor]
+) -> None:
     """The shard file, then its sidecar: a sidecar only ever describes a whole shard."""
     meta = {"format": SHARD_FORMAT, "shard": i, "start": start, "stop": stop}
     data = st_save(tensors, metadata={META_KEY: dump_json(meta).decode()})
@@ -163,14 +199,22 @@ def check_not_foreign(out: Path) -> None:
         return
     names = [p.name for p in out.iterdir() if p.name != LOCK_NAME]
     if names and not any(is_store_file(n) for n in names):
-        raise DKError(f"{out} is not a teacher-output store (it holds other files)", "choose an empty or new directory for the store")
+        raise DKError(
+            f"{out} is not a teacher-output store (it holds other files)",
+            "choose an empty or new directory for the store",
+        )
 
 
 def _check_target(out: Path, key: dict[str, Any], overwrite: bool) -> str:
-    """``done``, ``build`` or ``rebuild`` (a complete store of other content is replaced); DKError when refused."""
+    """``done``, ``build`` or ``rebuild`` (a complete store of other content is replaced); DKError
+    when refused.
+    """
     if out.exists() and not out.is_dir():
         if not overwrite:
-            raise DKError(f"teacher-output store {out} is a file, not a store directory", "choose another path (a directory) for the store")
+            raise DKError(
+                f"teacher-output store {out} is a file, not a store directory",
+                "choose another path (a directory) for the store",
+            )
         return "rebuild"
     if not out.is_dir():
         return "build"
@@ -183,18 +227,28 @@ def _check_target(out: Path, key: dict[str, Any], overwrite: bool) -> str:
     if held == key:
         return "done" if _intact(out, key, manifest) else "build"
     if not overwrite:
-        differs = ", ".join(f"{k} {str(held[k])[:16]} ≠ {str(key[k])[:16]}" for k in key if held[k] != key[k])
-        raise DKError(f"teacher-output store {out} holds other outputs ({differs})", "choose another --out, or delete the store to rebuild it")
+        differs = ", ".join(
+            f"{k} {str(held[k])[:16]} ≠ {str(key[k])[:16]}" for k in key if held[k] != key[k]
+        )
+        raise DKError(
+            f"teacher-output store {out} holds other outputs ({differs})",
+            "choose another --out, or delete the store to rebuild it",
+        )
     return "rebuild"
 
 
 def _intact(out: Path, key: dict[str, Any], manifest: dict[str, Any]) -> bool:
-    """Whether a complete manifest is well-formed and every shard matches both its sidecar and the manifest."""
+    """Whether a complete manifest is well-formed and every shard matches both its sidecar and the
+    manifest.
+    """
     try:
         check_manifest(manifest, out)
     except DKError:
         return False
-    return all(shard_is_complete(out, key, i, e["start"], e["stop"]) == e["sha256"] for i, e in enumerate(manifest["shards"]))
+    return all(
+        shard_is_complete(out, key, i, e["start"], e["stop"]) == e["sha256"]
+        for i, e in enumerate(manifest["shards"])
+    )
 
 
 def _finish(out: Path, key: dict[str, Any], shard_size: int, sources: list[str]) -> None:
@@ -203,11 +257,25 @@ def _finish(out: Path, key: dict[str, Any], shard_size: int, sources: list[str])
     for i, (start, stop) in enumerate(plan(key["n"], shard_size)):
         digest = shard_is_complete(out, key, i, start, stop)
         if digest is None:
-            raise DKError(f"teacher-output store {out}: shard {i} is missing or corrupt after the build", "rerun the build; it finishes the missing shards")
+            raise DKError(
+                f"teacher-output store {out}: shard {i} is missing or corrupt after the build",
+                "rerun the build; it finishes the missing shards",
+            )
         entries.append({"file": shard_name(i), "start": start, "stop": stop, "sha256": digest})
-    manifest = {**key, "complete": True, "shard_size": shard_size, "shards": entries, "teacher_sources": sources, "row_digest": ROW_DIGEST}
+    manifest = {
+        **key,
+        "complete": True,
+        "shard_size": shard_size,
+        "shards": entries,
+        "teacher_sources": sources,
+        "row_digest": ROW_DIGEST,
+    }
     atomic_write_bytes(out / MANIFEST, dump_json(manifest))
-    keep = {e["file"] for e in entries} | {sidecar_name(i) for i in range(len(entries))} | {MANIFEST, LOCK_NAME}
+    keep = (
+        {e["file"] for e in entries}
+        | {sidecar_name(i) for i in range(len(entries))}
+        | {MANIFEST, LOCK_NAME}
+    )
     for entry in out.iterdir():
         if entry.name not in keep and is_store_file(entry.name):
             with contextlib.suppress(OSError):
@@ -239,10 +307,16 @@ def build_store(
     barrier = barrier or (lambda: None)
     out = Path(out)
     if len(dataset) == 0:
-        raise DKError(f"dataset {dataset.name} is empty; there are no teacher outputs to store", "check the dataset and its filters")
+        raise DKError(
+            f"dataset {dataset.name} is empty; there are no teacher outputs to store",
+            "check the dataset and its filters",
+        )
     check_teacher_fits(teacher, dataset)
     if options.topk is not None and options.topk > teacher.num_classes:
-        raise DKError(f"top-k {options.topk} exceeds the teacher's {teacher.num_classes} classes", f"use top-k ≤ {teacher.num_classes}")
+        raise DKError(
+            f"top-k {options.topk} exceeds the teacher's {teacher.num_classes} classes",
+            f"use top-k ≤ {teacher.num_classes}",
+        )
     key = store_key(teacher, dataset, options)
     state = _check_target(out, key, overwrite)
     shard_size = options.shard_size or _partial_shard_size(out, key) or auto_shard_size(key)
@@ -263,7 +337,14 @@ def build_store(
         if shard_is_complete(out, key, i, start, stop) is not None:
             result.reused.append(i)
             continue
-        write_shard(out, key, i, start, stop, compute_shard(teacher, dataset, start, stop, options, batch_size))
+        write_shard(
+            out,
+            key,
+            i,
+            start,
+            stop,
+            compute_shard(teacher, dataset, start, stop, options, batch_size),
+        )
         result.computed.append(i)
     barrier()
     if rank == 0:
@@ -310,8 +391,11 @@ def store_lock(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def process_group_from_env(timeout: timedelta = timedelta(hours=24)) -> Iterator[tuple[int, int, Callable[[], None]]]:
-    """``(rank, world_size, barrier)`` of a ``torchrun`` launch (gloo; its barriers only), else ``(0, 1, no-op)``.
+def process_group_from_env(
+    timeout: timedelta = timedelta(hours=24),
+) -> Iterator[tuple[int, int, Callable[[], None]]]:
+    """``(rank, world_size, barrier)`` of a ``torchrun`` launch (gloo; its barriers only), else
+    ``(0, 1, no-op)``.
 
     The timeout is long because a rank with nothing left to build waits at the barrier for the
     others; a rank that fails ends the whole job through torchrun.

@@ -38,7 +38,11 @@ def member_files(path: str | Path) -> list[Path]:
             f"finish it first: dk {command} -c {p / 'config.yaml'} --run-dir {p} --resume auto",
         )
     try:
-        swept = {k: v for k, v in (read_yaml(p / "config.yaml").get("replicas") or {}).items() if k != "seeds" and v}
+        swept = {
+            k: v
+            for k, v in (read_yaml(p / "config.yaml").get("replicas") or {}).items()
+            if k != "seeds" and v
+        }
     except DKError:
         swept = {}
     if swept:
@@ -51,7 +55,10 @@ def member_files(path: str | Path) -> list[Path]:
     files = [p / folder / str(first + k) / MODEL_FILE for k in range(len(members))]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise DKError(f"the ensemble in {p} lacks member file(s) {', '.join(missing[:3])}", "train the ensemble again in a new run directory")
+        raise DKError(
+            f"the ensemble in {p} lacks member file(s) {', '.join(missing[:3])}",
+            "train the ensemble again in a new run directory",
+        )
     return files
 
 
@@ -60,7 +67,9 @@ def expand_members(paths: Sequence[str | Path]) -> list[Path]:
     return [f for path in paths for f in member_files(path)]
 
 
-def load_members(paths: str | Path | Sequence[str | Path], device: torch.device | str = "cpu") -> list[nn.Module]:
+def load_members(
+    paths: str | Path | Sequence[str | Path], device: torch.device | str = "cpu"
+) -> list[nn.Module]:
     """The models of one teacher path or several (each a model file, a run directory, or an
     ensemble's run directory), loaded onto ``device``: the Python API's way to a saved teacher."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -78,16 +87,28 @@ class Teacher:
 
     def __init__(self, members: Sequence[nn.Module], sources: Sequence[str] | None = None) -> None:
         if not members:
-            raise DKError("the teacher has no members", "give at least one teacher checkpoint (teacher.checkpoints)")
+            raise DKError(
+                "the teacher has no members",
+                "give at least one teacher checkpoint (teacher.checkpoints)",
+            )
         self.members = [freeze(m) for m in members]
         self.sources = list(sources or [f"member{i}" for i in range(len(members))])
         if len(self.sources) != len(self.members):
-            raise DKError(f"the teacher has {len(self.members)} members but {len(self.sources)} source names", "give one source per member")
+            raise DKError(
+                f"the teacher has {len(self.members)} members but {len(self.sources)} source names",
+                "give one source per member",
+            )
         classes = {int(m.num_classes) for m in self.members}
         inputs = {int(m.in_features) for m in self.members}
         if len(classes) != 1 or len(inputs) != 1:
-            desc = ", ".join(f"{s}: {m.in_features}→{m.num_classes}" for s, m in zip(self.sources, self.members, strict=True))
-            raise DKError(f"ensemble members disagree on input size or class count ({desc})", "ensemble only teachers trained on the same task")
+            desc = ", ".join(
+                f"{s}: {m.in_features}→{m.num_classes}"
+                for s, m in zip(self.sources, self.members, strict=True)
+            )
+            raise DKError(
+                f"ensemble members disagree on input size or class count ({desc})",
+                "ensemble only teachers trained on the same task",
+            )
         self.num_classes = classes.pop()
         self.in_features = inputs.pop()
         h = hashlib.sha256()
@@ -96,7 +117,9 @@ class Teacher:
         self.fingerprint = h.hexdigest()
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path], device: torch.device | str = "cpu") -> Teacher:
+    def from_checkpoints(
+        cls, paths: Sequence[str | Path], device: torch.device | str = "cpu"
+    ) -> Teacher:
         """Model files or run directories; an ensemble's run directory brings all its members."""
         files = expand_members(paths)
         return cls([load_model(p, map_location=device) for p in files], [str(p) for p in files])

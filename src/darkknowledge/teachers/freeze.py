@@ -1,5 +1,6 @@
 """Freezing a teacher: eval mode, no gradients, and it stays that way (for good, or for the
-length of one distillation: :func:`frozen_during`, which gives the user's modules back as they were)."""
+length of one distillation: :func:`frozen_during`, which gives the user's modules back as they
+were)."""
 
 from __future__ import annotations
 

@@ -43,10 +43,13 @@ class StoreOptions:
 
     Attributes:
         dtype: ``float32`` or ``float16`` (stored values; always float32 once loaded).
-        topk: None for dense logits (serve every temperature), or k for top-k + tail at ``temperature``.
+        topk: None for dense logits (serve every temperature), or k for top-k + tail at
+        ``temperature``.
         temperature: the temperature of a top-k store; must be None for a dense one.
-        combine: how a top-k store combines ensemble members (ignored for dense stores and one teacher).
-        shard_size: rows per shard; None = about 256 MiB per shard (or the size of a partial build found).
+        combine: how a top-k store combines ensemble members (ignored for dense stores and one
+        teacher).
+        shard_size: rows per shard; None = about 256 MiB per shard (or the size of a partial build
+        found).
     """
 
     dtype: str = "float32"
@@ -57,20 +60,48 @@ class StoreOptions:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise DKError(f"teacher-output store dtype {self.dtype!r} is unknown", "choose float32 or float16")
-        if self.topk is not None and (isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1):
-            raise DKError(f"teacher-output store top-k {self.topk!r} must be a positive integer", "use e.g. topk=5, or none for dense logits")
+            raise DKError(
+                f"teacher-output store dtype {self.dtype!r} is unknown", "choose float32 or float16"
+            )
+        if self.topk is not None and (
+            isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1
+        ):
+            raise DKError(
+                f"teacher-output store top-k {self.topk!r} must be a positive integer",
+                "use e.g. topk=5, or none for dense logits",
+            )
         if self.topk is None and self.temperature is not None:
-            raise DKError(f"a dense teacher-output store has no temperature (got {self.temperature})", "drop the temperature: dense logits serve every temperature")
+            raise DKError(
+                f"a dense teacher-output store has no temperature (got {self.temperature})",
+                "drop the temperature: dense logits serve every temperature",
+            )
         if self.topk is not None:
             t = self.temperature
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-                raise DKError(f"a top-k teacher-output store needs a temperature > 0, got {t!r}", "give the temperature the students will use, e.g. 20")
+            if (
+                isinstance(t, bool)
+                or not isinstance(t, (int, float))
+                or not math.isfinite(t)
+                or t <= 0
+            ):
+                raise DKError(
+                    f"a top-k teacher-output store needs a temperature > 0, got {t!r}",
+                    "give the temperature the students will use, e.g. 20",
+                )
             object.__setattr__(self, "temperature", float(t))
         if self.combine not in COMBINES:
-            raise DKError(f"teacher-output store combine {self.combine!r} is unknown", "choose arithmetic or geometric")
-        if self.shard_size is not None and (isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1):
-            raise DKError(f"teacher-output store shard size {self.shard_size!r} must be a positive integer", "use a row count, or none for about 256 MiB per shard")
+            raise DKError(
+                f"teacher-output store combine {self.combine!r} is unknown",
+                "choose arithmetic or geometric",
+            )
+        if self.shard_size is not None and (
+            isinstance(self.shard_size, bool)
+            or not isinstance(self.shard_size, int)
+            or self.shard_size < 1
+        ):
+            raise DKError(
+                f"teacher-output store shard size {self.shard_size!r} must be a positive integer",
+                "use a row count, or none for about 256 MiB per shard",
+            )
 
     @property
     def kind(self) -> str:
@@ -91,7 +122,9 @@ class StoreOptions:
 
 
 def store_key(teacher: Teacher, dataset: TensorDataset, options: StoreOptions) -> dict[str, Any]:
-    """Everything that determines a store's content: two builds with equal keys are interchangeable."""
+    """Everything that determines a store's content: two builds with equal keys are
+    interchangeable.
+    """
     members = len(teacher)
     return {
         "format": FORMAT,
@@ -112,7 +145,12 @@ def store_key(teacher: Teacher, dataset: TensorDataset, options: StoreOptions) -
 
 def options_of(key: dict[str, Any]) -> StoreOptions:
     """The content options recorded in a build key or manifest."""
-    return StoreOptions(dtype=key["dtype"], topk=key["topk"], temperature=key["temperature"], combine=key["combine"] or "arithmetic")
+    return StoreOptions(
+        dtype=key["dtype"],
+        topk=key["topk"],
+        temperature=key["temperature"],
+        combine=key["combine"] or "arithmetic",
+    )
 
 
 def auto_shard_size(key: dict[str, Any]) -> int:
@@ -163,14 +201,18 @@ def file_sha256(path: Path) -> str:
 
 
 def row_digests(images: torch.Tensor) -> torch.Tensor:
-    """(N, 32) uint8: the sha256 of each example's pixels, to prove a transfer set's rows are the stored ones."""
+    """(N, 32) uint8: the sha256 of each example's pixels, to prove a transfer set's rows are the
+    stored ones.
+    """
     rows = images.detach().cpu().contiguous().numpy()
     joined = b"".join(hashlib.sha256(row).digest() for row in rows)
     return torch.frombuffer(bytearray(joined), dtype=torch.uint8).reshape(len(rows), 32)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None when the file is missing, unreadable or not a JSON object."""
+    """A JSON object from ``path``, or None when the file is missing, unreadable or not a JSON
+    object.
+    """
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -187,16 +229,32 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     """DKError unless ``manifest`` is a complete, well-formed format-3 manifest."""
 
     def bad(what: str) -> DKError:
-        return DKError(f"teacher-output store {where} is corrupt ({MANIFEST}: {what})", "delete it; it is rebuilt from the teacher")
+        return DKError(
+            f"teacher-output store {where} is corrupt ({MANIFEST}: {what})",
+            "delete it; it is rebuilt from the teacher",
+        )
 
     if manifest.get("format") != FORMAT:
-        raise DKError(f"teacher-output store {where} is not a darkknowledge store (format {str(manifest.get('format'))[:60]!r})", "delete it or point teacher.store elsewhere")
+        raise DKError(
+            f"teacher-output store {where} is not a darkknowledge store (format "
+            f"{str(manifest.get('format'))[:60]!r})",
+            "delete it or point teacher.store elsewhere",
+        )
     if manifest.get("complete") is not True:
-        raise DKError(f"teacher-output store {where} is incomplete", "rerun `dk teacher-outputs build` (or the run) to finish it")
+        raise DKError(
+            f"teacher-output store {where} is incomplete",
+            "rerun `dk teacher-outputs build` (or the run) to finish it",
+        )
     ints = ("members", "classes", "n", "shard_size")
-    if any(isinstance(manifest.get(k), bool) or not isinstance(manifest.get(k), int) or manifest[k] < 1 for k in ints):
+    if any(
+        isinstance(manifest.get(k), bool) or not isinstance(manifest.get(k), int) or manifest[k] < 1
+        for k in ints
+    ):
         raise bad(f"{', '.join(ints)} must be positive integers")
-    if not all(isinstance(manifest.get(k), str) for k in ("teacher_fingerprint", "dataset_fingerprint", "dataset_name")):
+    if not all(
+        isinstance(manifest.get(k), str)
+        for k in ("teacher_fingerprint", "dataset_fingerprint", "dataset_name")
+    ):
         raise bad("fingerprints and dataset name must be strings")
     if manifest.get("kind") not in ("dense", "topk") or manifest.get("dtype") not in DTYPES:
         raise bad(f"kind {manifest.get('kind')!r} / dtype {manifest.get('dtype')!r} are unknown")
@@ -207,10 +265,21 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     if opts.kind != manifest["kind"] or (opts.topk is not None and opts.topk > manifest["classes"]):
         raise bad("kind and top-k disagree")
     shards = manifest.get("shards")
-    if not isinstance(shards, list) or len(shards) != len(plan(manifest["n"], manifest["shard_size"])):
+    if not isinstance(shards, list) or len(shards) != len(
+        plan(manifest["n"], manifest["shard_size"])
+    ):
         raise bad("the shard list does not cover the rows")
-    for i, (entry, (start, stop)) in enumerate(zip(shards, plan(manifest["n"], manifest["shard_size"]), strict=True)):
-        if not isinstance(entry, dict) or entry.get("file") != shard_name(i) or entry.get("start") != start or entry.get("stop") != stop:
+    for i, (entry, (start, stop)) in enumerate(
+        zip(shards, plan(manifest["n"], manifest["shard_size"]), strict=True)
+    ):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("file") != shard_name(i)
+            or entry.get("start") != start
+            or entry.get("stop") != stop
+        ):
             raise bad(f"shard {i} should be {shard_name(i)} with rows [{start}, {stop})")
-        if not isinstance(entry.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+        if not isinstance(entry.get("sha256"), str) or not re.fullmatch(
+            r"[0-9a-f]{64}", entry["sha256"]
+        ):
             raise bad(f"shard {i} has no sha256")

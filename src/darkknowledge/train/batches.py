@@ -7,7 +7,8 @@ Every source answers ``epoch_order()`` (the state to draw an epoch from, or None
 ``IndexedBatches`` is the fast path: the dataset lives on the device, an epoch is one plan drawn
 on the device (a permutation and, with jitter, every presentation's shift), the epoch's examples
 are gathered and shifted in one vectorized pass, and a step only slices them: no per-sample
-Python and no data kernels per step (on CUDA, fewer launches per step). ``ReplicaBatches`` is the same for K models trained
+Python and no data kernels per step (on CUDA, fewer launches per step). ``ReplicaBatches`` is the
+same for K models trained
 as one batched computation, each with its own generator (its own order and jitter draws).
 ``IterableBatches`` is the generic path for any re-iterable of ``(inputs, labels)`` batches
 (teacher outputs are then computed live).
@@ -25,9 +26,12 @@ from darkknowledge.data.augment import shift_images
 from darkknowledge.errors import DKError
 
 
-def draw_plan(n: int, max_shift: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def draw_plan(
+    n: int, max_shift: int, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """One epoch's plan, drawn from ``generator``: a permutation of the ``n`` positions, (n,), or
-    with jitter the permutation and each presentation's shift, (n, 3) rows ``(position, dx, dy)``."""
+    with jitter the permutation and each presentation's shift, (n, 3) rows ``(position, dx,
+    dy)``."""
     perm = torch.randperm(n, generator=generator, device=device)
     if not max_shift:
         return perm
@@ -40,7 +44,9 @@ def plan_positions(plan: torch.Tensor, jittered: bool) -> torch.Tensor:
     return plan[..., 0] if jittered else plan
 
 
-def epoch_examples(dataset: TensorDataset, plan: torch.Tensor, max_shift: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def epoch_examples(
+    dataset: TensorDataset, plan: torch.Tensor, max_shift: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The epoch's images (jittered as planned) and labels, in plan order: gathered once per epoch,
     so that a step only slices them (no gather, no jitter kernels per step)."""
     pos = plan_positions(plan, bool(max_shift))
@@ -59,29 +65,49 @@ class IndexedBatches:
     slices them. The plan is the state a checkpoint keeps to resume mid-epoch exactly.
     """
 
-    def __init__(self, dataset: TensorDataset, batch_size: int, generator: torch.Generator, max_shift: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: TensorDataset,
+        batch_size: int,
+        generator: torch.Generator,
+        max_shift: int = 0,
+    ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.generator = generator
         self.max_shift = max_shift
         self.steps_per_epoch = math.ceil(len(dataset) / batch_size)
-        self.order_shape: tuple[int, ...] | None = (len(dataset), 3) if max_shift else (len(dataset),)
-        self._epoch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None  # (plan, images, labels)
+        self.order_shape: tuple[int, ...] | None = (
+            (len(dataset), 3) if max_shift else (len(dataset),)
+        )
+        self._epoch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = (
+            None  # (plan, images, labels)
+        )
 
     def epoch_order(self) -> torch.Tensor:
-        return draw_plan(len(self.dataset), self.max_shift, self.generator, self.dataset.images.device)
+        return draw_plan(
+            len(self.dataset), self.max_shift, self.generator, self.dataset.images.device
+        )
 
     def _examples(self, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._epoch is None or self._epoch[0] is not plan:
             self._epoch = (plan, *epoch_examples(self.dataset, plan, self.max_shift))
         return self._epoch[1], self._epoch[2]
 
-    def batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(positions, inputs (B, D) float32, labels (B,) or None) for step ``step`` of the epoch."""
+    def batch(
+        self, order: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(positions, inputs (B, D) float32, labels (B,) or None) for step ``step`` of the
+        epoch.
+        """
         rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
         images, labels = self._examples(order)
         pos = plan_positions(order[rows], bool(self.max_shift))
-        return pos, self.dataset.features(images=images[rows]), None if labels is None else labels[rows]
+        return (
+            pos,
+            self.dataset.features(images=images[rows]),
+            None if labels is None else labels[rows],
+        )
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -97,7 +123,13 @@ class ReplicaBatches:
     :class:`IndexedBatches` with that generator would, so its batches equal the stand-alone run's.
     """
 
-    def __init__(self, dataset: TensorDataset, batch_size: int, generators: Sequence[torch.Generator], max_shift: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: TensorDataset,
+        batch_size: int,
+        generators: Sequence[torch.Generator],
+        max_shift: int = 0,
+    ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.generators = list(generators)
@@ -109,7 +141,9 @@ class ReplicaBatches:
 
     def epoch_order(self) -> torch.Tensor:
         device = self.dataset.images.device
-        return torch.stack([draw_plan(len(self.dataset), self.max_shift, g, device) for g in self.generators])
+        return torch.stack(
+            [draw_plan(len(self.dataset), self.max_shift, g, device) for g in self.generators]
+        )
 
     def _examples(self, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._epoch is None or self._epoch[0] is not plan:
@@ -118,14 +152,20 @@ class ReplicaBatches:
             self._epoch = (plan, torch.stack([img for img, _ in per]), labels)
         return self._epoch[1], self._epoch[2]
 
-    def batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, order: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(positions (K, B), inputs (K, B, D) float32, labels (K, B) or None)."""
         rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
         images, labels = self._examples(order)
         images = images[:, rows]
         k, b = images.shape[:2]
         x = self.dataset.features(images=images.reshape(k * b, *images.shape[2:])).reshape(k, b, -1)
-        return plan_positions(order[:, rows], bool(self.max_shift)), x, None if labels is None else labels[:, rows]
+        return (
+            plan_positions(order[:, rows], bool(self.max_shift)),
+            x,
+            None if labels is None else labels[:, rows],
+        )
 
     def get_state(self) -> torch.Tensor:
         return torch.stack([g.get_state() for g in self.generators])
@@ -143,13 +183,34 @@ def split_batch(item: object) -> tuple[torch.Tensor, torch.Tensor | None]:
     elif isinstance(item, (tuple, list)) and len(item) in (1, 2):
         x, y = item[0], (item[1] if len(item) == 2 else None)
     else:
-        what = f"a {type(item).__name__} of {len(item)} items" if isinstance(item, (tuple, list)) else type(item).__name__
-        raise DKError(f"a batch must be x, (x,) or (x, y) (inputs and labels), got {what}", "yield (inputs, labels), or inputs alone for unlabelled data, e.g. DataLoader(TensorDataset(X, Y))")
+        what = (
+            f"a {type(item).__name__} of {len(item)} items"
+            if isinstance(item, (tuple, list))
+            else type(item).__name__
+        )
+        raise DKError(
+            f"a batch must be x, (x,) or (x, y) (inputs and labels), got {what}",
+            "yield (inputs, labels), or inputs alone for unlabelled data, e.g. "
+            "DataLoader(TensorDataset(X, Y))",
+        )
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise DKError(f"batch inputs must be a floating-point tensor, got {x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}", "convert inputs to float32")
-    if y is not None and (not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dim() != 1 or len(y) != len(x)):
-        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise DKError(f"batch labels must be an integer tensor of shape ({len(x)},), got {got}", "give class ids (torch.long), one per input, or None for unlabelled data")
+        raise DKError(
+            "batch inputs must be a floating-point tensor, got "
+            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}",
+            "convert inputs to float32",
+        )
+    if y is not None and (
+        not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dim() != 1 or len(y) != len(x)
+    ):
+        got = (
+            f"{y.dtype} of shape {tuple(y.shape)}"
+            if isinstance(y, torch.Tensor)
+            else type(y).__name__
+        )
+        raise DKError(
+            f"batch labels must be an integer tensor of shape ({len(x)},), got {got}",
+            "give class ids (torch.long), one per input, or None for unlabelled data",
+        )
     return x, y
 
 
@@ -162,9 +223,17 @@ class IterableBatches:
     live and nothing is jittered here (augment inside ``make`` if needed).
     """
 
-    def __init__(self, make: Callable[[], Iterable], steps_per_epoch: int, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Iterable],
+        steps_per_epoch: int,
+        device: torch.device | str | None = None,
+    ) -> None:
         if steps_per_epoch < 1:
-            raise DKError(f"a batch source with {steps_per_epoch} batches per epoch cannot be trained on", "give at least one batch")
+            raise DKError(
+                f"a batch source with {steps_per_epoch} batches per epoch cannot be trained on",
+                "give at least one batch",
+            )
         self.make = make
         self.steps_per_epoch = steps_per_epoch
         self.device = None if device is None else torch.device(device)
@@ -173,14 +242,24 @@ class IterableBatches:
         self._next = 0
 
     @classmethod
-    def of(cls, batches: Iterable | Callable[[], Iterable], device: torch.device | str | None = None, steps_per_epoch: int | None = None) -> IterableBatches:
+    def of(
+        cls,
+        batches: Iterable | Callable[[], Iterable],
+        device: torch.device | str | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> IterableBatches:
         """From a sized re-iterable (a list of batches, a DataLoader) or a zero-argument factory."""
-        make = batches if callable(batches) and not hasattr(batches, "__iter__") else (lambda: batches)
+        make = (
+            batches if callable(batches) and not hasattr(batches, "__iter__") else (lambda: batches)
+        )
         if steps_per_epoch is None:
             try:
                 steps_per_epoch = len(batches)  # type: ignore[arg-type]
             except TypeError:
-                raise DKError("the batches have no len()", "pass steps_per_epoch, or a list / DataLoader of batches") from None
+                raise DKError(
+                    "the batches have no len()",
+                    "pass steps_per_epoch, or a list / DataLoader of batches",
+                ) from None
         return cls(make, steps_per_epoch, device)
 
     def __iter__(self) -> Iterator:
@@ -202,7 +281,11 @@ class IterableBatches:
         try:
             item = next(self._it)
         except StopIteration:
-            raise DKError(f"the batch source ended after {self._next} batches but promised {self.steps_per_epoch} per epoch", "make every epoch yield steps_per_epoch batches") from None
+            raise DKError(
+                f"the batch source ended after {self._next} batches but promised "
+                f"{self.steps_per_epoch} per epoch",
+                "make every epoch yield steps_per_epoch batches",
+            ) from None
         self._next += 1
         x, y = split_batch(item)
         if self.device is not None:

@@ -70,7 +70,10 @@ def _env_int(name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise DKError(f"environment variable {name}={raw!r} is not an integer", "launch with torchrun, or unset it") from None
+        raise DKError(
+            f"environment variable {name}={raw!r} is not an integer",
+            "launch with torchrun, or unset it",
+        ) from None
 
 
 def from_environment(device_name: str) -> Distributed | None:
@@ -84,29 +87,53 @@ def from_environment(device_name: str) -> Distributed | None:
         return None
     rank, local = _env_int("RANK"), _env_int("LOCAL_RANK")
     if rank is None or local is None:
-        raise DKError(f"WORLD_SIZE={world} is set but RANK or LOCAL_RANK is not", "launch with torchrun --nproc_per_node=N -m darkknowledge.cli ...")
-    want_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+        raise DKError(
+            f"WORLD_SIZE={world} is set but RANK or LOCAL_RANK is not",
+            "launch with torchrun --nproc_per_node=N -m darkknowledge.cli ...",
+        )
+    want_cuda = device_name.startswith("cuda") or (
+        device_name == "auto" and torch.cuda.is_available()
+    )
     if want_cuda:
         if not torch.cuda.is_available():
-            raise DKError(f"device {device_name!r} requested but CUDA is not available", "use device=cpu (gloo) or device=auto")
+            raise DKError(
+                f"device {device_name!r} requested but CUDA is not available",
+                "use device=cpu (gloo) or device=auto",
+            )
         if local >= torch.cuda.device_count():
-            raise DKError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPUs", "use --nproc_per_node at most the GPU count")
+            raise DKError(
+                f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPUs",
+                "use --nproc_per_node at most the GPU count",
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device_name in ("auto", "cpu"):
         device, backend = torch.device("cpu"), "gloo"
     else:
-        raise DKError(f"device {device_name!r} cannot be used by several processes", "use device=auto, cuda or cpu with torchrun")
+        raise DKError(
+            f"device {device_name!r} cannot be used by several processes",
+            "use device=auto, cuda or cpu with torchrun",
+        )
     created = False
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+            dist.init_process_group(
+                backend=backend, device_id=device if backend == "nccl" else None
+            )
         except (ValueError, RuntimeError) as exc:
-            raise DKError(f"cannot join the process group of WORLD_SIZE={world} ({' '.join(str(exc).split())[:200]})", "launch with torchrun --nproc_per_node=N, or unset WORLD_SIZE/RANK") from None
+            raise DKError(
+                f"cannot join the process group of WORLD_SIZE={world} "
+                f"({' '.join(str(exc).split())[:200]})",
+                "launch with torchrun --nproc_per_node=N, or unset WORLD_SIZE/RANK",
+            ) from None
         created = True
     if dist.get_world_size() != world or dist.get_rank() != rank:
-        raise DKError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with RANK={rank}, WORLD_SIZE={world}", "launch with torchrun")
+        raise DKError(
+            f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with "
+            f"RANK={rank}, WORLD_SIZE={world}",
+            "launch with torchrun",
+        )
     return Distributed(rank, world, local, device, created)
 
 
@@ -116,7 +143,9 @@ def shutdown(d: Distributed | None) -> None:
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:
-    """Rank ``rank``'s contiguous share of ``n`` examples: sizes differ by at most one, in rank order."""
+    """Rank ``rank``'s contiguous share of ``n`` examples: sizes differ by at most one, in rank
+    order.
+    """
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
@@ -124,4 +153,9 @@ def rank_slice(n: int, rank: int, world_size: int) -> slice:
 
 def rank_seed(seed: int, rank: int) -> int:
     """A dropout seed for rank ``rank`` > 0, distinct per (seed, rank), reproducible."""
-    return int.from_bytes(hashlib.sha256(f"darkknowledge/{seed}/rank{rank}".encode()).digest()[:8], "little") >> 1
+    return (
+        int.from_bytes(
+            hashlib.sha256(f"darkknowledge/{seed}/rank{rank}".encode()).digest()[:8], "little"
+        )
+        >> 1
+    )

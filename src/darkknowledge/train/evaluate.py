@@ -18,7 +18,9 @@ from darkknowledge.train.batches import split_batch
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 2000) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, dataset: TensorDataset, batch_size: int = 2000
+) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) over the whole dataset, float32: (N, classes), or
     (K, N, classes) for a batched model of K replicas (one forward pass serves all K)."""
     was_training = model.training
@@ -27,9 +29,13 @@ def predict_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 2
     replicas = getattr(model, "replicas", None)
     out = []
     for start in range(0, len(dataset), batch_size):
-        pos = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.images.device)
+        pos = torch.arange(
+            start, min(start + batch_size, len(dataset)), device=dataset.images.device
+        )
         x = dataset.features(pos).to(device)
-        out.append(model(x if replicas is None else x.unsqueeze(0).expand(replicas, *x.shape)).float())
+        out.append(
+            model(x if replicas is None else x.unsqueeze(0).expand(replicas, *x.shape)).float()
+        )
     model.train(was_training)
     return torch.cat(out, dim=-2)
 
@@ -45,7 +51,9 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float(((acc - cnf).abs()).sum() / len(labels))
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None
+) -> dict[str, float]:
     """logits: (N, C); labels: (N,); teacher_logits: (N, C) or (members, N, C) (arithmetic mean)."""
     logits, labels = logits.float(), labels.to(logits.device)
     pred = logits.argmax(dim=1)
@@ -78,24 +86,38 @@ def combined_logits(member_logits: torch.Tensor, combine: str = "arithmetic") ->
     return torch.logsumexp(z.log_softmax(dim=-1), dim=0) - math.log(z.shape[0])
 
 
-def ensemble_metrics(member_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, float]]:
+def ensemble_metrics(
+    member_logits: torch.Tensor, labels: torch.Tensor
+) -> dict[str, dict[str, float]]:
     """:func:`classification_metrics` of every combination of an ensemble's members (M, N, C)."""
-    return {c: classification_metrics(combined_logits(member_logits, c), labels) for c in COMBINATIONS}
+    return {
+        c: classification_metrics(combined_logits(member_logits, c), labels) for c in COMBINATIONS
+    }
 
 
-def evaluate(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None
+) -> dict[str, float]:
     return classification_metrics(predict_logits(model, dataset), dataset.labels, teacher_logits)
 
 
-def evaluate_replicas(model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None) -> list[dict[str, float]]:
+def evaluate_replicas(
+    model: nn.Module, dataset: TensorDataset, teacher_logits: torch.Tensor | None = None
+) -> list[dict[str, float]]:
     """:func:`evaluate` for each replica of a batched model (one forward pass for all K)."""
     logits = predict_logits(model, dataset)
     return [classification_metrics(z, dataset.labels, teacher_logits) for z in logits]
 
 
 @torch.inference_mode()
-def evaluate_batches(model: nn.Module, batches: Iterable, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
-    """:func:`evaluate` over any iterable of ``(inputs, labels)`` batches (and the teacher's agreement)."""
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate` over any iterable of ``(inputs, labels)`` batches (and the teacher's
+    agreement).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

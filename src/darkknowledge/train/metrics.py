@@ -45,7 +45,9 @@ class MetricsLog:
         self._tb_on, self._purge = tensorboard, None
 
     def reset(self) -> None:
-        """Start an empty log (a fresh run in a directory left by a run killed before its first checkpoint)."""
+        """Start an empty log (a fresh run in a directory left by a run killed before its first
+        checkpoint).
+        """
         self.close()
         if self.path.exists():
             with writing(self.path):
@@ -113,16 +115,24 @@ class MetricsLog:
 
 
 def tensorboard_writer(logdir: Path, purge_step: int | None = None) -> Any:
-    """A TensorBoard ``SummaryWriter`` (a :class:`DKError` naming the fix when tensorboard is absent)."""
+    """A TensorBoard ``SummaryWriter`` (a :class:`DKError` naming the fix when tensorboard is
+    absent).
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise DKError("tensorboard=true needs the tensorboard package", 'install it (pip install -e ".[tensorboard]"), or leave tensorboard off: metrics.jsonl has every line') from None
+        raise DKError(
+            "tensorboard=true needs the tensorboard package",
+            'install it (pip install -e ".[tensorboard]"), or leave tensorboard off: metrics.jsonl '
+            "has every line",
+        ) from None
     return SummaryWriter(str(logdir), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a metrics log; lines that do not parse (a killed writer's last line) are skipped with a warning."""
+    """Every record of a metrics log; lines that do not parse (a killed writer's last line) are
+    skipped with a warning.
+    """
     out, bad = [], 0
     for _, rec in _records(Path(path)):
         if rec is None:
@@ -130,7 +140,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         else:
             out.append(rec)
     if bad:
-        warnings.warn(f"{path}: skipped {bad} unreadable line(s) (a run killed mid-write)", stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped {bad} unreadable line(s) (a run killed mid-write)", stacklevel=2
+        )
     return out
 
 

@@ -47,7 +47,8 @@ class PaperDropoutSGD(torch.optim.Optimizer):
 
 
 def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
-    """Update kernels: ``fused`` (one pass over each parameter) on CPU and CUDA, ``foreach`` elsewhere.
+    """Update kernels: ``fused`` (one pass over each parameter) on CPU and CUDA, ``foreach``
+    elsewhere.
 
     On a 2-core CPU the fused SGD step of the 800-800 student takes about 0.37 ms against 0.66 ms
     for ``foreach``, which reads and writes every parameter three times.
@@ -55,7 +56,6 @@ def implementation(params: list[torch.nn.Parameter]) -> dict[str, bool]:
     if params and params[0].device.type in ("cpu", "cuda"):
         return {"fused": True}
     return {"foreach": True}
-
 
 
 def build_optimizer(
@@ -68,12 +68,21 @@ def build_optimizer(
         return PaperDropoutSGD(params, lr=cfg.lr, momentum=cfg.initial_momentum)
     impl = implementation(params) if fused else {"foreach": True}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False, **impl)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=False,
+            **impl,
+        )
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
 
 
 def hyperparams_at(cfg: OptimConfig, epoch: int, step: int, total_steps: int) -> dict[str, float]:
-    """Learning rate (and momentum) for global ``step`` of ``total_steps``, in ``epoch`` (0-based)."""
+    """Learning rate (and momentum) for global ``step`` of ``total_steps``, in ``epoch``
+    (0-based).
+    """
     if cfg.name == "paper_dropout":
         ramp = min(epoch / cfg.momentum_epochs, 1.0) if cfg.momentum_epochs > 0 else 1.0
         momentum = cfg.initial_momentum + (cfg.final_momentum - cfg.initial_momentum) * ramp

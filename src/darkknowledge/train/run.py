@@ -61,9 +61,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DKError(f"device {name!r} is not a device name", "use auto, cpu, cuda or cuda:N") from None
+        raise DKError(
+            f"device {name!r} is not a device name", "use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DKError(f"device {name!r} requested but CUDA is not available", "use device=cpu or device=auto")
+        raise DKError(
+            f"device {name!r} requested but CUDA is not available", "use device=cpu or device=auto"
+        )
     return device
 
 
@@ -108,14 +112,22 @@ def _check_resume(run_dir: Path, resume: str, cfg: RunConfig) -> dict[str, Any] 
     has_model = any(p.exists() for p in _model_files(cfg, run_dir))
     if resume == "never":
         if list_checkpoints(run_dir / "checkpoints") or has_model:
-            raise DKError(f"run directory {run_dir} already holds a run", "continue it with --resume auto, or choose a new run_dir")
+            raise DKError(
+                f"run directory {run_dir} already holds a run",
+                "continue it with --resume auto, or choose a new run_dir",
+            )
         return None
     if resume == "auto":
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is None and list_checkpoints(run_dir / "checkpoints"):
-            raise DKError(f"no checkpoint in {run_dir / 'checkpoints'} is intact", "start a new run_dir")
+            raise DKError(
+                f"no checkpoint in {run_dir / 'checkpoints'} is intact", "start a new run_dir"
+            )
         if ckpt is None and has_model:
-            raise DKError(f"run directory {run_dir} holds a model but no checkpoint to resume from", "choose a new run_dir (or delete this one to retrain)")
+            raise DKError(
+                f"run directory {run_dir} holds a model but no checkpoint to resume from",
+                "choose a new run_dir (or delete this one to retrain)",
+            )
         return ckpt
     return read_checkpoint(resume)
 
@@ -123,22 +135,38 @@ def _check_resume(run_dir: Path, resume: str, cfg: RunConfig) -> dict[str, Any] 
 def _check_same_run(cfg: RunConfig, ckpt: dict[str, Any], fingerprints: dict[str, str]) -> None:
     state = ckpt["state"]
     if state.get("config_hash") != cfg.hash():
-        raise DKError(f"checkpoint {ckpt['path']} was made with a different config", "resume with the config in the run directory (config.yaml), or start a new run_dir")
+        raise DKError(
+            f"checkpoint {ckpt['path']} was made with a different config",
+            "resume with the config in the run directory (config.yaml), or start a new run_dir",
+        )
     for key, value in fingerprints.items():
         if (state.get("fingerprints") or {}).get(key) != value:
-            raise DKError(f"checkpoint {ckpt['path']}: the {key} fingerprint differs from this run's", f"the {key} changed since the run started; start a new run_dir")
+            raise DKError(
+                f"checkpoint {ckpt['path']}: the {key} fingerprint differs from this run's",
+                f"the {key} changed since the run started; start a new run_dir",
+            )
 
 
 def _finished_summary(cfg: RunConfig, run_dir: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved summary of a run that already finished (its final checkpoint, model and summary exist)."""
+    """The saved summary of a run that already finished (its final checkpoint, model and summary
+    exist).
+    """
     state = ckpt["state"]
-    if state["epoch"] != cfg.optim.epochs or state["step_in_epoch"] != 0 or not all(p.is_file() for p in _model_files(cfg, run_dir)):
+    if (
+        state["epoch"] != cfg.optim.epochs
+        or state["step_in_epoch"] != 0
+        or not all(p.is_file() for p in _model_files(cfg, run_dir))
+    ):
         return None
     try:
         summary = json.loads((run_dir / "summary.json").read_bytes())
     except (OSError, ValueError):
         return None  # killed before the summary was written: finish the run (evaluate, save)
-    if not isinstance(summary, dict) or summary.get("config_hash") != cfg.hash() or summary.get("steps") != state["global_step"]:
+    if (
+        not isinstance(summary, dict)
+        or summary.get("config_hash") != cfg.hash()
+        or summary.get("steps") != state["global_step"]
+    ):
         return None
     return summary
 
@@ -206,7 +234,14 @@ def _build_method(cfg: RunConfig):
     return build_method(cfg.method["name"], {k: v for k, v in cfg.method.items() if k != "name"})
 
 
-def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contextlib.ExitStack, group: Distributed | None = None) -> dict[str, Any]:
+def _run(
+    cfg: RunConfig,
+    kind: str,
+    resume: str,
+    stop: StopRequest,
+    held: contextlib.ExitStack,
+    group: Distributed | None = None,
+) -> dict[str, Any]:
     """``held``: what the run holds until ``run`` returns (the run directory's one-writer lock)."""
     started = time.perf_counter()
     main = group is None or group.main
@@ -218,9 +253,16 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
     replica_methods = [_build_method(rc) for rc in replica_cfgs] or None
     if replica_methods:
         if cfg.model["name"] != "mlp":
-            raise DKError(f"replicas train MLPs as one batched model; model.name={cfg.model['name']} is not supported", "use model.name=mlp, or run the models one by one")
+            raise DKError(
+                f"replicas train MLPs as one batched model; model.name={cfg.model['name']} is not "
+                "supported",
+                "use model.name=mlp, or run the models one by one",
+            )
         if len({m.needs_labels() for m in replica_methods}) > 1:
-            raise DKError("replicas disagree on whether they need labels (some hard_weight 0, some > 0)", "sweep hard_weight over all-zero or all-positive values")
+            raise DKError(
+                "replicas disagree on whether they need labels (some hard_weight 0, some > 0)",
+                "sweep hard_weight over all-zero or all-positive values",
+            )
         method = replica_methods[0]
     if kind == "distill" and not method.needs_teacher:
         distillers = ", ".join(n for n in methods.names() if methods.get(n).needs_teacher)
@@ -229,16 +271,32 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
             f"use one of {distillers} (or `dk train` for hard labels)",
         )
     if kind == "train" and method.needs_teacher:
-        raise DKError(f"method {cfg.method['name']} needs a teacher", "use `dk distill` with teacher.checkpoints=[...]")
+        raise DKError(
+            f"method {cfg.method['name']} needs a teacher",
+            "use `dk distill` with teacher.checkpoints=[...]",
+        )
     if method.needs_teacher and not cfg.teacher.checkpoints:
-        raise DKError(f"method {cfg.method['name']} needs a teacher but teacher.checkpoints is empty", "set teacher.checkpoints=[path/to/teacher_run]")
+        raise DKError(
+            f"method {cfg.method['name']} needs a teacher but teacher.checkpoints is empty",
+            "set teacher.checkpoints=[path/to/teacher_run]",
+        )
     if method.needs_teacher and cfg.data.jitter and cfg.teacher.outputs == "precompute":
-        raise DKError("data.jitter>0 with teacher.outputs=precompute: stored teacher outputs are for un-jittered inputs", "set teacher.outputs=live, or data.jitter=0 (the paper's student uses no jitter)")
+        raise DKError(
+            "data.jitter>0 with teacher.outputs=precompute: stored teacher outputs are for "
+            "un-jittered inputs",
+            "set teacher.outputs=live, or data.jitter=0 (the paper's student uses no jitter)",
+        )
     device = group.device if group is not None else resolve_device(cfg.device)
     if cfg.train_step == "cuda_graph" and device.type != "cuda":
-        raise DKError(f"train_step=cuda_graph needs a CUDA device, the run uses {device}", "use train_step=compile or eager on CPU")
+        raise DKError(
+            f"train_step=cuda_graph needs a CUDA device, the run uses {device}",
+            "use train_step=compile or eager on CPU",
+        )
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DKError(f"precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support", "use precision=fp32")
+        raise DKError(
+            f"precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support",
+            "use precision=fp32",
+        )
     apply_threads(cfg.threads, device)
     if cfg.deterministic:
         if device.type == "cuda":  # cuBLAS is only deterministic with a fixed workspace
@@ -250,13 +308,25 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
     _stop_if_requested(stop)
     train = splits.train
     if len(train) == 0:
-        raise DKError("the transfer set is empty", "check data.omit_classes / keep_classes / fraction")
+        raise DKError(
+            "the transfer set is empty", "check data.omit_classes / keep_classes / fraction"
+        )
     if method.needs_labels() and train.labels is None:
         optional = ", or method.hard_weight=0" if labels_optional(method) else ""
         fix = "set data.unlabelled=false" + optional
-        raise DKError(f"method {cfg.method['name']} needs labels but the transfer set is unlabelled", fix)
-    if train.labels is not None and len(torch.unique(train.labels)) < 2 and not method.needs_teacher:
-        raise DKError(f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training cannot learn from it", "keep at least two classes")
+        raise DKError(
+            f"method {cfg.method['name']} needs labels but the transfer set is unlabelled", fix
+        )
+    if (
+        train.labels is not None
+        and len(torch.unique(train.labels)) < 2
+        and not method.needs_teacher
+    ):
+        raise DKError(
+            f"the transfer set holds a single class ({int(train.labels[0])}); hard-label training "
+            "cannot learn from it",
+            "keep at least two classes",
+        )
     in_features = train.images[0].numel()
 
     teacher = None
@@ -264,7 +334,8 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
         teacher = Teacher.from_checkpoints(cfg.teacher.checkpoints, device)
         if teacher.num_classes != train.num_classes or teacher.in_features != in_features:
             raise DKError(
-                f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs but {cfg.data.dataset} has {train.num_classes} classes and {in_features} inputs",
+                f"teacher predicts {teacher.num_classes} classes from {teacher.in_features} inputs "
+                f"but {cfg.data.dataset} has {train.num_classes} classes and {in_features} inputs",
                 "distill from a teacher trained on the same dataset",
             )
     spec = {k: v for k, v in cfg.model.items() if k != "name"}
@@ -287,28 +358,46 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
     members = teacher.members if teacher is not None else None
     # what the method asks of the run (features, a connector, labels), checked before any file
     BoundMethod(
-        replica_methods or [method], model, members, seed=cfg.seed,
+        replica_methods or [method],
+        model,
+        members,
+        seed=cfg.seed,
         stored_targets=teacher is not None and cfg.teacher.outputs == "precompute",
-        label_smoothing=cfg.label_smoothing, eager=cfg.train_step == "eager",
+        label_smoothing=cfg.label_smoothing,
+        eager=cfg.train_step == "eager",
         processes=group.world_size if group else 1,
     )
     ckpt = _check_resume(run_dir, resume, cfg)
     if ckpt is not None:
         _check_same_run(cfg, ckpt, fingerprints)
-        probe = FitInputs(model, method, train, device, replica_methods=replica_methods,
-                          replica_seeds=replica_seeds, dist=group, teacher_members=members)
+        probe = FitInputs(
+            model,
+            method,
+            train,
+            device,
+            replica_methods=replica_methods,
+            replica_seeds=replica_seeds,
+            dist=group,
+            teacher_members=members,
+        )
         check_resumable(cfg, ckpt, probe)
         finished = _finished_summary(cfg, run_dir, ckpt)
         if finished is not None:
             return finished
 
     train = train.to(device)
-    eval_sets = {name: ds.to(device) for name, ds in (("valid", splits.valid), ("test", splits.test)) if ds is not None}
+    eval_sets = {
+        name: ds.to(device)
+        for name, ds in (("valid", splits.valid), ("test", splits.test))
+        if ds is not None
+    }
     teacher_logits, eval_teacher = None, {}
     if teacher is not None:
         if cfg.teacher.outputs == "precompute":
             with _main_first(group):  # rank 0 builds the store, the others then load it
-                teacher_logits = teacher_outputs(teacher, train, cfg.teacher.store, store_options(cfg.teacher, method)).to(device)
+                teacher_logits = teacher_outputs(
+                    teacher, train, cfg.teacher.store, store_options(cfg.teacher, method)
+                ).to(device)
         eval_teacher = {name: compute_teacher_logits(teacher, ds) for name, ds in eval_sets.items()}
     _stop_if_requested(stop)
 
@@ -321,7 +410,11 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
                 locked = True
                 now = _check_resume(run_dir, resume, cfg)
                 if (now or {}).get("path") != (ckpt or {}).get("path"):
-                    raise DKError(f"run directory {run_dir} changed while this run was being prepared (another process wrote to it)", "check what wrote it, then run again")
+                    raise DKError(
+                        f"run directory {run_dir} changed while this run was being prepared "
+                        "(another process wrote to it)",
+                        "check what wrote it, then run again",
+                    )
                 atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
     except DKError:
         if created and locked:  # leave no run directory behind
@@ -331,23 +424,68 @@ def _run(cfg: RunConfig, kind: str, resume: str, stop: StopRequest, held: contex
         raise
     model = model.to(device)
     inputs = FitInputs(
-        model, method, train, device, teacher, teacher_logits, eval_sets, eval_teacher,
-        fingerprints, replica_methods=replica_methods, replica_seeds=replica_seeds, dist=group,
+        model,
+        method,
+        train,
+        device,
+        teacher,
+        teacher_logits,
+        eval_sets,
+        eval_teacher,
+        fingerprints,
+        replica_methods=replica_methods,
+        replica_seeds=replica_seeds,
+        dist=group,
         teacher_members=members,
     )
     history = fit(cfg, inputs, run_dir, resume=ckpt, stop=stop)
     if replica_methods:
-        return _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teacher, train, fingerprints, device, started, group)
+        return _save_replicas(
+            cfg,
+            kind,
+            model,
+            replica_cfgs,
+            history,
+            eval_sets,
+            eval_teacher,
+            train,
+            fingerprints,
+            device,
+            started,
+            group,
+        )
 
     final = {name: evaluate(model, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()}
     if main:
         with writing(run_dir / MODEL_FILE):
             save_model(model, run_dir / MODEL_FILE)
-    summary = _summary(kind, cfg, final, history, history["best_epoch"], started, device, model, train, fingerprints)
+    summary = _summary(
+        kind,
+        cfg,
+        final,
+        history,
+        history["best_epoch"],
+        started,
+        device,
+        model,
+        train,
+        fingerprints,
+    )
     return _write_summary(run_dir, summary, group)
 
 
-def _summary(kind: str, cfg: RunConfig, evals: dict[str, Any], history: dict[str, Any], best_epoch: Any, started: float, device: torch.device, model: nn.Module, train: TensorDataset, fingerprints: dict[str, str]) -> dict[str, Any]:
+def _summary(
+    kind: str,
+    cfg: RunConfig,
+    evals: dict[str, Any],
+    history: dict[str, Any],
+    best_epoch: Any,
+    started: float,
+    device: torch.device,
+    model: nn.Module,
+    train: TensorDataset,
+    fingerprints: dict[str, str],
+) -> dict[str, Any]:
     """What ``summary.json`` says of a finished run (``cfg``: the run a model stands for)."""
     return {
         "kind": kind,
@@ -365,7 +503,8 @@ def _summary(kind: str, cfg: RunConfig, evals: dict[str, Any], history: dict[str
         "transfer_set": {"name": train.name, "size": len(train)},
         "config_hash": cfg.hash(),
         "fingerprints": fingerprints,
-        "git_sha": source_sha(),  # the code that trained it, for rows recorded later from this summary
+        # the code that trained it, for rows recorded later from this summary
+        "git_sha": source_sha(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -383,17 +522,43 @@ def _device_name(device: torch.device) -> str:
     return str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
 
 
-def _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teacher, train, fingerprints, device, started, group) -> dict[str, Any]:
+def _save_replicas(
+    cfg,
+    kind,
+    model,
+    replica_cfgs,
+    history,
+    eval_sets,
+    eval_teacher,
+    train,
+    fingerprints,
+    device,
+    started,
+    group,
+) -> dict[str, Any]:
     """K model files, each with the config of the ordinary run it stands for and its own summary."""
     main = group is None or group.main
     run_dir = Path(cfg.run_dir)
     summaries = []
     for k, (member, rc) in enumerate(zip(model.unstack(), replica_cfgs, strict=True)):
         where = run_dir / "replicas" / str(k)
-        best = history["best_epoch"][k] if isinstance(history["best_epoch"], list) else history["best_epoch"]
-        evals = {name: evaluate(member, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()}
-        summary = _summary(kind, rc, evals, history, best, started, device, member, train, fingerprints)
-        summary["trained_as"] = {"replica": k, "of": cfg.replicas.count, "run_dir": str(run_dir), "config_hash": cfg.hash()}
+        best = (
+            history["best_epoch"][k]
+            if isinstance(history["best_epoch"], list)
+            else history["best_epoch"]
+        )
+        evals = {
+            name: evaluate(member, ds, eval_teacher.get(name)) for name, ds in eval_sets.items()
+        }
+        summary = _summary(
+            kind, rc, evals, history, best, started, device, member, train, fingerprints
+        )
+        summary["trained_as"] = {
+            "replica": k,
+            "of": cfg.replicas.count,
+            "run_dir": str(run_dir),
+            "config_hash": cfg.hash(),
+        }
         summaries.append(summary)
         if main:
             with writing(where / MODEL_FILE):
@@ -401,10 +566,26 @@ def _save_replicas(cfg, kind, model, replica_cfgs, history, eval_sets, eval_teac
                 atomic_write_bytes(where / "config.yaml", dump_config(rc).encode())
                 save_model(member, where / MODEL_FILE)
                 atomic_write_bytes(where / "summary.json", json.dumps(summary, indent=2).encode())
-    summary = _summary(kind, cfg, {}, history, history["best_epoch"], started, device, model, train, fingerprints)
+    summary = _summary(
+        kind, cfg, {}, history, history["best_epoch"], started, device, model, train, fingerprints
+    )
     del summary["eval"]
-    summary["replicas"] = [{"run_dir": str(run_dir / "replicas" / str(k)), "seed": s["seed"], "method": rc.method, "eval": s["eval"]} for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))]
-    if cfg.ensemble.members:  # the members combined, at temperature 1, on every split (one forward pass for all)
-        combined = {name: ensemble_metrics(predict_logits(model, ds), ds.labels) for name, ds in eval_sets.items()}
-        summary["ensemble"] = {c: {name: m[c] for name, m in combined.items()} for c in ("arithmetic", "geometric")}
+    summary["replicas"] = [
+        {
+            "run_dir": str(run_dir / "replicas" / str(k)),
+            "seed": s["seed"],
+            "method": rc.method,
+            "eval": s["eval"],
+        }
+        for k, (s, rc) in enumerate(zip(summaries, replica_cfgs, strict=True))
+    ]
+    # the members combined, at temperature 1, on every split (one forward pass for all)
+    if cfg.ensemble.members:
+        combined = {
+            name: ensemble_metrics(predict_logits(model, ds), ds.labels)
+            for name, ds in eval_sets.items()
+        }
+        summary["ensemble"] = {
+            c: {name: m[c] for name, m in combined.items()} for c in ("arithmetic", "geometric")
+        }
     return _write_summary(run_dir, summary, group)

@@ -52,7 +52,9 @@ def check_owned(run_dir: Path) -> None:
 
 def _written_before_the_marker(run_dir: Path) -> bool:
     ckpts = run_dir / "checkpoints"
-    if ckpts.is_dir() and any(p.name.startswith("step-") and (p / "manifest.json").is_file() for p in ckpts.iterdir()):
+    if ckpts.is_dir() and any(
+        p.name.startswith("step-") and (p / "manifest.json").is_file() for p in ckpts.iterdir()
+    ):
         return True
     try:
         summary = json.loads((run_dir / "summary.json").read_bytes())
@@ -71,7 +73,10 @@ def hold(run_dir: Path) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise DKError(f"run directory {run_dir} is being written by another process ({_holder(fd)})", "wait for it to finish, or choose another run_dir") from None
+                raise DKError(
+                    f"run directory {run_dir} is being written by another process ({_holder(fd)})",
+                    "wait for it to finish, or choose another run_dir",
+                ) from None
         since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)

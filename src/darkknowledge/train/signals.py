@@ -43,12 +43,18 @@ class Interrupted(Exception):
         self.checkpoint = checkpoint
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
-        saved = f"checkpoint saved at {checkpoint}" if checkpoint else "no step was taken, nothing to save"
+        saved = (
+            f"checkpoint saved at {checkpoint}"
+            if checkpoint
+            else "no step was taken, nothing to save"
+        )
         super().__init__(f"stopped by {name}; {saved}; continue with --resume auto")
 
 
 @contextmanager
-def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[StopRequest]:
+def stop_on_signals(
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+) -> Iterator[StopRequest]:
     """Record SIGTERM/SIGINT in a :class:`StopRequest` inside the block (main thread only)."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():

@@ -70,7 +70,10 @@ def apply_threads(setting: int | str, device: torch.device) -> int:
     env = os.environ.get("DARKKNOWLEDGE_THREADS", "").strip()
     if setting == "auto" and env:
         if not env.isdigit() or int(env) < 1:
-            raise DKError(f"DARKKNOWLEDGE_THREADS={env!r} is not a thread count", "set it to a positive integer, or unset it for threads=auto")
+            raise DKError(
+                f"DARKKNOWLEDGE_THREADS={env!r} is not a thread count",
+                "set it to a positive integer, or unset it for threads=auto",
+            )
         setting = int(env)
     if _DEFAULT is None:
         _DEFAULT = torch.get_num_threads()
@@ -85,8 +88,10 @@ def apply_threads(setting: int | str, device: torch.device) -> int:
     n = choose_threads(setting, busy, _DEFAULT)
     if setting == "auto" and n < _DEFAULT:
         warnings.warn(
-            f"other processes keep about {busy:.1f} of {os.cpu_count()} cores busy; training with {n} thread(s) instead of {_DEFAULT} "
-            f"(threads=auto: a run whose OpenMP threads contend with another process's can be 10-30x slower; threads={_DEFAULT} overrides)",
+            f"other processes keep about {busy:.1f} of {os.cpu_count()} cores busy; training with "
+            f"{n} thread(s) instead of {_DEFAULT} "
+            "(threads=auto: a run whose OpenMP threads contend with another process's can be "
+            f"10-30x slower; threads={_DEFAULT} overrides)",
             stacklevel=2,
         )
     if torch.get_num_threads() != n:
