@@ -7,10 +7,12 @@ import torch
 
 from darkknowledge.errors import DKError
 from darkknowledge.specialists.clusters import (
+    clusters_from_covariance,
     confusable_clusters,
     correlation,
     kmeans,
     prediction_covariance,
+    streamed_covariance,
 )
 
 
@@ -91,3 +93,19 @@ def test_correlation_has_unit_diagonal_and_zero_for_a_class_never_predicted():
     corr = correlation(prediction_covariance(p))
     torch.testing.assert_close(corr.diagonal()[:5], torch.ones(5))
     assert torch.equal(corr[5], torch.zeros(6)) and torch.equal(corr[:, 5], torch.zeros(6))
+
+
+def test_streamed_covariance_equals_the_whole_and_gives_the_same_clusters():
+    groups = [[0, 5, 9, 2], [1, 3, 11, 7], [4, 6, 8, 10]]
+    torch.manual_seed(0)
+    probs = _confused_generalist(groups, 12)
+    whole = prediction_covariance(probs)
+    chunked = streamed_covariance(probs[i : i + 700] for i in range(0, len(probs), 700))
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-7)
+    exact = streamed_covariance(probs.double()[i : i + 7] for i in range(0, len(probs), 7))
+    torch.testing.assert_close(exact, torch.cov(probs.double().T), rtol=1e-10, atol=1e-13)
+    assert torch.equal(
+        clusters_from_covariance(chunked, 3, 4, seed=1), confusable_clusters(probs, 3, 4, seed=1)
+    )
+    with pytest.raises(DKError, match="at least 2"):
+        streamed_covariance(iter([probs[:1]]))

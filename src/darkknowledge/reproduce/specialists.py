@@ -30,7 +30,7 @@ from darkknowledge.data import atomic_write_bytes
 from darkknowledge.errors import DKError
 from darkknowledge.models import BatchedMLP, build_model, load_model, save_model
 from darkknowledge.provenance import source_sha
-from darkknowledge.specialists.clusters import confusable_clusters
+from darkknowledge.specialists.clusters import clusters_from_covariance, streamed_covariance
 from darkknowledge.specialists.evaluate import specialist_tables
 from darkknowledge.specialists.system import DistillSettings, accuracy, distill_into_one, predict
 from darkknowledge.specialists.train import SpecialistSettings, train_specialists
@@ -91,7 +91,7 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     # "recipe" numbers how clusters and specialists are made: bump it when that code changes
     key = hashlib.sha256(
         json.dumps(
-            {"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 2},
+            {"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 3},
             sort_keys=True,
         ).encode()
     ).hexdigest()
@@ -106,9 +106,15 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
         seconds, cluster_seconds = saved["seconds"], saved["cluster_seconds"]
     else:
         t0 = time.perf_counter()
-        probs = predict_logits(generalist, _cluster_images(splits, cl)).softmax(dim=1)
-        clusters = confusable_clusters(
-            probs,
+        images = _cluster_images(splits, cl)
+        with torch.no_grad():
+            generalist.eval()
+            cov = streamed_covariance(
+                generalist(images.features(torch.arange(s, min(s + 2000, len(images))))).softmax(1)
+                for s in range(0, len(images), 2000)
+            )
+        clusters = clusters_from_covariance(
+            cov,
             int(cl["k"]),
             int(cl["size"]),
             seed=int(cl.get("seed", 0)),
@@ -287,14 +293,17 @@ def _distill_into_one(
 def _cluster_images(splits: Any, cl: dict[str, Any]) -> Any:
     """The images whose predicted distributions give the clusters (no labels are read):
     ``clusters.images: validation`` (the default when the run holds one out: the generalist's
-    hesitations on images it did not train on) or ``train``."""
+    hesitations on images it did not train on) or ``train``; ``clusters.max_images`` keeps the
+    first N of them."""
     source = cl.get("images", "validation" if splits.valid is not None else "train")
     if source not in ("validation", "train") or (source == "validation" and splits.valid is None):
         raise DKError(
             f"specialists.clusters.images={source!r} is not available",
             "use 'train', or 'validation' with data.validation_size > 0",
         )
-    return splits.valid if source == "validation" else splits.train
+    images = splits.valid if source == "validation" else splits.train
+    most = cl.get("max_images")  # the first N (the splits are shuffled): bounds the cost
+    return images.subset(torch.arange(min(int(most), len(images)))) if most else images
 
 
 class _One:

@@ -21,6 +21,8 @@ Everything is torch on the device of the inputs; nothing here reads labels.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from darkknowledge.errors import DKError
@@ -36,6 +38,34 @@ def prediction_covariance(probs: torch.Tensor) -> torch.Tensor:
     p = probs.float() if probs.dtype != torch.float64 else probs
     centred = p - p.mean(dim=0, keepdim=True)
     return centred.T @ centred / (p.shape[0] - 1)
+
+
+def streamed_covariance(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The (C, C) covariance of distributions that arrive in chunks (each (n_i, C)), never
+    holding them all at once (15,000 classes over 100,000 images would be 6 GB).
+
+    Accumulates ``Σ (p − s)ᵀ(p − s)`` about the first chunk's mean ``s`` (which keeps float32
+    from cancelling) and corrects it to the overall mean at the end; equals
+    :func:`prediction_covariance` of the concatenated chunks up to rounding.
+    """
+    total, shift, n = None, None, 0
+    sums = None
+    for chunk in chunks:
+        p = chunk.float() if chunk.dtype != torch.float64 else chunk
+        if shift is None:
+            shift = p.mean(dim=0, keepdim=True)
+            total = torch.zeros(p.shape[1], p.shape[1], dtype=p.dtype, device=p.device)
+            sums = torch.zeros(1, p.shape[1], dtype=p.dtype, device=p.device)
+        d = p - shift
+        total.addmm_(d.T, d)
+        sums += d.sum(dim=0, keepdim=True)
+        n += p.shape[0]
+    if total is None or n < 2:
+        raise DKError(
+            f"the covariance needs at least 2 distributions, got {n}",
+            "pass the generalist's softmax outputs over a dataset",
+        )
+    return (total - sums.T @ sums / n) / (n - 1)
 
 
 def _init_centres(points: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -108,21 +138,42 @@ def confusable_clusters(
     Overlaps come from the filling (see the module docstring); clusters that came out identical
     are kept (the caller may drop duplicates with ``unique(dim=0)``).
     """
-    c = probs.shape[-1]
+    return clusters_from_covariance(
+        prediction_covariance(probs),
+        k,
+        size,
+        seed=seed,
+        steps=steps,
+        batch_size=batch_size,
+        normalize=normalize,
+    )
+
+
+def clusters_from_covariance(
+    cov: torch.Tensor,
+    k: int,
+    size: int,
+    *,
+    seed: int = 0,
+    steps: int = 100,
+    batch_size: int = 1024,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """:func:`confusable_clusters` from the (C, C) prediction covariance itself (e.g. a
+    :func:`streamed_covariance`)."""
+    c = cov.shape[-1]
     if not 2 <= size < c:
         raise DKError(
             f"cluster size {size} for {c} classes",
             f"use a size between 2 and {c - 1} (a specialist keeps a dustbin class for the rest)",
         )
-    points = prediction_covariance(probs)
-    if normalize:
-        points = correlation(points)
+    points = correlation(cov) if normalize else cov
     centres = kmeans(points, k, seed=seed, steps=steps, batch_size=batch_size)
     distance = torch.cdist(centres, points)  # (k, C)
     own = distance.argmin(dim=0)[None, :] == torch.arange(k, device=distance.device)[:, None]
     # own classes first (shifted below every other distance), then the nearest others
     ranked = torch.where(own, distance - distance.max() - 1, distance)
     nearest = ranked.topk(size, dim=1, largest=False).indices
-    members = torch.zeros(k, c, dtype=torch.bool, device=probs.device)
+    members = torch.zeros(k, c, dtype=torch.bool, device=cov.device)
     members.scatter_(1, nearest, True)
     return members
