@@ -88,7 +88,8 @@ def test_train_distill_eval_ls_fetch(tmp_path, capsys):
     assert (
         "methods:\n" in listing
         and "  soft_targets: " in listing
-        and "models:\n  mlp: " in listing
+        and "models:\n  cnn: " in listing
+        and "  mlp: " in listing
         and "  mnist: " in listing
     )
 

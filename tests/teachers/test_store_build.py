@@ -786,3 +786,26 @@ def test_students_started_together_build_the_shared_store_once(isolated_cache):
     computed = [line for out, _ in outs for line in out.splitlines() if line.startswith("computed")]
     sums = {line for out, _ in outs for line in out.splitlines() if line.startswith("sum")}
     assert sorted(computed) == [f"computed {s}" for s in (0, 10, 20, 30, 40)] and len(sums) == 1
+
+
+@pytest.mark.parametrize("method", ["decoupled", "logit_matching"])
+def test_a_method_needing_dense_logits_is_refused_a_topk_store_before_any_file(
+    method, make_cfg, teacher_file, tmp_path
+):
+    cfg = make_cfg(
+        f"method.name={method}",
+        f"teacher.checkpoints=[{teacher_file()}]",
+        "teacher.store_topk=3",
+        f"teacher.store={tmp_path / 'store'}",
+        "optim.epochs=1",
+        name="dense",
+    )
+    with pytest.raises(
+        DKError,
+        match=(
+            rf"method '{method}' needs the teacher's dense logits, which a top-k teacher-output "
+            r"store does not hold; use a dense store \(teacher.store_topk: null\)"
+        ),
+    ):
+        run(cfg, kind="distill")
+    assert not (tmp_path / "store").exists() and not (tmp_path / "dense").exists()

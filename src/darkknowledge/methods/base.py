@@ -174,6 +174,8 @@ class Method:
     """
 
     needs_teacher: ClassVar[bool] = True
+    # reads the teacher's dense logits (StepInputs.teacher_logits): a top-k store cannot serve it
+    needs_dense_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         validate_hyperparameters(self)

@@ -71,6 +71,7 @@ class BoundMethod:
         teachers: the teacher's member modules in order (for feature hooks), None if unknown.
         seed: seeds the connector's initialization.
         stored_targets: the teacher's outputs come from a store (its layers never run).
+        topk_targets: that store holds each image's top-k classes only.
         label_smoothing: the run's ε; > 0 needs a method that reads labels.
         eager: the step runs eagerly (feature hooks do not run inside a compiled step).
         processes: the number of training processes (a connector is not synchronized by DDP).
@@ -84,6 +85,7 @@ class BoundMethod:
         *,
         seed: int,
         stored_targets: bool,
+        topk_targets: bool = False,
         label_smoothing: float,
         eager: bool,
         processes: int,
@@ -95,6 +97,12 @@ class BoundMethod:
                 f"label_smoothing={label_smoothing:g} has no effect: method {name!r} "
                 "uses no labels here",
                 "give the method a hard term (hard_weight > 0) or set label_smoothing=0",
+            )
+        if topk_targets and method.needs_dense_teacher:
+            raise DKError(
+                f"method {name!r} needs the teacher's dense logits, which a top-k teacher-output "
+                "store does not hold",
+                "use a dense store (teacher.store_topk: null) or teacher.outputs=live",
             )
         request = method.feature_layers()
         self.student_tap: FeatureTap | None = None

@@ -32,6 +32,7 @@ class Decoupled(Method):
     """
 
     needs_teacher: ClassVar[bool] = True
+    needs_dense_teacher: ClassVar[bool] = True
 
     temperature: float = 4.0
     target_weight: float = 1.0

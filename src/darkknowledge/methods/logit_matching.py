@@ -28,6 +28,7 @@ class LogitMatching(Method):
     """
 
     needs_teacher: ClassVar[bool] = True
+    needs_dense_teacher: ClassVar[bool] = True
 
     logit_weight: float = 1.0
     hard_weight: float = 0.0

@@ -1,7 +1,8 @@
 """Student and teacher networks, registered by name (``@models.register``)."""
 
-from darkknowledge.models.base import build_model, model_config, models
+from darkknowledge.models.base import batchable, build_model, model_config, models
 from darkknowledge.models.batched import BatchedLinear, BatchedMLP
+from darkknowledge.models.cnn import CNN, CNNSpec
 from darkknowledge.models.features import FeatureTap, feature_width, submodule
 from darkknowledge.models.files import (
     MODEL_FILE,
@@ -14,12 +15,15 @@ from darkknowledge.models.files import (
 from darkknowledge.models.mlp import MLP, MLPSpec
 
 __all__ = [
+    "CNN",
+    "CNNSpec",
     "MLP",
     "BatchedLinear",
     "BatchedMLP",
     "FeatureTap",
     "MODEL_FILE",
     "MLPSpec",
+    "batchable",
     "build_model",
     "feature_width",
     "load_model",

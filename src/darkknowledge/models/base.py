@@ -29,6 +29,11 @@ def build_model(name: str, params: dict[str, Any], in_features: int, num_classes
     return spec.build(in_features=in_features, num_classes=num_classes)
 
 
+def batchable(name: str) -> bool:
+    """Whether replicas of model ``name`` can train as one batched model (``replicas``)."""
+    return bool(getattr(models.get(name), "batchable", False))
+
+
 TRAINING_COPIES = 4  # weights, gradients, optimizer buffers, a checkpoint being written
 
 

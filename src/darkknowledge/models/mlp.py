@@ -34,6 +34,7 @@ class MLPSpec:
     """
 
     registered_name: ClassVar[str] = "mlp"
+    batchable: ClassVar[bool] = True  # replicas stack MLPs into one BatchedMLP
     hidden: list[int] = field(default_factory=lambda: [800, 800])
     input_dropout: float = 0.0
     hidden_dropout: float = 0.0

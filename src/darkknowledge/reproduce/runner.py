@@ -40,7 +40,7 @@ from darkknowledge.config import (
     scale_overrides,
 )
 from darkknowledge.errors import DKError, NonFiniteLossError
-from darkknowledge.models import load_model
+from darkknowledge.models import batchable, load_model
 from darkknowledge.provenance import source_sha
 from darkknowledge.reproduce.ensemble import cell_ensemble
 from darkknowledge.reproduce.report import write_report
@@ -301,6 +301,7 @@ def _select_batched(
     probe = ctx.config(cell)
     if (
         key != "optim.lr"
+        or not batchable(probe.model["name"])
         or len(values) < 2
         or probe.optim.name not in ("sgd", "paper_dropout")
         or probe.optim.weight_decay
@@ -552,12 +553,15 @@ def train_seeds_together(ctxs: list[Context], cell: Cell) -> None:
     Replica ``k`` is exactly seed ``k``'s own run (docs/performance.md), so its files are copied
     to where that run goes; ``cell_train`` then finds each seed's run finished and reuses it.
     Rows of these seeds share the batched run's wall time. A replica whose config differs from
-    its seed's run (it should not) is not placed, and that seed trains alone.
+    its seed's run (it should not) is not placed, and that seed trains alone; so does every seed
+    of a model that replicas cannot batch (a CNN).
     """
     first = ctxs[0]
     if shipped_run(first, cell) is not None:  # every seed's students distil from the shipped run
         return
     select_on_validation(first, cell, "train")
+    if not batchable(first.config(cell).model["name"]):  # each seed trains alone (cell_train)
+        return
     targets = [ctx.config(cell) for ctx in ctxs]
     if all(finished_run(t) is not None for t in targets):
         return

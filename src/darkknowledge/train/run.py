@@ -42,7 +42,7 @@ from darkknowledge.errors import DKError, writing
 from darkknowledge.methods import build_method, methods
 from darkknowledge.methods.base import labels_optional
 from darkknowledge.methods.binding import BoundMethod
-from darkknowledge.models import MODEL_FILE, BatchedMLP, build_model, save_model
+from darkknowledge.models import MODEL_FILE, BatchedMLP, batchable, build_model, save_model
 from darkknowledge.provenance import source_sha
 from darkknowledge.teachers import Teacher, compute_teacher_logits, store_options, teacher_outputs
 from darkknowledge.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
@@ -252,7 +252,7 @@ def _run(
     replica_cfgs = cfg.replica_configs()
     replica_methods = [_build_method(rc) for rc in replica_cfgs] or None
     if replica_methods:
-        if cfg.model["name"] != "mlp":
+        if not batchable(cfg.model["name"]):
             raise DKError(
                 f"replicas train MLPs as one batched model; model.name={cfg.model['name']} is not "
                 "supported",
@@ -363,6 +363,9 @@ def _run(
         members,
         seed=cfg.seed,
         stored_targets=teacher is not None and cfg.teacher.outputs == "precompute",
+        topk_targets=teacher is not None
+        and cfg.teacher.outputs == "precompute"
+        and cfg.teacher.store_topk is not None,
         label_smoothing=cfg.label_smoothing,
         eager=cfg.train_step == "eager",
         processes=group.world_size if group else 1,
