@@ -809,6 +809,25 @@ def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(t
     assert sum(counts) == 500  # every test image falls in one covering group
 
 
+def test_a_misspelt_clusters_key_is_refused_before_anything_trains(tmp_path):
+    exp = _copy_experiment(tmp_path)
+    cfg = exp / "configs" / "specialists_mnist100.yaml"
+    cell = yaml.safe_load(cfg.read_text())
+    cell["specialists"]["clusters"]["metirc"] = "cosine"
+    cfg.write_text(yaml.safe_dump(cell))
+    with pytest.raises(DKError, match=r"unknown key\(s\) metirc; use k, size, seed"):
+        reproduce(
+            "hinton2015",
+            only=["specialists_mnist100"],
+            scale="smoke",
+            root=str(tmp_path / "experiments"),
+            device="cpu",
+            overrides=TINY,
+            runs_root=str(tmp_path / "runs"),
+        )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_override_after_only_is_an_override_not_a_cell(monkeypatch):
     import darkknowledge.reproduce as package
     from darkknowledge.cli import main

@@ -7,6 +7,7 @@ import torch
 
 from darkknowledge.errors import DKError
 from darkknowledge.specialists.clusters import (
+    balanced_assignment,
     clusters_from_covariance,
     confusable_clusters,
     correlation,
@@ -109,3 +110,48 @@ def test_streamed_covariance_equals_the_whole_and_gives_the_same_clusters():
     )
     with pytest.raises(DKError, match="at least 2"):
         streamed_covariance(iter([probs[:1]]))
+
+
+def test_many_groups_in_few_clusters_stay_whole_in_equal_partitions():
+    """Far more confusable groups than clusters (synthetic_jft: 500 groups, 61 clusters): the
+    balanced Lloyd steps on angles keep every group whole and cover every class; the plain
+    K-means centres, by Euclidean distance, split most groups."""
+    groups = [list(range(5 * i, 5 * i + 5)) for i in range(40)]
+    torch.manual_seed(0)
+    probs = _confused_generalist(groups, 200, n=8000)
+    cov = prediction_covariance(probs)
+
+    def quality(members):
+        whole = sum(bool(members[:, gr].all(dim=1).any()) for gr in groups)
+        return int(members.any(dim=0).sum()), whole
+
+    for seed in range(3):
+        assert quality(clusters_from_covariance(cov, 5, 40, seed=seed)) == (200, 40)
+        plain = clusters_from_covariance(cov, 5, 40, seed=seed, metric="euclidean", refine=0)
+        assert quality(plain)[1] <= 10
+
+
+def test_balanced_assignment_takes_nearest_pairs_first_within_capacity():
+    distance = torch.tensor(
+        [
+            [0.1, 0.2, 0.3, 0.9, 0.8],
+            [0.5, 0.6, 0.4, 0.2, 0.7],
+        ]
+    )
+    # every class to its nearest centre while there is room
+    assert balanced_assignment(distance, 3).tolist() == [0, 0, 0, 1, 1]
+    # centre 0 takes its 2 nearest (classes 0 and 1) of the 3 it is nearest to; class 2 then
+    # finds centre 1 full too: 2 · 2 places for 5 classes leave one class out
+    assert balanced_assignment(distance, 2).tolist() == [0, 0, -1, 1, 1]
+    # room 1: classes 0 and 3 first; class 1 would go to centre 0 (full), then centre 1 (full)
+    assert balanced_assignment(distance, 1).tolist() == [0, -1, -1, 1, -1]
+    far = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.8, 0.7]])
+    # class 2 is nearer centre 0, which is full after classes 0 and 1: it goes to centre 1
+    assert balanced_assignment(far, 2).tolist() == [0, 0, 1]
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(
+        DKError, match="clusters metric 'manhattan' is unknown; use one of cosine, euclidean"
+    ):
+        clusters_from_covariance(torch.eye(4), 2, 2, metric="manhattan")

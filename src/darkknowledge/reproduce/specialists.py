@@ -91,7 +91,7 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
     # "recipe" numbers how clusters and specialists are made: bump it when that code changes
     key = hashlib.sha256(
         json.dumps(
-            {"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 3},
+            {"generalist": gen["config_hash"], "clusters": cl, "train": tr, "recipe": 4},
             sort_keys=True,
         ).encode()
     ).hexdigest()
@@ -119,6 +119,8 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
             int(cl["size"]),
             seed=int(cl.get("seed", 0)),
             normalize=bool(cl.get("normalize", True)),
+            metric=str(cl.get("metric", "cosine")),
+            refine=int(cl.get("refine", 10)),
         )
         clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
         cluster_seconds = time.perf_counter() - t0
@@ -319,9 +321,18 @@ class _One:
         return self.x[positions]
 
 
+CLUSTER_KEYS = ("k", "size", "seed", "images", "max_images", "normalize", "metric", "refine")
+
+
 def _check(spec: dict[str, Any]) -> None:
     if "clusters" not in spec:
         raise DKError(
             "a specialists cell needs specialists.clusters (k, size)",
             "add specialists: {clusters: {k: 10, size: 20}}",
+        )
+    unknown = sorted(set(spec["clusters"] or {}) - set(CLUSTER_KEYS))
+    if unknown:
+        raise DKError(
+            f"specialists.clusters has unknown key(s) {', '.join(unknown)}",
+            f"use {', '.join(CLUSTER_KEYS)}",
         )
