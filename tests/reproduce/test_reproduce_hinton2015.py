@@ -809,6 +809,12 @@ def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(t
     assert sum(counts) == 500  # every test image falls in one covering group
 
 
+def test_the_mnist100_cell_distils_the_system_into_one_network_at_every_scale():
+    student = CELLS["specialists_mnist100"].specialists["student"]
+    generalist = {"smoke": 5, "cpu": 30, "full": 60}  # its epochs at each scale
+    assert student["epochs"] == generalist
+
+
 def test_a_misspelt_clusters_key_is_refused_before_anything_trains(tmp_path):
     exp = _copy_experiment(tmp_path)
     cfg = exp / "configs" / "specialists_mnist100.yaml"
