@@ -4,6 +4,7 @@ model on half-cluster batches, dustbin logit corrected for the oversampling."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -91,3 +92,34 @@ def test_specialists_learn_their_confusable_classes(mnist_train):
         gen, clusters, train, SpecialistSettings(steps=5, soft_weight=1.0, temperature=2.0), probs
     )
     assert soft.replicas == 2
+
+
+def test_an_interrupted_training_continues_to_the_same_bits(mnist_train, tmp_path):
+    """Checkpoints every 4 of 10 steps (jitter and momentum on, so the generator, the optimizer
+    and the schedule all matter): continuing from step 4 ends exactly where the whole run did."""
+    torch.manual_seed(0)
+    train = mnist_train.subset(torch.arange(600))
+    gen = build_model("mlp", {"hidden": [16]}, 784, 10)
+    clusters = _clusters([[3, 5, 8], [4, 7, 9]])
+    settings = SpecialistSettings(steps=10, batch_size=20, lr=0.05, jitter=2)
+    whole, _ = train_specialists(gen, clusters, train, settings)
+    root = tmp_path / "ckpt"
+    run, info = train_specialists(
+        gen, clusters, train, settings, checkpoints=root, checkpoint_every=4
+    )
+    assert sorted(p.name for p in root.iterdir()) == ["step-000000004", "step-000000008"]
+    shutil.rmtree(root / "step-000000008")  # as if the command stopped between steps 4 and 8
+    again, info2 = train_specialists(
+        gen, clusters, train, settings, checkpoints=root, checkpoint_every=4
+    )
+    for a, b, c in zip(
+        whole.state_dict().values(),
+        run.state_dict().values(),
+        again.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert info2["seconds"] > 0
+    other = SpecialistSettings(steps=10, batch_size=20, lr=0.01, jitter=2)
+    with pytest.raises(DKError, match="of other specialists.*remove .*ckpt to train"):
+        train_specialists(gen, clusters, train, other, checkpoints=root, checkpoint_every=4)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from darkknowledge.data import atomic_write_bytes
 from darkknowledge.errors import DKError
@@ -105,32 +107,17 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
         )
         seconds, cluster_seconds = saved["seconds"], saved["cluster_seconds"]
     else:
-        t0 = time.perf_counter()
-        images = _cluster_images(splits, cl)
-        with torch.no_grad():
-            generalist.eval()
-            cov = streamed_covariance(
-                generalist(images.features(torch.arange(s, min(s + 2000, len(images))))).softmax(1)
-                for s in range(0, len(images), 2000)
-            )
-        clusters = clusters_from_covariance(
-            cov,
-            int(cl["k"]),
-            int(cl["size"]),
-            seed=int(cl.get("seed", 0)),
-            normalize=bool(cl.get("normalize", True)),
-            metric=str(cl.get("metric", "cosine")),
-            refine=int(cl.get("refine", 10)),
-        )
-        clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
-        cluster_seconds = time.perf_counter() - t0
+        clusters, cluster_seconds = _clusters(generalist, splits, cl, where / "clusters.json")
         settings = SpecialistSettings(**tr)
         soft = (
             predict_logits(generalist, splits.train).div(settings.temperature).softmax(dim=1)
             if settings.soft_weight
             else None
         )
-        specialists, info = train_specialists(generalist, clusters, splits.train, settings, soft)
+        # an interrupted command continues from the last checkpoint (every 500 steps)
+        specialists, info = train_specialists(
+            generalist, clusters, splits.train, settings, soft, checkpoints=where / "checkpoints"
+        )
         seconds = cluster_seconds + info["seconds"]
         for m, model in enumerate(specialists.unstack()):
             (where / "replicas" / str(m)).mkdir(parents=True, exist_ok=True)
@@ -148,6 +135,7 @@ def cell_specialists(ctx: Context, cell: Cell) -> None:
                 indent=1,
             ).encode(),
         )
+        shutil.rmtree(where / "checkpoints", ignore_errors=True)  # the replicas hold the result
         print(
             f"[{ctx.scale} seed {ctx.seed}] {cell.id}: {len(clusters)} clusters of "
             f"{int(cl['size'])} classes in {cluster_seconds:.1f}s; specialists trained as one "
@@ -290,6 +278,40 @@ def _distill_into_one(
     if gain > 0:
         ctx.record(cell.id, "gain_kept", (distilled - 100.0 * t["top1"]) / gain, student_stage)
     return distilled
+
+
+def _clusters(
+    generalist: nn.Module, splits: Any, cl: dict[str, Any], saved: Path
+) -> tuple[torch.Tensor, float]:
+    """The clusters and the seconds they took: computed from the generalist's predictions and
+    written to ``saved``, or read from it (a command interrupted after clustering)."""
+    if saved.is_file():
+        data = json.loads(saved.read_text())
+        return torch.tensor(data["clusters"], dtype=torch.bool), float(data["seconds"])
+    t0 = time.perf_counter()
+    images = _cluster_images(splits, cl)
+    with torch.no_grad():
+        generalist.eval()
+        cov = streamed_covariance(
+            generalist(images.features(torch.arange(s, min(s + 2000, len(images))))).softmax(1)
+            for s in range(0, len(images), 2000)
+        )
+    clusters = clusters_from_covariance(
+        cov,
+        int(cl["k"]),
+        int(cl["size"]),
+        seed=int(cl.get("seed", 0)),
+        normalize=bool(cl.get("normalize", True)),
+        metric=str(cl.get("metric", "cosine")),
+        refine=int(cl.get("refine", 10)),
+    )
+    clusters = clusters.unique(dim=0)  # identical clusters would be the same specialist twice
+    seconds = time.perf_counter() - t0
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        saved, json.dumps({"clusters": clusters.int().tolist(), "seconds": seconds}).encode()
+    )
+    return clusters, seconds
 
 
 def _cluster_images(splits: Any, cl: dict[str, Any]) -> Any:

@@ -14,9 +14,13 @@ batch, and each gets exactly its stand-alone gradient. Optionally the generalist
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,12 @@ from darkknowledge.data import TensorDataset
 from darkknowledge.data.augment import jitter
 from darkknowledge.errors import DKError
 from darkknowledge.models import MLP, BatchedMLP
+from darkknowledge.train.checkpoint import (
+    latest_checkpoint,
+    optimizer_state,
+    restore_optimizer,
+    save_checkpoint,
+)
 
 
 def label_maps(clusters: torch.Tensor) -> torch.Tensor:
@@ -160,10 +170,18 @@ def train_specialists(
     train: TensorDataset,
     settings: SpecialistSettings,
     generalist_probs: torch.Tensor | None = None,
+    *,
+    checkpoints: str | Path | None = None,
+    checkpoint_every: int = 500,
 ) -> tuple[BatchedMLP, dict[str, float]]:
     """Train one specialist per cluster as one batched model; returns it with its dustbin logits
     already corrected, and a few numbers (final loss, seconds). ``generalist_probs`` (N, C), the
-    generalist's distributions at ``settings.temperature`` over ``train``, enable the soft term."""
+    generalist's distributions at ``settings.temperature`` over ``train``, enable the soft term.
+
+    With ``checkpoints`` (a directory) the training state (weights, optimizer, schedule, random
+    generator) is saved every ``checkpoint_every`` steps, and a call that finds a checkpoint of
+    the same clusters, settings and generalist continues from it: the result is the same, bit
+    for bit, as an uninterrupted run's. ``seconds`` then counts the interrupted run's time too."""
     if train.labels is None:
         raise DKError(
             "specialists train on labelled images; the transfer set is unlabelled",
@@ -196,10 +214,12 @@ def train_specialists(
     half = int(round(settings.batch_size * settings.cluster_share))
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps)
+    run = _Checkpoints(checkpoints, checkpoint_every, _fingerprint(generalist, clusters, settings))
+    first, earlier_seconds = run.resume(model, opt, sched, g)
     model.train()
     loss = torch.zeros(())
     m_idx = torch.arange(clusters.shape[0], device=device).unsqueeze(1)
-    for _ in range(settings.steps):
+    for step in range(first, settings.steps):
         pos = torch.cat(
             [_draw(inside, half, g), _draw(outside, settings.batch_size - half, g)], dim=1
         ).to(device)  # (M, B)
@@ -230,6 +250,10 @@ def train_specialists(
         loss.backward()
         opt.step()
         sched.step()
+        if run.due(step + 1, settings.steps):
+            run.save(
+                step + 1, model, opt, sched, g, earlier_seconds + time.perf_counter() - started
+            )
     model.eval()
     with torch.no_grad():
         model.layers[-1].bias[:, -1] += dustbin_offset(
@@ -237,8 +261,81 @@ def train_specialists(
         ).to(device)
     return model, {
         "final_loss": float(loss.detach()) / clusters.shape[0],
-        "seconds": time.perf_counter() - started,
+        "seconds": earlier_seconds + time.perf_counter() - started,
     }
+
+
+def _fingerprint(generalist: MLP, clusters: torch.Tensor, settings: SpecialistSettings) -> str:
+    """What a checkpoint must have been trained from to be continued: the generalist's weights,
+    the clusters and the settings."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    h.update(clusters.cpu().numpy().tobytes())
+    for t in generalist.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Checkpoints:
+    """The specialists' training checkpoints (train/checkpoint.py's atomic, verified format)."""
+
+    def __init__(self, root: str | Path | None, every: int, fingerprint: str) -> None:
+        if root is not None and every < 1:
+            raise DKError(f"checkpoint_every={every} is invalid", "use a positive step count")
+        self.root, self.every, self.fingerprint = root, every, fingerprint
+
+    def due(self, step: int, steps: int) -> bool:
+        return self.root is not None and step < steps and step % self.every == 0
+
+    def save(
+        self,
+        step: int,
+        model: BatchedMLP,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        g: torch.Generator,
+        seconds: float,
+    ) -> None:
+        tensors, scalars = optimizer_state(opt)
+        save_checkpoint(
+            self.root,
+            step,
+            model.state_dict(),
+            {**tensors, "rng/generator": g.get_state()},
+            {
+                "epoch": 0,
+                "step_in_epoch": step,
+                "global_step": step,
+                "optimizer": scalars,
+                "scheduler": sched.state_dict(),
+                "config_hash": self.fingerprint,
+                "fingerprints": {},
+                "train_seconds": seconds,
+            },
+        )
+
+    def resume(
+        self,
+        model: BatchedMLP,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        g: torch.Generator,
+    ) -> tuple[int, float]:
+        """Load the newest checkpoint of this training, if any: (its step, its seconds)."""
+        ckpt = latest_checkpoint(self.root) if self.root is not None else None
+        if ckpt is None:
+            return 0, 0.0
+        state = ckpt["state"]
+        if state["config_hash"] != self.fingerprint:
+            raise DKError(
+                f"checkpoint {ckpt['path']} is of other specialists (other clusters, settings or "
+                "generalist)",
+                f"remove {self.root} to train these from the start",
+            )
+        model.load_state_dict(ckpt["model"])
+        restore_optimizer(opt, ckpt["tensors"], state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(ckpt["tensors"]["rng/generator"])
+        return int(state["global_step"]), float(state.get("train_seconds") or 0.0)
 
 
 def _soft(logits: torch.Tensor, target_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
