@@ -697,29 +697,40 @@ def test_the_deployment_table_shows_the_latest_measurement_of_each_model(tmp_pat
     assert deployment_table(tmp_path / "absent.csv") == ""
 
 
-def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(tmp_path):
+def _run_edited_cell(tmp_path, cell_id, edit, overrides=TINY):
+    """Copy the experiment, let ``edit`` change cell ``cell_id``'s config (a dict) in place, and
+    reproduce that cell alone at smoke scale; the copied experiment's directory."""
     exp = _copy_experiment(tmp_path)
-    cfg = exp / "configs" / "ensemble_distill.yaml"
+    cfg = exp / "configs" / f"{cell_id}.yaml"
     cell = yaml.safe_load(cfg.read_text())
-    cell["ensemble"].update(
-        members=3,
-        counts=[1, 3],
-        datasets={"smoke": ["mnist"]},
-        temperatures=[1, 4],
-        step_sizes=[0.03, 0.1],
-    )
+    edit(cell)
     cfg.write_text(yaml.safe_dump(cell))
     assert (
         reproduce(
             "hinton2015",
-            only=["ensemble_distill"],
+            only=[cell_id],
             scale="smoke",
             root=str(tmp_path / "experiments"),
             device="cpu",
-            overrides=TINY,
+            overrides=overrides,
             runs_root=str(tmp_path / "runs"),
         )
         == 0
+    )
+    return exp
+
+
+def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(tmp_path):
+    exp = _run_edited_cell(
+        tmp_path,
+        "ensemble_distill",
+        lambda cell: cell["ensemble"].update(
+            members=3,
+            counts=[1, 3],
+            datasets={"smoke": ["mnist"]},
+            temperatures=[1, 4],
+            step_sizes=[0.03, 0.1],
+        ),
     )
     with open(exp / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -762,31 +773,20 @@ def test_the_ensemble_cell_records_baseline_ensemble_student_and_members_curve(t
 
 
 def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(tmp_path):
-    exp = _copy_experiment(tmp_path)
-    cfg = exp / "configs" / "specialists_mnist100.yaml"
-    cell = yaml.safe_load(cfg.read_text())
-    cell["specialists"].update(
-        clusters={"k": 4, "size": 10, "seed": 0},
-        train={"steps": 20, "batch_size": 50, "lr": 0.01},
-        student={"epochs": 1, "lr": 0.05},
-    )
-    cfg.write_text(yaml.safe_dump(cell))
     tiny = [o for o in TINY if not o.startswith("data.")] + [
         "data.train_size=2000",
         "data.validation_size=200",
         "data.test_size=500",
     ]
-    assert (
-        reproduce(
-            "hinton2015",
-            only=["specialists_mnist100"],
-            scale="smoke",
-            root=str(tmp_path / "experiments"),
-            device="cpu",
-            overrides=tiny,
-            runs_root=str(tmp_path / "runs"),
-        )
-        == 0
+    exp = _run_edited_cell(
+        tmp_path,
+        "specialists_mnist100",
+        lambda cell: cell["specialists"].update(
+            clusters={"k": 4, "size": 10, "seed": 0},
+            train={"steps": 20, "batch_size": 50, "lr": 0.01},
+            student={"epochs": 1, "lr": 0.05},
+        ),
+        tiny,
     )
     with open(exp / "results.csv", newline="") as f:
         got = {
@@ -816,20 +816,11 @@ def test_the_mnist100_cell_distils_the_system_into_one_network_at_every_scale():
 
 
 def test_a_misspelt_clusters_key_is_refused_before_anything_trains(tmp_path):
-    exp = _copy_experiment(tmp_path)
-    cfg = exp / "configs" / "specialists_mnist100.yaml"
-    cell = yaml.safe_load(cfg.read_text())
-    cell["specialists"]["clusters"]["metirc"] = "cosine"
-    cfg.write_text(yaml.safe_dump(cell))
     with pytest.raises(DKError, match=r"unknown key\(s\) metirc; use k, size, seed"):
-        reproduce(
-            "hinton2015",
-            only=["specialists_mnist100"],
-            scale="smoke",
-            root=str(tmp_path / "experiments"),
-            device="cpu",
-            overrides=TINY,
-            runs_root=str(tmp_path / "runs"),
+        _run_edited_cell(
+            tmp_path,
+            "specialists_mnist100",
+            lambda cell: cell["specialists"]["clusters"].update(metirc="cosine"),
         )
     assert not (tmp_path / "runs").exists()
 
