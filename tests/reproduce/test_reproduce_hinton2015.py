@@ -807,6 +807,10 @@ def test_the_specialists_cell_records_tables_3_and_4_and_the_distilled_network(t
     assert 1 <= got[("", "specialists")] <= 4
     counts = [v for (variant, m), v in got.items() if m == "covering_n"]
     assert sum(counts) == 500  # every test image falls in one covering group
+    # what a later command reuses, and no checkpoint left behind once the results are saved
+    stage = next((tmp_path / "runs").glob("smoke/seed0/specialists_mnist100_specialists-*"))
+    assert {p.suffix for p in stage.glob("student-*")} == {".safetensors", ".json"}
+    assert (stage / "clusters.json").is_file() and not list(stage.glob("*checkpoints"))
 
 
 def test_the_mnist100_cell_distils_the_system_into_one_network_at_every_scale():

@@ -3,13 +3,17 @@ use only, and identical to combining every image over all specialists at once.""
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 
 from darkknowledge.data import TensorDataset
+from darkknowledge.errors import DKError
 from darkknowledge.models import MLP, BatchedMLP, MLPSpec
 from darkknowledge.specialists.combine import active_specialists, combine, dense_specialist_probs
 from darkknowledge.specialists.evaluate import specialist_tables
-from darkknowledge.specialists.system import predict
+from darkknowledge.specialists.system import DistillSettings, distill_into_one, predict
 
 
 def _system(classes: int = 12, specialists: int = 5, size: int = 4, n: int = 16):
@@ -56,3 +60,33 @@ def test_chunked_prediction_over_the_specialists_in_use_equals_the_direct_combin
     assert str(
         specialist_tables(slim["pred_general"], slim["pred"], data.labels, clusters, slim["active"])
     ) == str(full)  # NaN-safe
+
+
+def test_the_distilled_network_continues_from_its_last_epoch_to_the_same_bits(tmp_path):
+    generalist, specialists, clusters, data = _system(n=40)
+    q = predict(generalist, specialists, clusters, data, top_n=1)["q"]
+    settings = DistillSettings(epochs=4, batch_size=8, lr=0.05)
+
+    def student():
+        torch.manual_seed(1)
+        return MLP(MLPSpec(hidden=[8]), 12, 12)
+
+    whole = student()
+    distill_into_one(whole, q, data, settings)
+    root = tmp_path / "ckpt"
+    interrupted = student()
+    distill_into_one(interrupted, q, data, settings, checkpoints=root)
+    assert [p.name for p in sorted(root.iterdir())][-1] == "step-000000003"  # epochs 2 and 3
+    shutil.rmtree(root / "step-000000003")  # as if stopped during the last two epochs
+    again = student()
+    info = distill_into_one(again, q, data, settings, checkpoints=root)
+    for a, b, c in zip(
+        whole.state_dict().values(),
+        interrupted.state_dict().values(),
+        again.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert info["seconds"] > 0
+    with pytest.raises(DKError, match="of other distilled network"):
+        distill_into_one(student(), q, data, DistillSettings(epochs=4, lr=0.01), checkpoints=root)

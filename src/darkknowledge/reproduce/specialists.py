@@ -256,22 +256,32 @@ def _distill_into_one(
     system's distributions over the training images; records its test top-1 and the share of
     the specialists' gain it keeps."""
     generalist, specialists, clusters, top_n = system
-    t0 = time.perf_counter()
-    q_train = predict(generalist, specialists, clusters, splits.train, top_n)["q"]
-    torch.manual_seed(int(st.get("seed", ctx.seed)))
-    student = build_model(
-        gen_cfg.model["name"],
-        {k: v for k, v in gen_cfg.model.items() if k != "name"},
-        generalist.in_features,
-        generalist.num_classes,
-    )
-    distill_into_one(student, q_train, splits.train, DistillSettings(**st))
-    student_stage = _stage(
-        ctx,
-        time.perf_counter() - t0,
-        hashlib.sha256((key + json.dumps(st, sort_keys=True)).encode()).hexdigest(),
-    )
-    save_model(student, where / "student.safetensors")
+    skey = hashlib.sha256((key + json.dumps(st, sort_keys=True)).encode()).hexdigest()
+    saved, timing = where / f"student-{skey[:10]}.safetensors", where / f"student-{skey[:10]}.json"
+    if saved.is_file() and timing.is_file():  # trained by an earlier command
+        student, seconds = load_model(saved), float(json.loads(timing.read_text())["seconds"])
+    else:
+        t0 = time.perf_counter()
+        q_train = predict(generalist, specialists, clusters, splits.train, top_n)["q"]
+        q_seconds = time.perf_counter() - t0
+        torch.manual_seed(int(st.get("seed", ctx.seed)))
+        student = build_model(
+            gen_cfg.model["name"],
+            {k: v for k, v in gen_cfg.model.items() if k != "name"},
+            generalist.in_features,
+            generalist.num_classes,
+        )
+        # an interrupted command continues from the last epoch's checkpoint
+        checkpoints = where / f"student-{skey[:10]}-checkpoints"
+        info = distill_into_one(
+            student, q_train, splits.train, DistillSettings(**st), checkpoints=checkpoints
+        )
+        # the system's distributions, computed by this command; the training, over all of them
+        seconds = q_seconds + info["seconds"]
+        save_model(student, saved)
+        atomic_write_bytes(timing, json.dumps({"seconds": seconds}).encode())
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    student_stage = _stage(ctx, seconds, skey)
     distilled = 100.0 * accuracy(student, splits.test)
     ctx.record(cell.id, "top1_distilled", distilled, student_stage)
     gain = 100.0 * (t["top1_with_specialists"] - t["top1"])

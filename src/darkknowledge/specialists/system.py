@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from darkknowledge.errors import DKError
 from darkknowledge.losses import hard_target_loss, soft_target_loss
 from darkknowledge.models import BatchedMLP
 from darkknowledge.specialists.combine import combine, dense_specialist_probs
+from darkknowledge.specialists.resume import TrainingCheckpoints, fingerprint
 
 
 @torch.no_grad()
@@ -124,11 +126,20 @@ class DistillSettings:
 
 
 def distill_into_one(
-    student: nn.Module, q_train: torch.Tensor, train: TensorDataset, settings: DistillSettings
+    student: nn.Module,
+    q_train: torch.Tensor,
+    train: TensorDataset,
+    settings: DistillSettings,
+    *,
+    checkpoints: str | Path | None = None,
 ) -> dict[str, float]:
     """Train ``student`` (in place) on the system's combined distributions ``q_train`` (N, C)
     over ``train``: ``T²·KL(q_T ‖ student_T) + hard_weight · CE(labels)``, with ``log q`` serving
-    as the teacher's logits (softmax(log q / T) is q softened at T)."""
+    as the teacher's logits (softmax(log q / T) is q softened at T).
+
+    With ``checkpoints`` (a directory) the state is saved after every epoch and a call that finds
+    a checkpoint of the same student, targets and settings continues from it, to the same bits
+    as an uninterrupted run; ``seconds`` then counts the interrupted run's time too."""
     if q_train.shape[0] != len(train):
         raise DKError(
             f"{q_train.shape[0]} target distributions for {len(train)} training images",
@@ -140,10 +151,17 @@ def distill_into_one(
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     opt = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=settings.momentum)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs * steps_per_epoch)
+    run = TrainingCheckpoints(
+        checkpoints,
+        1,
+        fingerprint(settings, q_train, *student.state_dict().values()),
+        "distilled network (another student, other targets or settings)",
+    )
+    first, earlier_seconds = run.resume(student, opt, sched, g)
     started = time.perf_counter()
     student.train()
     loss = torch.zeros(())
-    for _ in range(settings.epochs):
+    for epoch in range(first, settings.epochs):
         order = torch.randperm(len(train), generator=g)
         for start in range(0, len(train), settings.batch_size):
             pos = order[start : start + settings.batch_size]
@@ -162,8 +180,15 @@ def distill_into_one(
             loss.backward()
             opt.step()
             sched.step()
+        if run.due(epoch + 1, settings.epochs):
+            run.save(
+                epoch + 1, student, opt, sched, g, earlier_seconds + time.perf_counter() - started
+            )
     student.eval()
-    return {"final_loss": float(loss.detach()), "seconds": time.perf_counter() - started}
+    return {
+        "final_loss": float(loss.detach()),
+        "seconds": earlier_seconds + time.perf_counter() - started,
+    }
 
 
 def accuracy(model: nn.Module, data: TensorDataset) -> float:

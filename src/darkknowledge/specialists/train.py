@@ -14,9 +14,6 @@ batch, and each gets exactly its stand-alone gradient. Optionally the generalist
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,12 +26,7 @@ from darkknowledge.data import TensorDataset
 from darkknowledge.data.augment import jitter
 from darkknowledge.errors import DKError
 from darkknowledge.models import MLP, BatchedMLP
-from darkknowledge.train.checkpoint import (
-    latest_checkpoint,
-    optimizer_state,
-    restore_optimizer,
-    save_checkpoint,
-)
+from darkknowledge.specialists.resume import TrainingCheckpoints, fingerprint
 
 
 def label_maps(clusters: torch.Tensor) -> torch.Tensor:
@@ -214,7 +206,12 @@ def train_specialists(
     half = int(round(settings.batch_size * settings.cluster_share))
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps)
-    run = _Checkpoints(checkpoints, checkpoint_every, _fingerprint(generalist, clusters, settings))
+    run = TrainingCheckpoints(
+        checkpoints,
+        checkpoint_every,
+        fingerprint(settings, clusters, *generalist.state_dict().values()),
+        "specialists (other clusters, settings or generalist)",
+    )
     first, earlier_seconds = run.resume(model, opt, sched, g)
     model.train()
     loss = torch.zeros(())
@@ -263,79 +260,6 @@ def train_specialists(
         "final_loss": float(loss.detach()) / clusters.shape[0],
         "seconds": earlier_seconds + time.perf_counter() - started,
     }
-
-
-def _fingerprint(generalist: MLP, clusters: torch.Tensor, settings: SpecialistSettings) -> str:
-    """What a checkpoint must have been trained from to be continued: the generalist's weights,
-    the clusters and the settings."""
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    h.update(clusters.cpu().numpy().tobytes())
-    for t in generalist.state_dict().values():
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class _Checkpoints:
-    """The specialists' training checkpoints (train/checkpoint.py's atomic, verified format)."""
-
-    def __init__(self, root: str | Path | None, every: int, fingerprint: str) -> None:
-        if root is not None and every < 1:
-            raise DKError(f"checkpoint_every={every} is invalid", "use a positive step count")
-        self.root, self.every, self.fingerprint = root, every, fingerprint
-
-    def due(self, step: int, steps: int) -> bool:
-        return self.root is not None and step < steps and step % self.every == 0
-
-    def save(
-        self,
-        step: int,
-        model: BatchedMLP,
-        opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LRScheduler,
-        g: torch.Generator,
-        seconds: float,
-    ) -> None:
-        tensors, scalars = optimizer_state(opt)
-        save_checkpoint(
-            self.root,
-            step,
-            model.state_dict(),
-            {**tensors, "rng/generator": g.get_state()},
-            {
-                "epoch": 0,
-                "step_in_epoch": step,
-                "global_step": step,
-                "optimizer": scalars,
-                "scheduler": sched.state_dict(),
-                "config_hash": self.fingerprint,
-                "fingerprints": {},
-                "train_seconds": seconds,
-            },
-        )
-
-    def resume(
-        self,
-        model: BatchedMLP,
-        opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LRScheduler,
-        g: torch.Generator,
-    ) -> tuple[int, float]:
-        """Load the newest checkpoint of this training, if any: (its step, its seconds)."""
-        ckpt = latest_checkpoint(self.root) if self.root is not None else None
-        if ckpt is None:
-            return 0, 0.0
-        state = ckpt["state"]
-        if state["config_hash"] != self.fingerprint:
-            raise DKError(
-                f"checkpoint {ckpt['path']} is of other specialists (other clusters, settings or "
-                "generalist)",
-                f"remove {self.root} to train these from the start",
-            )
-        model.load_state_dict(ckpt["model"])
-        restore_optimizer(opt, ckpt["tensors"], state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(ckpt["tensors"]["rng/generator"])
-        return int(state["global_step"]), float(state.get("train_seconds") or 0.0)
 
 
 def _soft(logits: torch.Tensor, target_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
