@@ -67,3 +67,11 @@ def test_dk_export_prints_the_table_and_refuses_what_it_cannot_do(model_file, tm
             dataset="mnist",
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_a_cnn_exports_with_pytorchs_logits(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("cnn", {"channels": [4, 8], "hidden": [32], "hidden_dropout": 0.5}, 784, 10)
+    report = export(save_model(model, tmp_path / "cnn.safetensors"), tmp_path / "out", repeats=3)
+    assert report["onnx"]["max_abs_diff"] <= TOLERANCE
+    assert report["onnx"]["test_errors"] == report["pytorch"]["test_errors"]

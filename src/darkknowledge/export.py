@@ -2,9 +2,10 @@
 
 The model is exported at temperature 1 (temperature lives only in the distillation loss): the
 ONNX graph maps ``x`` (batch, in_features) float32, the model's own inputs (for the image data
-sets: pixels / 255, flattened), to ``logits`` (batch, classes). A registered MLP is written
-directly as its ONNX graph (``Gemm`` and ``Relu`` nodes; dropout is the identity at inference),
-so no exporter tracing is involved. The file is then checked: onnxruntime's logits on the test
+sets: pixels / 255, flattened), to ``logits`` (batch, classes). A registered MLP or CNN is
+written directly as its ONNX graph (``Gemm`` and ``Relu`` nodes, and for a CNN ``Reshape``,
+``Conv``, ``MaxPool`` and ``Flatten``; dropout is the identity at inference), so no exporter
+tracing is involved. The file is then checked: onnxruntime's logits on the test
 set against PyTorch's (max absolute difference within ``TOLERANCE``, and the same test errors),
 and timed: CPU latency p50/p95 at batch 1 and 64, for onnxruntime and for PyTorch. With
 ``quantize="dynamic-int8"`` an int8 copy (onnxruntime's dynamic quantization of the weights) is
@@ -23,11 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from darkknowledge.data import atomic_write_bytes, datasets
 from darkknowledge.errors import DKError
 from darkknowledge.models import load_model
+from darkknowledge.models.cnn import CNN
 from darkknowledge.models.mlp import MLP
 from darkknowledge.train.evaluate import predict_logits
 
@@ -47,12 +50,34 @@ def _onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def mlp_graph(model: MLP, opset: int = 17) -> bytes:
-    """The ONNX model of a registered MLP in eval mode: Gemm (+ Relu) per layer."""
+def onnx_graph(model: MLP | CNN, opset: int = 17) -> bytes:
+    """The ONNX model of a registered MLP or CNN in eval mode: for a CNN, the flat input reshaped
+    to its image, then Conv, Relu and 2×2 MaxPool per convolution and a Flatten; then Gemm
+    (+ Relu) per fully connected layer."""
     onnx, _ = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     inits, nodes, x = [], [], "x"
+    if isinstance(model, CNN):
+        inits.append(numpy_helper.from_array(np.array([-1, *model.image], dtype=np.int64), "image"))
+        nodes.append(helper.make_node("Reshape", ["x", "image"], ["c"]))
+        x = "c"
+        for i, conv in enumerate(model.convs):
+            w, b = f"convs.{i}.weight", f"convs.{i}.bias"
+            inits += [
+                numpy_helper.from_array(conv.weight.detach().cpu().float().numpy(), w),
+                numpy_helper.from_array(conv.bias.detach().cpu().float().numpy(), b),
+            ]
+            nodes += [
+                helper.make_node("Conv", [x, w, b], [f"conv{i}"]),
+                helper.make_node("Relu", [f"conv{i}"], [f"act{i}"]),
+                helper.make_node(
+                    "MaxPool", [f"act{i}"], [f"pool{i}"], kernel_shape=[2, 2], strides=[2, 2]
+                ),
+            ]
+            x = f"pool{i}"
+        nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+        x = "flat"
     for i, layer in enumerate(model.layers):
         w, b = f"layers.{i}.weight", f"layers.{i}.bias"
         inits += [
@@ -67,7 +92,7 @@ def mlp_graph(model: MLP, opset: int = 17) -> bytes:
         x = out
     graph = helper.make_graph(
         nodes,
-        "darkknowledge_mlp",
+        f"darkknowledge_{type(model).__name__.lower()}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", model.in_features])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", model.num_classes])],
         inits,
@@ -117,9 +142,10 @@ def export(
     src = Path(run_dir)
     model = load_model(src)
     model.eval()
-    if not isinstance(model, MLP):
+    if not isinstance(model, (MLP, CNN)):
         raise DKError(
-            f"{src}: dk export writes registered MLPs; this model is a {type(model).__name__}",
+            f"{src}: dk export writes registered MLPs and CNNs; this model is a "
+            f"{type(model).__name__}",
             "export other modules with torch.onnx.export",
         )
     out = Path(out_dir) if out_dir is not None else (src if src.is_dir() else src.parent) / "export"
@@ -133,7 +159,7 @@ def export(
         )
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / "model.onnx"
-    atomic_write_bytes(fp32, mlp_graph(model))
+    atomic_write_bytes(fp32, onnx_graph(model))
     x = test.features()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
